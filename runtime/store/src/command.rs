@@ -1,0 +1,141 @@
+//! Commands: the deterministic operations every write is made of.
+//!
+//! A command's outcome depends only on the state it is applied to, never on time or on which host
+//! applies it. That is what lets the write-ahead log replay it after a crash, and what will let a
+//! replicated log apply it on every host with the same result.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Space;
+
+/// One write, with the limits it must respect.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Command {
+    /// What to change.
+    pub op: Op,
+    /// The most bytes the owning service may store once the op is applied; `None` for no limit.
+    /// Carried in the command (not looked up while applying) so that replay gives the same answer.
+    pub quota: Option<u64>,
+}
+
+impl Command {
+    /// A command without a quota.
+    pub fn new(op: Op) -> Self {
+        Command { op, quota: None }
+    }
+
+    /// The same command, limited to `quota` bytes for its service.
+    pub fn with_quota(mut self, quota: u64) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+}
+
+/// A change to the store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put {
+        /// Where.
+        space: Space,
+        /// Which key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Remove `key` (a missing key is not an error).
+    Delete {
+        /// Where.
+        space: Space,
+        /// Which key.
+        key: Vec<u8>,
+    },
+    /// Add `delta` to the decimal counter at `key` (missing counts as 0).
+    Increment {
+        /// Where.
+        space: Space,
+        /// Which key.
+        key: Vec<u8>,
+        /// How much to add (may be negative).
+        delta: i64,
+    },
+    /// Set `key` to `value` only if it currently holds `expected` (`None`: absent).
+    CompareAndSwap {
+        /// Where.
+        space: Space,
+        /// Which key.
+        key: Vec<u8>,
+        /// The value the caller read.
+        expected: Option<Vec<u8>>,
+        /// The value to write.
+        value: Vec<u8>,
+    },
+    /// Set many keys of one space at once, all or none.
+    PutMany {
+        /// Where.
+        space: Space,
+        /// Keys and their new values.
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Remove many keys of one space at once.
+    DeleteMany {
+        /// Where.
+        space: Space,
+        /// Keys to remove.
+        keys: Vec<Vec<u8>>,
+    },
+    /// Remove every bucket of a service.
+    PurgeService {
+        /// Whose data.
+        service: String,
+    },
+}
+
+impl Op {
+    /// The service whose quota this op counts against (`""` for system tables).
+    pub fn service(&self) -> &str {
+        match self {
+            Op::Put { space, .. }
+            | Op::Delete { space, .. }
+            | Op::Increment { space, .. }
+            | Op::CompareAndSwap { space, .. }
+            | Op::PutMany { space, .. }
+            | Op::DeleteMany { space, .. } => &space.service,
+            Op::PurgeService { service } => service,
+        }
+    }
+}
+
+/// What an applied command returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The write happened.
+    Done,
+    /// The counter's new value.
+    Counter(i64),
+    /// A compare-and-swap that did not happen: the key holds `current` instead.
+    Conflict {
+        /// The value the key holds now.
+        current: Option<Vec<u8>>,
+    },
+}
+
+/// Why the state machine refused a command. Deterministic: applying the same command to the same
+/// state refuses it the same way. Nothing is changed by a refused command.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The service would store more than its quota.
+    #[error("storage quota exceeded: the service would use {would_use} bytes, its quota is {quota}")]
+    QuotaExceeded {
+        /// Bytes after the write.
+        would_use: u64,
+        /// The limit.
+        quota: u64,
+    },
+    /// `increment` found a value that is not a decimal integer.
+    #[error("the value at this key is not a decimal integer, so it cannot be incremented")]
+    NotACounter,
+    /// `increment` would leave the range of a signed 64-bit integer.
+    #[error("incrementing would overflow a 64-bit integer")]
+    Overflow,
+}

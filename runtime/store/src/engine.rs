@@ -1,0 +1,275 @@
+//! The state machine: commands applied to a sled tree, and checkpoints that make sled durable.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use crate::command::{ApplyError, Command, Op, Outcome};
+use crate::space::{self, Space};
+use crate::StoreError;
+
+/// The applied state. Reads go straight to sled; writes come only from the committer thread,
+/// after the write-ahead log has made them durable.
+pub(crate) struct Engine {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+/// Changes one command makes, keyed by sled key; `None` deletes. Reads within a command see
+/// earlier changes of the same command (a `PutMany` may name a key twice).
+type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+impl Engine {
+    pub(crate) fn open(path: &Path) -> Result<Engine, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            // sled's background flush is only an optimisation here: durability comes from the
+            // write-ahead log, and sled is fsynced at checkpoints.
+            .flush_every_ms(Some(1000))
+            .open()?;
+        Ok(Engine {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The index of the last command whose effect sled holds.
+    pub(crate) fn applied_index(&self) -> Result<u64, StoreError> {
+        Ok(match self.db.get(space::APPLIED)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("applied index is not 8 bytes".into()))?,
+            ),
+            None => 0,
+        })
+    }
+
+    pub(crate) fn get(&self, space: &Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get(space::data_key(space, key))?
+            .map(|v| v.to_vec()))
+    }
+
+    pub(crate) fn list_keys(
+        &self,
+        space: &Space,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = space::space_prefix(space);
+        let start = match after {
+            Some(after) => Bound::Excluded(space::data_key(space, after)),
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut keys = Vec::new();
+        for item in self.db.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) || keys.len() >= limit {
+                break;
+            }
+            keys.push(k[prefix.len()..].to_vec());
+        }
+        Ok(keys)
+    }
+
+    pub(crate) fn buckets(&self, service: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = space::service_prefix(service);
+        let mut names = Vec::new();
+        let mut start = Bound::Included(prefix.clone());
+        // Jump from bucket to bucket instead of reading every key.
+        while let Some(item) = self.db.range::<Vec<u8>, _>((start, Bound::Unbounded)).next() {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some((name, end)) = space::bucket_after(prefix.len(), &k) else {
+                return Err(StoreError::Corrupt("malformed data key".into()));
+            };
+            names.push(name);
+            match successor(&k[..end]) {
+                Some(next) => start = Bound::Included(next),
+                None => break,
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    pub(crate) fn usage(&self, service: &str) -> Result<u64, StoreError> {
+        read_u64(self.db.get(space::usage_key(service))?)
+    }
+
+    /// Applies command number `index`. The outer error is a storage failure; the inner one a
+    /// deterministic refusal (which still consumes the index).
+    pub(crate) fn apply(
+        &self,
+        index: u64,
+        command: &Command,
+    ) -> Result<Result<Outcome, ApplyError>, StoreError> {
+        let mut changes = Changes::new();
+        let result = self.plan(&command.op, &mut changes);
+        let mut batch = sled::Batch::default();
+        let result = match result? {
+            Ok(outcome) => {
+                let service = command.op.service();
+                let delta = self.size_delta(&changes)?;
+                if !service.is_empty() && delta != 0 {
+                    let used = self.usage(service)?;
+                    let would_use = used.saturating_add_signed(delta);
+                    match command.quota {
+                        Some(quota) if delta > 0 && would_use > quota => {
+                            changes.clear();
+                            Err(ApplyError::QuotaExceeded { would_use, quota })
+                        }
+                        _ => {
+                            batch.insert(space::usage_key(service), &would_use.to_be_bytes());
+                            Ok(outcome)
+                        }
+                    }
+                } else {
+                    Ok(outcome)
+                }
+            }
+            Err(refused) => {
+                changes.clear();
+                Err(refused)
+            }
+        };
+        for (k, v) in changes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch.insert(space::APPLIED, &index.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        Ok(result)
+    }
+
+    /// Works out the changes an op makes, without writing.
+    fn plan(&self, op: &Op, changes: &mut Changes) -> Result<Result<Outcome, ApplyError>, StoreError> {
+        Ok(Ok(match op {
+            Op::Put { space, key, value } => {
+                changes.insert(space::data_key(space, key), Some(value.clone()));
+                Outcome::Done
+            }
+            Op::Delete { space, key } => {
+                changes.insert(space::data_key(space, key), None);
+                Outcome::Done
+            }
+            Op::Increment { space, key, delta } => {
+                let k = space::data_key(space, key);
+                let current = match self.db.get(&k)? {
+                    None => 0,
+                    Some(v) => match std::str::from_utf8(&v).ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+                        Some(n) => n,
+                        None => return Ok(Err(ApplyError::NotACounter)),
+                    },
+                };
+                let Some(next) = current.checked_add(*delta) else {
+                    return Ok(Err(ApplyError::Overflow));
+                };
+                changes.insert(k, Some(next.to_string().into_bytes()));
+                Outcome::Counter(next)
+            }
+            Op::CompareAndSwap {
+                space,
+                key,
+                expected,
+                value,
+            } => {
+                let k = space::data_key(space, key);
+                let current = self.db.get(&k)?.map(|v| v.to_vec());
+                if current != *expected {
+                    return Ok(Ok(Outcome::Conflict { current }));
+                }
+                changes.insert(k, Some(value.clone()));
+                Outcome::Done
+            }
+            Op::PutMany { space, pairs } => {
+                for (key, value) in pairs {
+                    changes.insert(space::data_key(space, key), Some(value.clone()));
+                }
+                Outcome::Done
+            }
+            Op::DeleteMany { space, keys } => {
+                for key in keys {
+                    changes.insert(space::data_key(space, key), None);
+                }
+                Outcome::Done
+            }
+            Op::PurgeService { service } => {
+                for item in self.db.scan_prefix(space::service_prefix(service)) {
+                    let (k, _) = item?;
+                    changes.insert(k.to_vec(), None);
+                }
+                Outcome::Done
+            }
+        }))
+    }
+
+    /// How many bytes the owning service gains (or loses) if `changes` are written.
+    fn size_delta(&self, changes: &Changes) -> Result<i64, StoreError> {
+        let mut delta: i64 = 0;
+        for (k, new) in changes {
+            let old = self.db.get(k)?.map_or(0, |v| k.len() + v.len());
+            let new = new.as_ref().map_or(0, |v| k.len() + v.len());
+            delta += new as i64 - old as i64;
+        }
+        Ok(delta)
+    }
+
+    /// Makes everything applied so far durable: sled's own flush uses `sync_file_range` (no
+    /// device cache flush, no metadata) and writes large values as blob files without any sync,
+    /// so after flushing we fsync every file sled owns and the directories that name them.
+    pub(crate) fn checkpoint(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        for name in ["db", "conf"] {
+            let path = self.path.join(name);
+            if path.exists() {
+                File::open(&path)?.sync_all()?;
+            }
+        }
+        let blobs = self.path.join("blobs");
+        if blobs.is_dir() {
+            for entry in std::fs::read_dir(&blobs)? {
+                File::open(entry?.path())?.sync_all()?;
+            }
+            sync_dir(&blobs)?;
+        }
+        sync_dir(&self.path)?;
+        Ok(())
+    }
+}
+
+/// fsync a directory, so that the files it names survive a power cut.
+pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+fn read_u64(v: Option<sled::IVec>) -> Result<u64, StoreError> {
+    match v {
+        None => Ok(0),
+        Some(v) => Ok(u64::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("usage counter is not 8 bytes".into()))?,
+        )),
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < u8::MAX {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
