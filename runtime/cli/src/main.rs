@@ -1,1 +1,95 @@
-fn main() {}
+//! `doppel`: run a host, deploy and operate services.
+//!
+//! `doppel host` starts a host; every other command talks to a host's admin API, found from
+//! `--admin`/`--token` (or `DOPPEL_ADMIN`/`DOPPEL_TOKEN`) or else from the data directory of a
+//! host on this machine (`--data`, default `./doppel-data`). No business logic lives here: each
+//! command parses, calls a library or the API, and prints.
+
+mod client;
+mod commands;
+mod host_cmd;
+mod units;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::client::Target;
+use crate::commands::{Deploy, Kv};
+use crate::host_cmd::HostArgs;
+
+/// Keep public services running when a cloud disappears.
+#[derive(Parser, Debug)]
+#[command(name = "doppel", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a host on this machine.
+    Host(HostArgs),
+    /// Upload a component and (re)deploy it as a service.
+    Deploy(Deploy),
+    /// List deployed services.
+    #[command(alias = "status")]
+    Ls,
+    /// Remove a service.
+    Rm {
+        /// The service.
+        name: String,
+        /// Also delete every bucket of the service.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show what a service wrote to stdout/stderr, and what the host noted about it.
+    Logs {
+        /// The service.
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Inspect and change a service's key-value state.
+    #[command(subcommand)]
+    Kv(Kv),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Host(_)) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("DOPPEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let target = cli.target;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Host(args) => args.run().await,
+            Command::Deploy(deploy) => deploy.run(&target).await,
+            Command::Ls => commands::ls(&target).await,
+            Command::Rm { name, purge } => commands::rm(&target, &name, purge).await,
+            Command::Logs { name, follow, tail } => commands::logs(&target, &name, follow, tail).await,
+            Command::Kv(kv) => kv.run(&target).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,42 @@
-//! placeholder
+//! The doppel host: the wasmtime embedding that runs services, and the servers around it.
+//!
+//! A host keeps every service's record, module and buckets in a [`doppel_store::Store`], loads
+//! each service as a pre-instantiated component (precompiled on disk, so a restart does not
+//! compile), and serves two listeners: service traffic (`ingress`), where each request gets a
+//! fresh instance with the service's limits, and the admin API the `doppel` CLI talks to.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use doppel_host::{HostConfig, IngressLimits};
+//! let config = HostConfig {
+//!     name: "a".into(),
+//!     data_dir: "./doppel-data".into(),
+//!     listen: "127.0.0.1:8080".parse()?,
+//!     admin: "127.0.0.1:8081".parse()?,
+//!     ingress: IngressLimits::default(),
+//!     max_module_size: 64 << 20,
+//!     grace: std::time::Duration::from_secs(10),
+//! };
+//! doppel_host::run(config, |started| println!("serving on {}", started.listen), async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+
+mod admin;
+mod host;
+mod ingress;
+mod invoke;
+mod keyvalue;
+mod linker;
+mod logs;
+mod modules;
+mod runtime;
+mod services;
+mod state;
+
+pub use host::{Endpoint, HostConfig, Started, endpoint_path, run, token_path};
+pub use ingress::IngressLimits;
+pub use modules::{ModuleError, digest};
+pub use runtime::{MAX_MEMORY_LIMIT, Runtime};

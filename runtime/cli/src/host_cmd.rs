@@ -1,0 +1,94 @@
+//! `doppel host`: start a host and print where everything is.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use doppel_host::{HostConfig, IngressLimits, Started};
+
+use crate::units::{parse_millis, parse_size};
+
+/// Flags of `doppel host`.
+#[derive(Args, Debug)]
+pub struct HostArgs {
+    /// This host's name (default: the machine's hostname).
+    #[arg(long, env = "DOPPEL_NAME")]
+    pub name: Option<String>,
+    /// Data directory: store, admin token, precompiled modules.
+    #[arg(long, env = "DOPPEL_DATA", default_value = "./doppel-data")]
+    pub data: PathBuf,
+    /// Address for service traffic.
+    #[arg(long, env = "DOPPEL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address for the admin API.
+    #[arg(long, env = "DOPPEL_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    pub admin: SocketAddr,
+    /// Largest module upload accepted.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub max_module_size: u64,
+    /// Client connections served at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Time a client has to send request headers.
+    #[arg(long, default_value = "10s", value_parser = parse_millis)]
+    pub header_timeout: u64,
+    /// How long requests in flight may finish after SIGINT/SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = parse_millis)]
+    pub grace: u64,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "doppel".to_string())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn banner(name: &str, data: &std::path::Path, started: &Started) {
+    println!("doppel host {name:?} is running");
+    println!("  services   http://{}/<service>/...  ({} deployed)", started.listen, started.services);
+    println!("  admin API  http://{}  (token in {})", started.admin, started.token_file.display());
+    let first = if started.first_start { "  (created on this start)" } else { "" };
+    println!("  data       {}{first}", data.display());
+    println!("Deploy a service:  doppel deploy app.wasm --name app   (then: doppel ls, doppel logs app)");
+    println!("Stop with Ctrl-C (in-flight requests finish first).");
+}
+
+impl HostArgs {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let name = self.name.unwrap_or_else(hostname);
+        let config = HostConfig {
+            name: name.clone(),
+            data_dir: self.data.clone(),
+            listen: self.listen,
+            admin: self.admin,
+            ingress: IngressLimits {
+                max_connections: self.max_connections.max(1),
+                header_timeout: Duration::from_millis(self.header_timeout),
+            },
+            max_module_size: usize::try_from(self.max_module_size).unwrap_or(usize::MAX),
+            grace: Duration::from_millis(self.grace),
+        };
+        tracing::info!(?config, "starting");
+        let data = self.data;
+        doppel_host::run(config, |started| banner(&name, &data, started), stop_signal()).await
+    }
+}

@@ -1,0 +1,271 @@
+//! The admin API the `doppel` CLI talks to: HTTP + JSON under `/v1`, bearer token required.
+//! The routes are listed in the `doppel-api` crate.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use doppel_api::{ApiError, DeployRequest, HostInfo, KeyPage};
+use doppel_store::{Command, Op, Space, StoreError};
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::services::{DeployError, Registry};
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The services.
+    pub registry: Arc<Registry>,
+    /// The bearer token every request must carry.
+    pub token: Arc<str>,
+    /// Largest module upload accepted, in bytes.
+    pub max_module_size: usize,
+    /// What `GET /v1/host` answers.
+    pub info: Arc<HostInfo>,
+}
+
+/// An error answer: a status and a message for humans.
+pub struct AdminError(StatusCode, String);
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<DeployError> for AdminError {
+    fn from(e: DeployError) -> Self {
+        let status = match &e {
+            DeployError::BadName(_) | DeployError::Module(_) | DeployError::BadLimit(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::NoModule(_) | DeployError::NoService(_) => StatusCode::NOT_FOUND,
+            DeployError::Store(StoreError::Rejected(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::Store(_) | DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        AdminError(status, e.to_string())
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        DeployError::Store(e).into()
+    }
+}
+
+type Answer<T> = Result<T, AdminError>;
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    let max = state.max_module_size;
+    Router::new()
+        .route("/v1/host", get(host))
+        .route("/v1/modules", post(upload).layer(DefaultBodyLimit::disable()))
+        .route("/v1/services", get(list))
+        .route("/v1/services/{name}", get(show).put(deploy).delete(remove))
+        .route("/v1/services/{name}/logs", get(logs))
+        .route("/v1/services/{name}/kv", get(buckets))
+        .route("/v1/services/{name}/kv/{bucket}", get(keys))
+        .route(
+            "/v1/services/{name}/kv/{bucket}/{*key}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
+        .layer(DefaultBodyLimit::max(max))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authenticate(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if same(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
+        // Never echo what was presented: a mistyped token is often one character from the real one.
+        _ => AdminError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token; pass --token (or DOPPEL_TOKEN), or run on the host \
+             with --data pointing at its data directory"
+                .into(),
+        )
+        .into_response(),
+    }
+}
+
+async fn host(State(state): State<AdminState>) -> Json<HostInfo> {
+    let mut info = (*state.info).clone();
+    info.services = state.registry.count();
+    Json(info)
+}
+
+async fn upload(State(state): State<AdminState>, body: Body) -> Answer<Response> {
+    let max = state.max_module_size;
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        AdminError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the module is larger than this host accepts ({max} bytes); start the host with a larger --max-module-size"),
+        )
+    })?;
+    let info = state.registry.upload(bytes.to_vec()).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn list(State(state): State<AdminState>) -> Answer<Response> {
+    Ok(Json(state.registry.list().await?).into_response())
+}
+
+async fn show(State(state): State<AdminState>, Path(name): Path<String>) -> Answer<Response> {
+    Ok(Json(state.registry.info(&name).await?).into_response())
+}
+
+async fn deploy(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Answer<Response> {
+    let request: DeployRequest = serde_json::from_slice(&body)
+        .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("bad deploy request: {e}")))?;
+    Ok(Json(state.registry.deploy(&name, request).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    purge: bool,
+}
+
+async fn remove(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Answer<Response> {
+    Ok(Json(state.registry.remove(&name, q.purge).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<usize>,
+}
+
+async fn logs(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Answer<Response> {
+    if state.registry.get(&name).is_none() {
+        return Err(DeployError::NoService(name).into());
+    }
+    let (log, _) = state.registry.log_and_stats(&name);
+    // Subscribe before reading the tail, so that no line falls between the two.
+    let live = log.subscribe();
+    let to_line = |l: &doppel_api::LogLine| {
+        let mut s = serde_json::to_string(l).unwrap_or_default();
+        s.push('\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(s))
+    };
+    let past: Vec<_> = log.tail(q.tail.unwrap_or(usize::MAX)).iter().map(to_line).collect();
+    let past = futures::stream::iter(past);
+    let body = if q.follow {
+        let live = BroadcastStream::new(live).filter_map(move |l| async move { l.ok().map(|l| to_line(&l)) });
+        Body::from_stream(past.chain(live))
+    } else {
+        Body::from_stream(past)
+    };
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+fn space(state: &AdminState, service: &str, bucket: &str) -> Answer<Space> {
+    if state.registry.get(service).is_none() {
+        return Err(DeployError::NoService(service.to_string()).into());
+    }
+    let bucket = if bucket.is_empty() { "default" } else { bucket };
+    Ok(Space::bucket(service, bucket))
+}
+
+async fn buckets(State(state): State<AdminState>, Path(name): Path<String>) -> Answer<Response> {
+    space(&state, &name, "default")?;
+    Ok(Json(state.registry.store().buckets(&name).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn keys(
+    State(state): State<AdminState>,
+    Path((name, bucket)): Path<(String, String)>,
+    Query(q): Query<KeyQuery>,
+) -> Answer<Response> {
+    let space = space(&state, &name, &bucket)?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let keys = state
+        .registry
+        .store()
+        .list_keys(&space, q.after.as_deref().map(str::as_bytes), limit)
+        .await?;
+    let next = if keys.len() == limit {
+        keys.last().map(|k| String::from_utf8_lossy(k).into_owned())
+    } else {
+        None
+    };
+    let keys = keys.into_iter().map(|k| String::from_utf8_lossy(&k).into_owned()).collect();
+    Ok(Json(KeyPage { keys, next }).into_response())
+}
+
+async fn kv_get(
+    State(state): State<AdminState>,
+    Path((name, bucket, key)): Path<(String, String, String)>,
+) -> Answer<Response> {
+    let space = space(&state, &name, &bucket)?;
+    match state.registry.store().get(&space, key.as_bytes()).await? {
+        Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
+        None => Err(AdminError(StatusCode::NOT_FOUND, format!("no key {key:?} in bucket {bucket:?} of {name}"))),
+    }
+}
+
+async fn kv_put(
+    State(state): State<AdminState>,
+    Path((name, bucket, key)): Path<(String, String, String)>,
+    value: Bytes,
+) -> Answer<Response> {
+    let space = space(&state, &name, &bucket)?;
+    let limits = state.registry.get(&name).map(|s| s.limits.clone()).unwrap_or_default();
+    if key.len() as u64 > limits.max_key || value.len() as u64 > limits.max_value {
+        return Err(AdminError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("keys are limited to {} bytes and values to {} bytes for {name}", limits.max_key, limits.max_value),
+        ));
+    }
+    let command = Command::new(Op::Put { space, key: key.into_bytes(), value: value.to_vec() }).with_quota(limits.quota);
+    state.registry.store().apply(command).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn kv_delete(
+    State(state): State<AdminState>,
+    Path((name, bucket, key)): Path<(String, String, String)>,
+) -> Answer<Response> {
+    let space = space(&state, &name, &bucket)?;
+    state
+        .registry
+        .store()
+        .apply(Command::new(Op::Delete { space, key: key.into_bytes() }))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

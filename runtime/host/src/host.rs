@@ -1,0 +1,211 @@
+//! Starting and stopping a host: data directory, admin token, store, services, both servers.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use doppel_api::HostInfo;
+use doppel_store::{LocalStore, Store};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::admin::{AdminState, router};
+use crate::ingress::{self, IngressLimits};
+use crate::modules::ModuleCache;
+use crate::runtime::Runtime;
+use crate::services::Registry;
+
+/// Everything `doppel host` can be told. Built by the CLI from flags; validated here.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// This host's name.
+    pub name: String,
+    /// Where the store, the token and the precompiled modules live.
+    pub data_dir: PathBuf,
+    /// Service traffic address.
+    pub listen: SocketAddr,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// Limits on client connections.
+    pub ingress: IngressLimits,
+    /// Largest module upload accepted, in bytes.
+    pub max_module_size: usize,
+    /// How long in-flight requests may run on after a stop signal.
+    pub grace: Duration,
+}
+
+/// What a started host tells whoever started it.
+#[derive(Clone, Debug)]
+pub struct Started {
+    /// Where service traffic is served (the real port when 0 was asked for).
+    pub listen: SocketAddr,
+    /// Where the admin API is served.
+    pub admin: SocketAddr,
+    /// The file holding the admin token.
+    pub token_file: PathBuf,
+    /// Whether the data directory was created by this start.
+    pub first_start: bool,
+    /// How many services were loaded from the store.
+    pub services: usize,
+}
+
+/// The file a running host writes into its data directory so that local CLI commands (and tests)
+/// find it without flags. Removed on a clean stop.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The host's name.
+    pub name: String,
+    /// Service traffic address.
+    pub listen: SocketAddr,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// The host's process id.
+    pub pid: u32,
+}
+
+/// The token file in a data directory.
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin-token")
+}
+
+/// The endpoint file in a data directory.
+pub fn endpoint_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("host.json")
+}
+
+/// Reads the admin token, creating one (owner-only) on first start.
+fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = token_path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(token) => {
+            let mode = std::fs::metadata(&path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "the admin token file is readable by others; run `chmod 600` on it");
+            }
+            Ok(token.trim().to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut raw = [0u8; 32];
+            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+            let token = hex::encode(raw);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("while creating {}", path.display()))?;
+            f.write_all(token.as_bytes())?;
+            f.sync_all()?;
+            Ok(token)
+        }
+        Err(e) => Err(e).with_context(|| format!("while reading {}", path.display())),
+    }
+}
+
+fn write_endpoint(data_dir: &Path, endpoint: &Endpoint) -> anyhow::Result<()> {
+    let path = endpoint_path(data_dir);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(endpoint)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; is another program using it? Choose another address with {flag}"))
+}
+
+/// Runs a host until `shutdown` resolves. `ready` is called once both servers accept connections.
+pub async fn run(
+    config: HostConfig,
+    ready: impl FnOnce(&Started),
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let data = &config.data_dir;
+    let first_start = !data.join("store").exists();
+    std::fs::create_dir_all(data).with_context(|| format!("while creating the data directory {}", data.display()))?;
+    std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("while restricting {} to its owner", data.display()))?;
+    let token = admin_token(data)?;
+
+    let store = Arc::new(LocalStore::open(data.join("store")).map_err(|e| match e {
+        doppel_store::StoreError::Db(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock => {
+            anyhow::anyhow!("the data directory {} is in use by another doppel host", data.display())
+        }
+        other => anyhow::Error::new(other).context(format!("while opening the store in {}", data.display())),
+    })?);
+    let runtime = Runtime::new()?;
+    let cache = ModuleCache::new(&data.join("cache"), &runtime.engine)
+        .with_context(|| format!("while creating the module cache in {}", data.display()))?;
+    let registry = Arc::new(Registry::new(runtime, store.clone() as Arc<dyn Store>, cache));
+    let services = registry.load_all().await.context("while loading deployed services")?;
+
+    let ingress_listener = bind(config.listen, "--listen").await?;
+    let admin_listener = bind(config.admin, "--admin").await?;
+    let started = Started {
+        listen: ingress_listener.local_addr()?,
+        admin: admin_listener.local_addr()?,
+        token_file: token_path(data),
+        first_start,
+        services,
+    };
+    let info = HostInfo {
+        name: config.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        listen: started.listen.to_string(),
+        admin: started.admin.to_string(),
+        data_dir: data.display().to_string(),
+        services,
+    };
+    let admin_state = AdminState {
+        registry: registry.clone(),
+        token: token.into(),
+        max_module_size: config.max_module_size,
+        info: Arc::new(info),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin = tokio::spawn(
+        axum::serve(admin_listener, router(admin_state))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let ingress = tokio::spawn(ingress::serve(
+        ingress_listener,
+        registry.clone(),
+        config.ingress.clone(),
+        stopped(stop_rx),
+        config.grace,
+    ));
+    write_endpoint(
+        data,
+        &Endpoint {
+            name: config.name.clone(),
+            listen: started.listen,
+            admin: started.admin,
+            pid: std::process::id(),
+        },
+    )?;
+    tracing::info!(name = %config.name, listen = %started.listen, admin = %started.admin, services, "host ready");
+    ready(&started);
+
+    shutdown.await;
+    tracing::info!("stopping: no new connections; letting requests in flight finish");
+    let _ = stop_tx.send(true);
+    let _ = ingress.await;
+    let _ = tokio::time::timeout(config.grace, admin).await;
+    let _ = std::fs::remove_file(endpoint_path(data));
+    drop(registry);
+    tokio::task::spawn_blocking(move || store.close_blocking())
+        .await
+        .context("while closing the store")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

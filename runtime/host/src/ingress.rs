@@ -1,0 +1,167 @@
+//! Service traffic: `http://HOST:PORT/<service>/<rest>` reaches `<service>`, which sees `/<rest>`
+//! as its path and the prefix in `x-forwarded-prefix` (design §4.4).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::invoke::{ResponseBody, host_response, invoke};
+use crate::services::Registry;
+
+/// Limits that keep slow or hostile clients from tying the host up.
+#[derive(Clone, Debug)]
+pub struct IngressLimits {
+    /// Connections open at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers.
+    pub header_timeout: Duration,
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        IngressLimits {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves service traffic on `listener` until `shutdown` resolves, then lets in-flight requests
+/// finish for at most `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    limits: IngressLimits,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let registry = registry.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let registry = registry.clone();
+            async move { Ok::<_, std::convert::Infallible>(route(&registry, req).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?grace, "requests still running after the grace period; stopping anyway");
+    }
+}
+
+/// Splits `/name/rest` into `name` and `/rest`.
+pub(crate) fn split_path(path: &str) -> (&str, &str) {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    match trimmed.find('/') {
+        Some(i) => (&trimmed[..i], &trimmed[i..]),
+        None => (trimmed, "/"),
+    }
+}
+
+async fn route(registry: &Registry, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    let (name, rest) = split_path(req.uri().path());
+    if name.is_empty() {
+        return host_response(
+            StatusCode::NOT_FOUND,
+            "this is a doppel host; services answer at /SERVICE/... (`doppel ls` lists them)",
+        );
+    }
+    let Some(service) = registry.get(name) else {
+        return host_response(StatusCode::NOT_FOUND, format!("no service named {name:?} is deployed here"));
+    };
+    let prefix = format!("/{name}");
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    match Uri::builder().path_and_query(path_and_query).build() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(e) => return host_response(StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
+    }
+    let headers = req.headers_mut();
+    match HeaderValue::from_str(&prefix) {
+        Ok(v) => {
+            headers.insert("x-forwarded-prefix", v);
+        }
+        Err(_) => return host_response(StatusCode::BAD_REQUEST, "bad service name"),
+    }
+    if !headers.contains_key(http::header::HOST) {
+        // wasi:http needs an authority; HTTP/1.0 clients may send none.
+        headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
+    }
+    let max_body = service.limits.max_body;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        return host_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is over this service's limit of {max_body} bytes"),
+        );
+    }
+    // A body without a declared length is cut off at the limit; the guest sees a read error.
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let req = req.map(|body| {
+        Limited::new(body, limit).map_err(move |e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body))
+            } else {
+                wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
+            }
+        })
+    });
+    invoke(registry.runtime(), registry.store(), service, req).await
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::split_path;
+
+    #[test]
+    fn paths() {
+        assert_eq!(split_path("/hello"), ("hello", "/"));
+        assert_eq!(split_path("/hello/"), ("hello", "/"));
+        assert_eq!(split_path("/hello/a/b"), ("hello", "/a/b"));
+        assert_eq!(split_path("/"), ("", "/"));
+    }
+}

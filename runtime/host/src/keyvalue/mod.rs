@@ -1,0 +1,297 @@
+//! `wasi:keyvalue` for guests, in both drafts real components are built against:
+//! `0.2.0-draft` (wasmtime, wasmCloud) and `0.2.0-draft2` (Spin, the spec's head, adds `cas`).
+//!
+//! Both drafts are thin translations (in [`draft`] and [`draft2`]) over one [`KvCtx`], which maps
+//! a guest's bucket names into its own service's namespace and checks the service's limits before
+//! anything reaches the [`Store`].
+
+mod draft;
+mod draft2;
+
+use std::sync::Arc;
+
+use doppel_api::Limits;
+use doppel_store::{ApplyError, Command, Op, Outcome, Space, Store, StoreError};
+use wasmtime::component::{HasData, Linker, ResourceTable};
+
+/// How many keys one `list-keys` call returns.
+const PAGE: usize = 1000;
+/// Longest bucket name a guest may open.
+const MAX_BUCKET_NAME: usize = 255;
+
+/// The per-request key-value context: which service is asking, its limits, the store.
+pub struct KvCtx {
+    access: Access,
+    /// Draft 1 pages with an opaque `u64` cursor; this remembers the last key of each page handed
+    /// out, and the cursor is an index into it. It lives as long as the request.
+    cursors: Vec<Vec<u8>>,
+}
+
+impl KvCtx {
+    /// A context for one request of `service`.
+    pub fn new(service: Arc<str>, limits: Arc<Limits>, store: Arc<dyn Store>) -> Self {
+        KvCtx {
+            access: Access {
+                service,
+                limits,
+                store,
+            },
+            cursors: Vec::new(),
+        }
+    }
+}
+
+/// What a guest's bucket handle points at.
+pub struct Bucket {
+    space: Space,
+}
+
+/// A draft2 compare-and-swap handle: the value `swap` is conditional on.
+pub struct Cas {
+    space: Space,
+    key: String,
+    current: Option<Vec<u8>>,
+}
+
+/// A guest-visible failure; each draft turns it into its own `error` variant.
+#[derive(Debug)]
+pub(crate) enum KvError {
+    /// A limit or rule of this host was broken by the guest.
+    Refused(String),
+    /// The store failed.
+    Store(String),
+}
+
+impl From<StoreError> for KvError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Rejected(refused) => KvError::Refused(refused.to_string()),
+            other => KvError::Store(other.to_string()),
+        }
+    }
+}
+
+impl KvError {
+    fn message(self) -> String {
+        match self {
+            KvError::Refused(m) | KvError::Store(m) => m,
+        }
+    }
+}
+
+/// The borrowed view the generated `Host` traits are implemented on.
+pub struct KvView<'a> {
+    ctx: &'a mut KvCtx,
+    table: &'a mut ResourceTable,
+}
+
+/// Gives the linker access to a request's key-value state.
+pub trait KvState: Send {
+    /// The key-value context and the resource table of this store.
+    fn kv(&mut self) -> KvView<'_>;
+}
+
+impl<'a> KvView<'a> {
+    /// Borrows a context and table.
+    pub fn new(ctx: &'a mut KvCtx, table: &'a mut ResourceTable) -> Self {
+        KvView { ctx, table }
+    }
+}
+
+struct HasKv;
+
+impl HasData for HasKv {
+    type Data<'a> = KvView<'a>;
+}
+
+/// Links both keyvalue drafts.
+pub fn add_to_linker<T: KvState + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    draft::add_to_linker(linker)?;
+    draft2::add_to_linker(linker)
+}
+
+/// What every operation needs, cheap to clone so that no future borrows the resource table.
+#[derive(Clone)]
+pub(crate) struct Access {
+    service: Arc<str>,
+    limits: Arc<Limits>,
+    store: Arc<dyn Store>,
+}
+
+impl KvView<'_> {
+    fn access(&self) -> Access {
+        self.ctx.access.clone()
+    }
+}
+
+impl Access {
+    fn open_bucket(&self, name: &str) -> Result<Bucket, KvError> {
+        if name.len() > MAX_BUCKET_NAME {
+            return Err(KvError::Refused(format!(
+                "bucket names are at most {MAX_BUCKET_NAME} bytes; this one is {}",
+                name.len()
+            )));
+        }
+        // "" and "default" are the same bucket: components written for wasmtime use one, for
+        // Spin the other.
+        let bucket = if name.is_empty() { "default" } else { name };
+        Ok(Bucket {
+            space: Space::bucket(&*self.service, bucket),
+        })
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), KvError> {
+        let max = self.limits.max_key;
+        if key.len() as u64 > max {
+            return Err(KvError::Refused(format!(
+                "key is {} bytes; the limit for this service is {max}",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        let max = self.limits.max_value;
+        if value.len() as u64 > max {
+            return Err(KvError::Refused(format!(
+                "value is {} bytes; the limit for this service is {max}",
+                value.len()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, op: Op) -> Result<Outcome, KvError> {
+        let command = Command::new(op).with_quota(self.limits.quota);
+        Ok(self.store.apply(command).await?)
+    }
+
+    async fn get(&self, space: &Space, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.check_key(key)?;
+        Ok(self.store.get(space, key.as_bytes()).await?)
+    }
+
+    async fn set(&self, space: &Space, key: String, value: Vec<u8>) -> Result<(), KvError> {
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        self.write(Op::Put {
+            space: space.clone(),
+            key: key.into_bytes(),
+            value,
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, space: &Space, key: String) -> Result<(), KvError> {
+        self.check_key(&key)?;
+        self.write(Op::Delete {
+            space: space.clone(),
+            key: key.into_bytes(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// One page of keys after `after`, and the last key if more may follow.
+    async fn list(
+        &self,
+        space: &Space,
+        after: Option<&[u8]>,
+    ) -> Result<(Vec<String>, Option<Vec<u8>>), KvError> {
+        let raw = self.store.list_keys(space, after, PAGE).await?;
+        let more = if raw.len() == PAGE { raw.last().cloned() } else { None };
+        let keys = raw
+            .into_iter()
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect();
+        Ok((keys, more))
+    }
+
+    async fn increment(&self, space: &Space, key: String, delta: i64) -> Result<i64, KvError> {
+        self.check_key(&key)?;
+        match self
+            .write(Op::Increment {
+                space: space.clone(),
+                key: key.into_bytes(),
+                delta,
+            })
+            .await?
+        {
+            Outcome::Counter(n) => Ok(n),
+            other => Err(KvError::Store(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn get_many(
+        &self,
+        space: &Space,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value = self.get(space, &key).await?;
+            out.push(value.map(|v| (key, v)));
+        }
+        Ok(out)
+    }
+
+    async fn set_many(&self, space: &Space, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        for (k, v) in &pairs {
+            self.check_key(k)?;
+            self.check_value(v)?;
+        }
+        let pairs = pairs.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect();
+        self.write(Op::PutMany {
+            space: space.clone(),
+            pairs,
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_many(&self, space: &Space, keys: Vec<String>) -> Result<(), KvError> {
+        for k in &keys {
+            self.check_key(k)?;
+        }
+        let keys = keys.into_iter().map(String::into_bytes).collect();
+        self.write(Op::DeleteMany {
+            space: space.clone(),
+            keys,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Writes `value` if the key still holds `expected`; on conflict returns what it holds now.
+    async fn compare_and_swap(
+        &self,
+        space: &Space,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<Result<(), Option<Vec<u8>>>, KvError> {
+        self.check_key(key)?;
+        self.check_value(&value)?;
+        match self
+            .write(Op::CompareAndSwap {
+                space: space.clone(),
+                key: key.as_bytes().to_vec(),
+                expected,
+                value,
+            })
+            .await?
+        {
+            Outcome::Done => Ok(Ok(())),
+            Outcome::Conflict { current } => Ok(Err(current)),
+            other => Err(KvError::Store(format!("unexpected outcome {other:?}"))),
+        }
+    }
+}
+
+impl From<ApplyError> for KvError {
+    fn from(e: ApplyError) -> Self {
+        KvError::Refused(e.to_string())
+    }
+}

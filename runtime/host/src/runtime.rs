@@ -1,0 +1,69 @@
+//! The wasmtime engine and linker every service shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::state::RequestState;
+
+/// How often the epoch advances. A request's timeout is checked at every tick, and a busy guest
+/// yields to other tasks at every tick, so a loop in one service cannot starve another.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The largest memory limit a service may ask for. Pool slots are sized for it.
+pub const MAX_MEMORY_LIMIT: u64 = 4 << 30;
+
+/// How many instances may be alive at once across all services (the pool's size). A request
+/// that finds the pool full gets a 503.
+const POOL_INSTANCES: u32 = 1000;
+
+/// The engine, the linker with the whole guest contract, and the thread that ticks epochs.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<RequestState>,
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator, copy-on-write memory images, epoch interruption) and
+    /// links every interface of the guest contract.
+    pub fn new() -> anyhow::Result<Arc<Runtime>> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 4)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 4)
+            .max_memory_size(MAX_MEMORY_LIMIT as usize)
+            // Keeping a little of each slot's memory resident saves a page-fault storm per request.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(1 << 16);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("while creating the wasmtime engine")?;
+        let linker = crate::linker::build(&engine)?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("doppel-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("while starting the epoch thread")?;
+        Ok(Arc::new(Runtime { engine, linker }))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}

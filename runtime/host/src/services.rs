@@ -1,0 +1,433 @@
+//! The services a host runs: their records in the store, and the loaded, pre-instantiated
+//! component of each.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use doppel_api::{DeployRequest, Limits, ModuleInfo, ServiceInfo};
+use doppel_store::{Command, Op, Space, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use wasmtime_wasi_config::WasiConfigVariables;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::logs::{ServiceLog, now_ms};
+use crate::modules::{self, ModuleCache, ModuleError};
+use crate::runtime::{MAX_MEMORY_LIMIT, Runtime};
+use crate::state::RequestState;
+
+/// A deployed service as the store keeps it (JSON under `services/NAME`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRecord {
+    /// The name; also the URL prefix.
+    pub name: String,
+    /// Digest of its module.
+    pub module: String,
+    /// Module size in bytes.
+    pub size: u64,
+    /// Deploy count of this name.
+    pub version: u64,
+    /// Deploy time, ms since the Unix epoch.
+    pub deployed_at_ms: u64,
+    /// Values for `wasi:config` and the environment.
+    pub config: BTreeMap<String, String>,
+    /// Limits in force.
+    pub limits: Limits,
+}
+
+/// Counters of one service name on this host.
+#[derive(Default)]
+pub struct Stats {
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Requests that failed in the guest or the host.
+    pub errors: AtomicU64,
+}
+
+/// A service ready to serve: one pre-instantiated component; a fresh instance per request.
+pub struct Service {
+    /// What was deployed.
+    pub record: ServiceRecord,
+    /// The component, linked and type-checked, ready to instantiate.
+    pub pre: ProxyPre<RequestState>,
+    /// Its config, shared by every request.
+    pub config: Arc<WasiConfigVariables>,
+    /// Its config again, as environment variables.
+    pub env: Vec<(String, String)>,
+    /// Its limits, shared with the keyvalue context.
+    pub limits: Arc<Limits>,
+    /// Its name, shared with the keyvalue context.
+    pub name: Arc<str>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Log.
+    pub log: Arc<ServiceLog>,
+}
+
+/// Why a deploy or removal was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The name cannot be a service name.
+    #[error("invalid service name {0:?}: use 1 to 63 characters a-z, 0-9 and '-', starting with a letter (it becomes the URL prefix)")]
+    BadName(String),
+    /// The module is not in the store.
+    #[error("no module {0} has been uploaded; upload it first (`doppel deploy FILE.wasm` does both)")]
+    NoModule(String),
+    /// No such service.
+    #[error("no service named {0:?} is deployed")]
+    NoService(String),
+    /// The module is unusable.
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    /// A limit is out of range.
+    #[error("{0}")]
+    BadLimit(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Anything else (a full disk for the cache, a panicked compile thread).
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+const SERVICES: &str = "services";
+const MODULES: &str = "modules";
+
+/// Every service on this host.
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    store: Arc<dyn Store>,
+    cache: ModuleCache,
+    services: RwLock<HashMap<String, Arc<Service>>>,
+    logs: Mutex<HashMap<String, (Arc<ServiceLog>, Arc<Stats>)>>,
+    /// Deploys and removals one at a time, so that version numbers and module clean-up never race.
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// Checks a service name: it is a URL path segment and a bucket namespace.
+pub fn valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+impl Registry {
+    /// A registry over `store`, with precompiled modules under `cache`.
+    pub fn new(runtime: Arc<Runtime>, store: Arc<dyn Store>, cache: ModuleCache) -> Self {
+        Registry {
+            runtime,
+            store,
+            cache,
+            services: RwLock::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The store services keep their state in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The running service called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Service>> {
+        self.services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// How many services run.
+    pub fn count(&self) -> usize {
+        self.services.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The log and counters of `name`, created on first use; they outlive redeploys.
+    pub fn log_and_stats(&self, name: &str) -> (Arc<ServiceLog>, Arc<Stats>) {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Loads every deployed service from the store, from precompiled copies where sound.
+    pub async fn load_all(&self) -> anyhow::Result<usize> {
+        let records = self.records().await?;
+        let count = records.len();
+        for record in records {
+            let name = record.name.clone();
+            match self.load(record).await {
+                Ok(service) => {
+                    self.insert(service);
+                }
+                Err(e) => {
+                    // One broken service must not keep the others down.
+                    tracing::error!(service = %name, error = %e, "cannot load service; it will answer 503 until redeployed");
+                    self.log_and_stats(&name).0.host(format!("cannot load at start: {e}"));
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    async fn records(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        let space = Space::system(SERVICES);
+        let mut records = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let keys = self.store.list_keys(&space, after.as_deref(), 1000).await?;
+            for key in &keys {
+                if let Some(bytes) = self.store.get(&space, key).await? {
+                    let record = serde_json::from_slice(&bytes).map_err(|e| {
+                        StoreError::Corrupt(format!("service record {}: {e}", String::from_utf8_lossy(key)))
+                    })?;
+                    records.push(record);
+                }
+            }
+            match keys.last() {
+                Some(last) if keys.len() == 1000 => after = Some(last.clone()),
+                _ => break,
+            }
+        }
+        Ok(records)
+    }
+
+    /// Builds a running service from its record: precompiled copy if sound, else compile.
+    async fn load(&self, record: ServiceRecord) -> Result<Service, DeployError> {
+        let runtime = self.runtime.clone();
+        let digest = record.module.clone();
+        let checked = match self.cache.load(&runtime.engine, &digest) {
+            Some(component) => {
+                tokio::task::spawn_blocking(move || modules::link(&runtime, component))
+                    .await
+                    .map_err(|e| DeployError::Internal(e.into()))??
+            }
+            None => {
+                tracing::info!(service = %record.name, module = %digest, "compiling (no sound precompiled copy for this engine)");
+                let bytes = self
+                    .store
+                    .get(&Space::system(MODULES), digest.as_bytes())
+                    .await?
+                    .ok_or_else(|| DeployError::NoModule(digest.clone()))?;
+                let checked = tokio::task::spawn_blocking(move || modules::check(&runtime, &bytes))
+                    .await
+                    .map_err(|e| DeployError::Internal(e.into()))??;
+                self.cache
+                    .store(&digest, &checked.component)
+                    .map_err(DeployError::Internal)?;
+                checked
+            }
+        };
+        let (log, stats) = self.log_and_stats(&record.name);
+        let config: WasiConfigVariables = record.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Ok(Service {
+            name: record.name.as_str().into(),
+            limits: Arc::new(record.limits.clone()),
+            env: record.config.clone().into_iter().collect(),
+            config: Arc::new(config),
+            pre: checked.pre,
+            record,
+            stats,
+            log,
+        })
+    }
+
+    fn insert(&self, service: Service) -> Option<Arc<Service>> {
+        self.services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service.record.name.clone(), Arc::new(service))
+    }
+
+    /// Checks and stores a module; the answer names it by digest. Storing a module twice is cheap.
+    pub async fn upload(&self, bytes: Vec<u8>) -> Result<ModuleInfo, DeployError> {
+        let digest = modules::digest(&bytes);
+        let size = bytes.len() as u64;
+        let runtime = self.runtime.clone();
+        let (checked, bytes) = tokio::task::spawn_blocking(move || {
+            let checked = modules::check(&runtime, &bytes);
+            (checked, bytes)
+        })
+        .await
+        .map_err(|e| DeployError::Internal(e.into()))?;
+        let checked = checked?;
+        self.cache
+            .store(&digest, &checked.component)
+            .map_err(DeployError::Internal)?;
+        let space = Space::system(MODULES);
+        if self.store.get(&space, digest.as_bytes()).await?.is_none() {
+            self.store
+                .apply(Command::new(Op::Put {
+                    space,
+                    key: digest.clone().into_bytes(),
+                    value: bytes,
+                }))
+                .await?;
+        }
+        Ok(ModuleInfo {
+            digest,
+            size,
+            imports: checked.imports,
+        })
+    }
+
+    /// Deploys (or redeploys) `name`. The new version is loaded and ready before the switch;
+    /// requests already running finish on the old one.
+    pub async fn deploy(&self, name: &str, request: DeployRequest) -> Result<ServiceInfo, DeployError> {
+        if !valid_name(name) {
+            return Err(DeployError::BadName(name.to_string()));
+        }
+        let limits = request.limits.apply_to(Limits::default());
+        check_limits(&limits)?;
+        let _guard = self.changes.lock().await;
+        let bytes = self
+            .store
+            .get(&Space::system(MODULES), request.module.as_bytes())
+            .await?
+            .ok_or_else(|| DeployError::NoModule(request.module.clone()))?;
+        let previous = self.stored_record(name).await?;
+        let record = ServiceRecord {
+            name: name.to_string(),
+            module: request.module.clone(),
+            size: bytes.len() as u64,
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
+            deployed_at_ms: now_ms(),
+            config: request.config,
+            limits,
+        };
+        drop(bytes);
+        let service = self.load(record.clone()).await?;
+        self.store
+            .apply(Command::new(Op::Put {
+                space: Space::system(SERVICES),
+                key: name.as_bytes().to_vec(),
+                value: serde_json::to_vec(&record).map_err(|e| DeployError::Internal(e.into()))?,
+            }))
+            .await?;
+        service.log.host(format!("deployed version {} ({})", record.version, record.module));
+        self.insert(service);
+        if let Some(previous) = previous {
+            self.forget_module_if_unused(&previous.module).await?;
+        }
+        tracing::info!(service = name, version = record.version, module = %record.module, "deployed");
+        self.info(name).await
+    }
+
+    /// Removes `name`; with `purge`, deletes its buckets too.
+    pub async fn remove(&self, name: &str, purge: bool) -> Result<ServiceInfo, DeployError> {
+        let _guard = self.changes.lock().await;
+        let info = self.info(name).await?;
+        let record = self
+            .stored_record(name)
+            .await?
+            .ok_or_else(|| DeployError::NoService(name.to_string()))?;
+        self.store
+            .apply(Command::new(Op::Delete {
+                space: Space::system(SERVICES),
+                key: name.as_bytes().to_vec(),
+            }))
+            .await?;
+        self.services.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        if purge {
+            self.store
+                .apply(Command::new(Op::PurgeService {
+                    service: name.to_string(),
+                }))
+                .await?;
+        }
+        self.log_and_stats(name).0.host(if purge {
+            "removed, with its data"
+        } else {
+            "removed; its data is kept"
+        });
+        self.forget_module_if_unused(&record.module).await?;
+        tracing::info!(service = name, purge, "removed");
+        Ok(info)
+    }
+
+    async fn stored_record(&self, name: &str) -> Result<Option<ServiceRecord>, DeployError> {
+        match self.store.get(&Space::system(SERVICES), name.as_bytes()).await? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes).map_err(|e| DeployError::Internal(e.into()))?,
+            )),
+        }
+    }
+
+    async fn forget_module_if_unused(&self, digest: &str) -> Result<(), DeployError> {
+        if self.records().await?.iter().any(|r| r.module == digest) {
+            return Ok(());
+        }
+        self.store
+            .apply(Command::new(Op::Delete {
+                space: Space::system(MODULES),
+                key: digest.as_bytes().to_vec(),
+            }))
+            .await?;
+        self.cache.remove(digest);
+        Ok(())
+    }
+
+    /// What `doppel ls` shows of one service.
+    pub async fn info(&self, name: &str) -> Result<ServiceInfo, DeployError> {
+        let service = self.get(name).ok_or_else(|| DeployError::NoService(name.to_string()))?;
+        let record = &service.record;
+        Ok(ServiceInfo {
+            name: record.name.clone(),
+            module: record.module.clone(),
+            size: record.size,
+            version: record.version,
+            deployed_at_ms: record.deployed_at_ms,
+            requests: service.stats.requests.load(Ordering::Relaxed),
+            errors: service.stats.errors.load(Ordering::Relaxed),
+            config_keys: record.config.keys().cloned().collect(),
+            limits: record.limits.clone(),
+            storage_bytes: self.store.usage(name).await?,
+        })
+    }
+
+    /// Every service, by name.
+    pub async fn list(&self) -> Result<Vec<ServiceInfo>, DeployError> {
+        let mut names: Vec<String> = self
+            .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            // A service removed meanwhile is simply not listed.
+            if let Ok(info) = self.info(&name).await {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn check_limits(limits: &Limits) -> Result<(), DeployError> {
+    let bad = |what: &str| Err(DeployError::BadLimit(what.to_string()));
+    if limits.max_memory < (1 << 16) || limits.max_memory > MAX_MEMORY_LIMIT {
+        return bad(&format!("--max-memory must be between 64 KiB and {} GiB", MAX_MEMORY_LIMIT >> 30));
+    }
+    if limits.timeout_ms == 0 || limits.timeout_ms > 3_600_000 {
+        return bad("--timeout must be between 1 ms and 1 hour");
+    }
+    if limits.max_key == 0 || limits.max_value == 0 {
+        return bad("key and value limits must be positive");
+    }
+    Ok(())
+}
