@@ -18,6 +18,8 @@ use crate::units::{human_size, human_time, parse_millis, parse_size};
 /// `doppel deploy`.
 #[derive(Args, Debug)]
 pub struct Deploy {
+    #[command(flatten)]
+    pub target: Target,
     /// The component to deploy (a wasm32-wasip2 build output).
     pub file: PathBuf,
     /// Service name; also its URL prefix. Defaults to the file name without extension.
@@ -59,7 +61,8 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 impl Deploy {
-    pub async fn run(self, target: &Target) -> anyhow::Result<()> {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let target = &self.target;
         let name = match &self.name {
             Some(n) => n.clone(),
             None => self
@@ -69,6 +72,11 @@ impl Deploy {
                 .map(|s| s.replace('_', "-"))
                 .context("cannot derive a service name from the file name; pass --name")?,
         };
+        if !doppel_host::valid_name(&name) {
+            anyhow::bail!(
+                "invalid service name {name:?}: use 1 to 63 characters a-z, 0-9 and '-', starting with a letter (it becomes the URL prefix)"
+            );
+        }
         let bytes = tokio::fs::read(&self.file)
             .await
             .with_context(|| format!("cannot read {}", self.file.display()))?;

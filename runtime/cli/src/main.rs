@@ -23,8 +23,6 @@ use crate::host_cmd::HostArgs;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    target: Target,
 }
 
 #[derive(Subcommand, Debug)]
@@ -35,9 +33,14 @@ enum Command {
     Deploy(Deploy),
     /// List deployed services.
     #[command(alias = "status")]
-    Ls,
+    Ls {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Remove a service.
     Rm {
+        #[command(flatten)]
+        target: Target,
         /// The service.
         name: String,
         /// Also delete every bucket of the service.
@@ -46,6 +49,8 @@ enum Command {
     },
     /// Show what a service wrote to stdout/stderr, and what the host noted about it.
     Logs {
+        #[command(flatten)]
+        target: Target,
         /// The service.
         name: String,
         /// Keep printing new lines as they come.
@@ -56,8 +61,12 @@ enum Command {
         tail: Option<usize>,
     },
     /// Inspect and change a service's key-value state.
-    #[command(subcommand)]
-    Kv(Kv),
+    Kv {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        action: Kv,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +75,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("DOPPEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -74,15 +84,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let target = cli.target;
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Host(args) => args.run().await,
-            Command::Deploy(deploy) => deploy.run(&target).await,
-            Command::Ls => commands::ls(&target).await,
-            Command::Rm { name, purge } => commands::rm(&target, &name, purge).await,
-            Command::Logs { name, follow, tail } => commands::logs(&target, &name, follow, tail).await,
-            Command::Kv(kv) => kv.run(&target).await,
+            Command::Deploy(deploy) => deploy.run().await,
+            Command::Ls { target } => commands::ls(&target).await,
+            Command::Rm { target, name, purge } => commands::rm(&target, &name, purge).await,
+            Command::Logs { target, name, follow, tail } => commands::logs(&target, &name, follow, tail).await,
+            Command::Kv { target, action } => action.run(&target).await,
         }
     });
     match result {

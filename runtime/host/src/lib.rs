@@ -40,3 +40,4 @@ pub use host::{Endpoint, HostConfig, Started, endpoint_path, run, token_path};
 pub use ingress::IngressLimits;
 pub use modules::{ModuleError, digest};
 pub use runtime::{MAX_MEMORY_LIMIT, Runtime};
+pub use services::valid_name;

@@ -285,12 +285,22 @@ impl Registry {
     /// Deploys (or redeploys) `name`. The new version is loaded and ready before the switch;
     /// requests already running finish on the old one.
     pub async fn deploy(&self, name: &str, request: DeployRequest) -> Result<ServiceInfo, DeployError> {
+        let _guard = self.changes.lock().await;
+        let module = request.module.clone();
+        let result = self.deploy_locked(name, request).await;
+        if result.is_err() {
+            // An upload whose deploy failed must not linger in the store.
+            self.forget_module_if_unused(&module).await?;
+        }
+        result
+    }
+
+    async fn deploy_locked(&self, name: &str, request: DeployRequest) -> Result<ServiceInfo, DeployError> {
         if !valid_name(name) {
             return Err(DeployError::BadName(name.to_string()));
         }
         let limits = request.limits.apply_to(Limits::default());
         check_limits(&limits)?;
-        let _guard = self.changes.lock().await;
         let bytes = self
             .store
             .get(&Space::system(MODULES), request.module.as_bytes())

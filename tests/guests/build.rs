@@ -1,0 +1,73 @@
+//! Builds the guest components with a nested `cargo build --target wasm32-wasip2` into its own
+//! target directory (sharing the outer one would deadlock on cargo's lock), then writes a constant
+//! per component with its path.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// (package, is a binary). Binaries keep dashes in their file name; libraries get underscores.
+const GUESTS: &[(&str, bool)] = &[
+    ("test-http-basics", true),
+    ("test-http-020", false),
+    ("test-kv-draft", false),
+    ("test-kv-draft2", false),
+    ("test-misbehave", false),
+    ("test-no-handler", true),
+    ("test-unsupported-import", false),
+];
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.parent().and_then(Path::parent).unwrap().to_path_buf();
+    for dir in ["sdk", "examples", "modules", "tests/programs"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+    let target_dir = root.join("target").join("guests");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .arg(&target_dir);
+    for (package, _) in GUESTS {
+        cmd.args(["-p", package]);
+    }
+    // What the outer cargo set for its own build must not leak into the guests' build.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "CARGO_LLVM_COV",
+        "LLVM_PROFILE_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    // Small components: no debug info in what is uploaded and deployed.
+    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
+    let status = cmd.status().expect("cannot run cargo to build the guest components");
+    assert!(
+        status.success(),
+        "building the guest components for wasm32-wasip2 failed; is the target installed? (`rustup target add wasm32-wasip2`; rust-toolchain.toml lists it)"
+    );
+    let out_dir = target_dir.join("wasm32-wasip2").join("release");
+    let mut code = String::new();
+    for (package, is_bin) in GUESTS {
+        let file = if *is_bin { package.to_string() } else { package.replace('-', "_") };
+        let path = out_dir.join(format!("{file}.wasm"));
+        assert!(path.exists(), "{} was not built", path.display());
+        let constant = package.trim_start_matches("test-").replace('-', "_").to_uppercase();
+        code.push_str(&format!(
+            "/// The `{package}` component.\npub const {constant}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("guests.rs");
+    std::fs::write(out, code).unwrap();
+}
