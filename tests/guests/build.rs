@@ -18,7 +18,11 @@ const GUESTS: &[(&str, bool)] = &[
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let root = manifest
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf();
     for dir in ["sdk", "examples", "modules", "tests/programs"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
@@ -27,7 +31,13 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for (package, _) in GUESTS {
         cmd.args(["-p", package]);
@@ -51,7 +61,9 @@ fn main() {
     // Small components: no debug info in what is uploaded and deployed.
     cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
-    let status = cmd.status().expect("cannot run cargo to build the guest components");
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build the guest components");
     assert!(
         status.success(),
         "building the guest components for wasm32-wasip2 failed; is the target installed? (`rustup target add wasm32-wasip2`; rust-toolchain.toml lists it)"
@@ -59,10 +71,17 @@ fn main() {
     let out_dir = target_dir.join("wasm32-wasip2").join("release");
     let mut code = String::new();
     for (package, is_bin) in GUESTS {
-        let file = if *is_bin { package.to_string() } else { package.replace('-', "_") };
+        let file = if *is_bin {
+            package.to_string()
+        } else {
+            package.replace('-', "_")
+        };
         let path = out_dir.join(format!("{file}.wasm"));
         assert!(path.exists(), "{} was not built", path.display());
-        let constant = package.trim_start_matches("test-").replace('-', "_").to_uppercase();
+        let constant = package
+            .trim_start_matches("test-")
+            .replace('-', "_")
+            .to_uppercase();
         code.push_str(&format!(
             "/// The `{package}` component.\npub const {constant}: &str = {:?};\n",
             path.display().to_string()

@@ -40,12 +40,19 @@ fn read_local(data: &Path) -> anyhow::Result<(String, String)> {
             endpoint.display()
         )
     })?;
-    let endpoint: doppel_host::Endpoint =
-        serde_json::from_str(&text).with_context(|| format!("while reading {}", endpoint.display()))?;
+    let endpoint: doppel_host::Endpoint = serde_json::from_str(&text)
+        .with_context(|| format!("while reading {}", endpoint.display()))?;
     let token_file = doppel_host::token_path(data);
-    let token = std::fs::read_to_string(&token_file)
-        .with_context(|| format!("while reading the admin token from {}", token_file.display()))?;
-    Ok((format!("http://{}", endpoint.admin), token.trim().to_string()))
+    let token = std::fs::read_to_string(&token_file).with_context(|| {
+        format!(
+            "while reading the admin token from {}",
+            token_file.display()
+        )
+    })?;
+    Ok((
+        format!("http://{}", endpoint.admin),
+        token.trim().to_string(),
+    ))
 }
 
 impl Client {
@@ -56,7 +63,9 @@ impl Client {
             (Some(admin), None) => {
                 let token_file = doppel_host::token_path(&target.data);
                 let token = std::fs::read_to_string(&token_file).map_err(|_| {
-                    anyhow::anyhow!("--admin {admin} needs a token: pass --token or set DOPPEL_TOKEN")
+                    anyhow::anyhow!(
+                        "--admin {admin} needs a token: pass --token or set DOPPEL_TOKEN"
+                    )
                 })?;
                 (admin.clone(), token.trim().to_string())
             }
@@ -85,10 +94,12 @@ impl Client {
 
     /// Sends, and turns an error answer into an error carrying the host's message.
     pub async fn send(&self, request: RequestBuilder) -> anyhow::Result<Response> {
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the host's admin API at {}; is the host running?", self.base))?;
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the host's admin API at {}; is the host running?",
+                self.base
+            )
+        })?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -103,7 +114,10 @@ impl Client {
     /// GET and decode JSON.
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self.send(self.request(Method::GET, path)).await?;
-        response.json().await.context("while reading the host's answer")
+        response
+            .json()
+            .await
+            .context("while reading the host's answer")
     }
 }
 

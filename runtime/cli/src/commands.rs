@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use doppel_api::{DeployRequest, HostInfo, KeyPage, LimitOverrides, LogLine, ModuleInfo, ServiceInfo};
+use doppel_api::{
+    DeployRequest, HostInfo, KeyPage, LimitOverrides, LogLine, ModuleInfo, ServiceInfo,
+};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
@@ -136,7 +138,11 @@ impl Deploy {
             },
         };
         let deployed: ServiceInfo = client
-            .send(client.request(Method::PUT, &format!("/v1/services/{}", segment(&name))).json(&request))
+            .send(
+                client
+                    .request(Method::PUT, &format!("/v1/services/{}", segment(&name)))
+                    .json(&request),
+            )
             .await
             .with_context(|| format!("service {name:?} was not deployed"))?
             .json()
@@ -206,7 +212,11 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
         }
     }
     for row in rows {
-        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", line.join("  ").trim_end());
     }
 }
@@ -215,7 +225,11 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
 pub async fn rm(target: &Target, name: &str, purge: bool) -> anyhow::Result<()> {
     let client = Client::connect(target)?;
     let path = format!("/v1/services/{}?purge={purge}", segment(name));
-    let removed: ServiceInfo = client.send(client.request(Method::DELETE, &path)).await?.json().await?;
+    let removed: ServiceInfo = client
+        .send(client.request(Method::DELETE, &path))
+        .await?
+        .json()
+        .await?;
     if target.json {
         return print_json(&removed);
     }
@@ -233,7 +247,12 @@ pub async fn rm(target: &Target, name: &str, purge: bool) -> anyhow::Result<()> 
 }
 
 /// `doppel logs`.
-pub async fn logs(target: &Target, name: &str, follow: bool, tail: Option<usize>) -> anyhow::Result<()> {
+pub async fn logs(
+    target: &Target,
+    name: &str,
+    follow: bool,
+    tail: Option<usize>,
+) -> anyhow::Result<()> {
     let client = Client::connect(target)?;
     let mut path = format!("/v1/services/{}/logs?follow={follow}", segment(name));
     if let Some(n) = tail {
@@ -251,7 +270,13 @@ pub async fn logs(target: &Target, name: &str, follow: bool, tail: Option<usize>
                 out.write_all(&raw)?;
             } else {
                 let line: LogLine = serde_json::from_slice(&raw)?;
-                writeln!(out, "{} {:<6} {}", human_time(line.time_ms), line.stream, line.line)?;
+                writeln!(
+                    out,
+                    "{} {:<6} {}",
+                    human_time(line.time_ms),
+                    line.stream,
+                    line.line
+                )?;
             }
             out.flush()?;
         }
@@ -315,15 +340,26 @@ pub enum Kv {
 }
 
 fn kv_path(service: &str, bucket: &str, key: &str) -> String {
-    format!("/v1/services/{}/kv/{}/{}", segment(service), segment(bucket), segment(key))
+    format!(
+        "/v1/services/{}/kv/{}/{}",
+        segment(service),
+        segment(bucket),
+        segment(key)
+    )
 }
 
 impl Kv {
     pub async fn run(self, target: &Target) -> anyhow::Result<()> {
         let client = Client::connect(target)?;
         match self {
-            Kv::Ls { service, bucket: None, .. } => {
-                let buckets: Vec<String> = client.get_json(&format!("/v1/services/{}/kv", segment(&service))).await?;
+            Kv::Ls {
+                service,
+                bucket: None,
+                ..
+            } => {
+                let buckets: Vec<String> = client
+                    .get_json(&format!("/v1/services/{}/kv", segment(&service)))
+                    .await?;
                 if target.json {
                     return print_json(&buckets);
                 }
@@ -331,8 +367,17 @@ impl Kv {
                     println!("{b}");
                 }
             }
-            Kv::Ls { service, bucket: Some(bucket), after, limit } => {
-                let mut path = format!("/v1/services/{}/kv/{}?limit={limit}", segment(&service), segment(&bucket));
+            Kv::Ls {
+                service,
+                bucket: Some(bucket),
+                after,
+                limit,
+            } => {
+                let mut path = format!(
+                    "/v1/services/{}/kv/{}?limit={limit}",
+                    segment(&service),
+                    segment(&bucket)
+                );
                 if let Some(after) = after {
                     path.push_str(&format!("&after={}", segment(&after)));
                 }
@@ -347,7 +392,11 @@ impl Kv {
                     eprintln!("(more keys: add --after {next:?})");
                 }
             }
-            Kv::Get { service, bucket, key } => {
+            Kv::Get {
+                service,
+                bucket,
+                key,
+            } => {
                 let value = client
                     .send(client.request(Method::GET, &kv_path(&service, &bucket, &key)))
                     .await?
@@ -366,16 +415,30 @@ impl Kv {
                     writeln!(out)?;
                 }
             }
-            Kv::Put { service, bucket, key, value } => {
+            Kv::Put {
+                service,
+                bucket,
+                key,
+                value,
+            } => {
                 client
-                    .send(client.request(Method::PUT, &kv_path(&service, &bucket, &key)).body(value))
+                    .send(
+                        client
+                            .request(Method::PUT, &kv_path(&service, &bucket, &key))
+                            .body(value),
+                    )
                     .await?;
             }
-            Kv::Rm { service, bucket, key } => {
-                client.send(client.request(Method::DELETE, &kv_path(&service, &bucket, &key))).await?;
+            Kv::Rm {
+                service,
+                bucket,
+                key,
+            } => {
+                client
+                    .send(client.request(Method::DELETE, &kv_path(&service, &bucket, &key)))
+                    .await?;
             }
         }
         Ok(())
     }
 }
-

@@ -49,7 +49,10 @@ fn hostname() -> String {
 
 async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(mut int), Ok(mut term)) => {
             tokio::select! {
                 _ = int.recv() => {}
@@ -64,11 +67,24 @@ async fn stop_signal() {
 
 fn banner(name: &str, data: &std::path::Path, started: &Started) {
     println!("doppel host {name:?} is running");
-    println!("  services   http://{}/<service>/...  ({} deployed)", started.listen, started.services);
-    println!("  admin API  http://{}  (token in {})", started.admin, started.token_file.display());
-    let first = if started.first_start { "  (created on this start)" } else { "" };
+    println!(
+        "  services   http://{}/<service>/...  ({} deployed)",
+        started.listen, started.services
+    );
+    println!(
+        "  admin API  http://{}  (token in {})",
+        started.admin,
+        started.token_file.display()
+    );
+    let first = if started.first_start {
+        "  (created on this start)"
+    } else {
+        ""
+    };
     println!("  data       {}{first}", data.display());
-    println!("Deploy a service:  doppel deploy app.wasm --name app   (then: doppel ls, doppel logs app)");
+    println!(
+        "Deploy a service:  doppel deploy app.wasm --name app   (then: doppel ls, doppel logs app)"
+    );
     println!("Stop with Ctrl-C (in-flight requests finish first).");
 }
 
@@ -89,6 +105,11 @@ impl HostArgs {
         };
         tracing::info!(?config, "starting");
         let data = self.data;
-        doppel_host::run(config, |started| banner(&name, &data, started), stop_signal()).await
+        doppel_host::run(
+            config,
+            |started| banner(&name, &data, started),
+            stop_signal(),
+        )
+        .await
     }
 }

@@ -71,13 +71,22 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Host(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Host(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("DOPPEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_env_filter(
+            EnvFilter::try_from_env("DOPPEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -89,8 +98,17 @@ fn main() -> std::process::ExitCode {
             Command::Host(args) => args.run().await,
             Command::Deploy(deploy) => deploy.run().await,
             Command::Ls { target } => commands::ls(&target).await,
-            Command::Rm { target, name, purge } => commands::rm(&target, &name, purge).await,
-            Command::Logs { target, name, follow, tail } => commands::logs(&target, &name, follow, tail).await,
+            Command::Rm {
+                target,
+                name,
+                purge,
+            } => commands::rm(&target, &name, purge).await,
+            Command::Logs {
+                target,
+                name,
+                follow,
+                tail,
+            } => commands::logs(&target, &name, follow, tail).await,
             Command::Kv { target, action } => action.run(&target).await,
         }
     });

@@ -6,15 +6,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size; write e.g. 128MiB, 10MB, 512KiB or 1048576"))?;
+    let number: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a size; write e.g. 128MiB, 10MB, 512KiB or 1048576")
+    })?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}; use KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}; use KiB, MiB or GiB"
+            ));
+        }
     };
     number
         .checked_mul(1 << shift)

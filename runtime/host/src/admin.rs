@@ -43,7 +43,9 @@ impl IntoResponse for AdminError {
 impl From<DeployError> for AdminError {
     fn from(e: DeployError) -> Self {
         let status = match &e {
-            DeployError::BadName(_) | DeployError::Module(_) | DeployError::BadLimit(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::BadName(_) | DeployError::Module(_) | DeployError::BadLimit(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             DeployError::NoModule(_) | DeployError::NoService(_) => StatusCode::NOT_FOUND,
             DeployError::Store(StoreError::Rejected(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::Store(_) | DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -65,7 +67,10 @@ pub fn router(state: AdminState) -> Router {
     let max = state.max_module_size;
     Router::new()
         .route("/v1/host", get(host))
-        .route("/v1/modules", post(upload).layer(DefaultBodyLimit::disable()))
+        .route(
+            "/v1/modules",
+            post(upload).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/services", get(list))
         .route("/v1/services/{name}", get(show).put(deploy).delete(remove))
         .route("/v1/services/{name}/logs", get(logs))
@@ -177,10 +182,15 @@ async fn logs(
         s.push('\n');
         Ok::<_, std::convert::Infallible>(Bytes::from(s))
     };
-    let past: Vec<_> = log.tail(q.tail.unwrap_or(usize::MAX)).iter().map(to_line).collect();
+    let past: Vec<_> = log
+        .tail(q.tail.unwrap_or(usize::MAX))
+        .iter()
+        .map(to_line)
+        .collect();
     let past = futures::stream::iter(past);
     let body = if q.follow {
-        let live = BroadcastStream::new(live).filter_map(move |l| async move { l.ok().map(|l| to_line(&l)) });
+        let live = BroadcastStream::new(live)
+            .filter_map(move |l| async move { l.ok().map(|l| to_line(&l)) });
         Body::from_stream(past.chain(live))
     } else {
         Body::from_stream(past)
@@ -224,7 +234,10 @@ async fn keys(
     } else {
         None
     };
-    let keys = keys.into_iter().map(|k| String::from_utf8_lossy(&k).into_owned()).collect();
+    let keys = keys
+        .into_iter()
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .collect();
     Ok(Json(KeyPage { keys, next }).into_response())
 }
 
@@ -234,8 +247,13 @@ async fn kv_get(
 ) -> Answer<Response> {
     let space = space(&state, &name, &bucket)?;
     match state.registry.store().get(&space, key.as_bytes()).await? {
-        Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
-        None => Err(AdminError(StatusCode::NOT_FOUND, format!("no key {key:?} in bucket {bucket:?} of {name}"))),
+        Some(value) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
+        }
+        None => Err(AdminError(
+            StatusCode::NOT_FOUND,
+            format!("no key {key:?} in bucket {bucket:?} of {name}"),
+        )),
     }
 }
 
@@ -245,14 +263,26 @@ async fn kv_put(
     value: Bytes,
 ) -> Answer<Response> {
     let space = space(&state, &name, &bucket)?;
-    let limits = state.registry.get(&name).map(|s| s.limits.clone()).unwrap_or_default();
+    let limits = state
+        .registry
+        .get(&name)
+        .map(|s| s.limits.clone())
+        .unwrap_or_default();
     if key.len() as u64 > limits.max_key || value.len() as u64 > limits.max_value {
         return Err(AdminError(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("keys are limited to {} bytes and values to {} bytes for {name}", limits.max_key, limits.max_value),
+            format!(
+                "keys are limited to {} bytes and values to {} bytes for {name}",
+                limits.max_key, limits.max_value
+            ),
         ));
     }
-    let command = Command::new(Op::Put { space, key: key.into_bytes(), value: value.to_vec() }).with_quota(limits.quota);
+    let command = Command::new(Op::Put {
+        space,
+        key: key.into_bytes(),
+        value: value.to_vec(),
+    })
+    .with_quota(limits.quota);
     state.registry.store().apply(command).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -265,7 +295,10 @@ async fn kv_delete(
     state
         .registry
         .store()
-        .apply(Command::new(Op::Delete { space, key: key.into_bytes() }))
+        .apply(Command::new(Op::Delete {
+            space,
+            key: key.into_bytes(),
+        }))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

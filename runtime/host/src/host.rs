@@ -90,7 +90,8 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut raw = [0u8; 32];
-            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+            getrandom::fill(&mut raw)
+                .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
             let token = hex::encode(raw);
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -128,22 +129,36 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let data = &config.data_dir;
     let first_start = !data.join("store").exists();
-    std::fs::create_dir_all(data).with_context(|| format!("while creating the data directory {}", data.display()))?;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("while creating the data directory {}", data.display()))?;
     std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("while restricting {} to its owner", data.display()))?;
+    // One host per data directory: the lock is held (by keeping the file open) until we return.
+    let lock = std::fs::File::create(data.join("lock"))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "the data directory {} is in use by another doppel host",
+            data.display()
+        );
+    }
     let token = admin_token(data)?;
 
-    let store = Arc::new(LocalStore::open(data.join("store")).map_err(|e| match e {
-        doppel_store::StoreError::Db(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock => {
-            anyhow::anyhow!("the data directory {} is in use by another doppel host", data.display())
-        }
-        other => anyhow::Error::new(other).context(format!("while opening the store in {}", data.display())),
-    })?);
+    let store = Arc::new(
+        LocalStore::open(data.join("store"))
+            .with_context(|| format!("while opening the store in {}", data.display()))?,
+    );
     let runtime = Runtime::new()?;
     let cache = ModuleCache::new(&data.join("cache"), &runtime.engine)
         .with_context(|| format!("while creating the module cache in {}", data.display()))?;
-    let registry = Arc::new(Registry::new(runtime, store.clone() as Arc<dyn Store>, cache));
-    let services = registry.load_all().await.context("while loading deployed services")?;
+    let registry = Arc::new(Registry::new(
+        runtime,
+        store.clone() as Arc<dyn Store>,
+        cache,
+    ));
+    let services = registry
+        .load_all()
+        .await
+        .context("while loading deployed services")?;
 
     let ingress_listener = bind(config.listen, "--listen").await?;
     let admin_listener = bind(config.admin, "--admin").await?;
@@ -207,5 +222,6 @@ pub async fn run(
         .await
         .context("while closing the store")?;
     tracing::info!("stopped cleanly");
+    drop(lock);
     Ok(())
 }

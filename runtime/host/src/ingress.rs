@@ -82,8 +82,14 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "requests still running after the grace period; stopping anyway");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "requests still running after the grace period; stopping anyway"
+        );
     }
 }
 
@@ -105,7 +111,10 @@ async fn route(registry: &Registry, mut req: Request<Incoming>) -> Response<Resp
         );
     }
     let Some(service) = registry.get(name) else {
-        return host_response(StatusCode::NOT_FOUND, format!("no service named {name:?} is deployed here"));
+        return host_response(
+            StatusCode::NOT_FOUND,
+            format!("no service named {name:?} is deployed here"),
+        );
     };
     let prefix = format!("/{name}");
     let path_and_query = match req.uri().query() {
@@ -151,7 +160,6 @@ async fn route(registry: &Registry, mut req: Request<Incoming>) -> Response<Resp
     });
     invoke(registry.runtime(), registry.store(), service, req).await
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -23,9 +23,22 @@ use crate::services::Service;
 use crate::state::{DenyOutbound, MemoryLimiter, RequestState};
 
 /// The body type of every response the ingress sends.
-pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
+pub type ResponseBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
 
 const TIMED_OUT: &str = "the request ran past its time limit";
+
+/// The trap the epoch callback raises at the deadline, recognised by type, not by its text.
+#[derive(Debug)]
+struct TimedOut;
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(TIMED_OUT)
+    }
+}
+
+impl std::error::Error for TimedOut {}
 
 /// A plain-text response made by the host, not the guest.
 pub fn host_response(status: StatusCode, text: impl Into<String>) -> Response<ResponseBody> {
@@ -37,9 +50,10 @@ pub fn host_response(status: StatusCode, text: impl Into<String>) -> Response<Re
             .boxed_unsync(),
     );
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -91,7 +105,7 @@ where
     wstore.set_epoch_deadline(1);
     wstore.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {
-            Err(wasmtime::Error::msg(TIMED_OUT))
+            Err(wasmtime::Error::new(TimedOut))
         } else {
             Ok(UpdateDeadline::Yield(1))
         }
@@ -127,8 +141,13 @@ where
             let failure = match tokio::time::timeout(timeout, run).await {
                 Ok(Ok(())) => return None,
                 Err(_) => Failure::TimedOut,
-                Ok(Err(e)) if e.to_string().contains(TIMED_OUT) => Failure::TimedOut,
-                Ok(Err(e)) if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => Failure::PoolFull,
+                Ok(Err(e)) if e.downcast_ref::<TimedOut>().is_some() => Failure::TimedOut,
+                Ok(Err(e))
+                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                        .is_some() =>
+                {
+                    Failure::PoolFull
+                }
                 Ok(Err(e)) => {
                     let mut why = format!("{e:#}");
                     if let Some(desired) = wstore.data().limiter.hit {
@@ -142,8 +161,13 @@ where
             };
             service.stats.errors.fetch_add(1, Ordering::Relaxed);
             service.log.host(match &failure {
-                Failure::TimedOut => format!("request stopped: {TIMED_OUT} ({} ms)", service.limits.timeout_ms),
-                Failure::PoolFull => "request refused: every instance slot of this host is busy".to_string(),
+                Failure::TimedOut => format!(
+                    "request stopped: {TIMED_OUT} ({} ms)",
+                    service.limits.timeout_ms
+                ),
+                Failure::PoolFull => {
+                    "request refused: every instance slot of this host is busy".to_string()
+                }
                 Failure::Trapped(why) => format!("request failed: {why}"),
             });
             Some(failure)
@@ -156,13 +180,21 @@ where
         Ok(Ok(response)) => response,
         Ok(Err(code)) => {
             service.stats.errors.fetch_add(1, Ordering::Relaxed);
-            service.log.host(format!("the service answered with an error: {code:?}"));
-            host_response(StatusCode::INTERNAL_SERVER_ERROR, format!("the service failed: {code:?}"))
+            service
+                .log
+                .host(format!("the service answered with an error: {code:?}"));
+            host_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the service failed: {code:?}"),
+            )
         }
         Err(_) => match task.await {
             Ok(Some(Failure::TimedOut)) => host_response(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("the service did not answer within its {} ms limit", service.limits.timeout_ms),
+                format!(
+                    "the service did not answer within its {} ms limit",
+                    service.limits.timeout_ms
+                ),
             ),
             Ok(Some(Failure::PoolFull)) => host_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -170,12 +202,20 @@ where
             ),
             Ok(Some(Failure::Trapped(_))) => host_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the service failed while handling this request; see `doppel logs {}`", service.name),
+                format!(
+                    "the service failed while handling this request; see `doppel logs {}`",
+                    service.name
+                ),
             ),
             Ok(None) => {
                 service.stats.errors.fetch_add(1, Ordering::Relaxed);
-                service.log.host("request failed: the handler returned without setting a response");
-                host_response(StatusCode::INTERNAL_SERVER_ERROR, "the service returned no response")
+                service
+                    .log
+                    .host("request failed: the handler returned without setting a response");
+                host_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the service returned no response",
+                )
             }
             Err(e) => {
                 service.stats.errors.fetch_add(1, Ordering::Relaxed);

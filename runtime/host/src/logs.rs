@@ -66,7 +66,11 @@ impl ServiceLog {
     /// The last `n` lines.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
         let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines.iter().skip(lines.len().saturating_sub(n)).cloned().collect()
+        lines
+            .iter()
+            .skip(lines.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     /// Lines as they are written from now on.
@@ -123,7 +127,11 @@ impl LineWriter {
 }
 
 impl AsyncWrite for LineWriter {
-    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.partial.extend_from_slice(buf);
         while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
             self.emit(pos + 1);

@@ -18,7 +18,9 @@ use crate::state::RequestState;
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
     /// Not wasm at all.
-    #[error("this file is not WebAssembly (it does not start with \\0asm); deploy the .wasm file your build produced")]
+    #[error(
+        "this file is not WebAssembly (it does not start with \\0asm); deploy the .wasm file your build produced"
+    )]
     NotWasm,
     /// A core module.
     #[error(
@@ -30,7 +32,9 @@ pub enum ModuleError {
     #[error("the component is invalid: {0}")]
     Invalid(String),
     /// Imports something the host does not provide.
-    #[error("the component imports interfaces this host does not provide: {missing}. This host provides: {provided}")]
+    #[error(
+        "the component imports interfaces this host does not provide: {missing}. This host provides: {provided}"
+    )]
     MissingImports {
         /// The unsupported imports, comma separated.
         missing: String,
@@ -73,7 +77,8 @@ pub fn check(runtime: &Runtime, bytes: &[u8]) -> Result<Checked, ModuleError> {
     if bytes[6..8] == [0, 0] {
         return Err(ModuleError::CoreModule);
     }
-    let component = Component::new(&runtime.engine, bytes).map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+    let component = Component::new(&runtime.engine, bytes)
+        .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
     link(runtime, component)
 }
 
@@ -154,7 +159,9 @@ impl ModuleCache {
             // same engine configuration (the directory is keyed by it), and their checksum matches.
             match unsafe { Component::deserialize(engine, &bytes[32..]) } {
                 Ok(component) => return Some(component),
-                Err(e) => tracing::warn!(module = digest, error = %e, "precompiled module unusable; recompiling"),
+                Err(e) => {
+                    tracing::warn!(module = digest, error = %e, "precompiled module unusable; recompiling")
+                }
             }
         } else {
             tracing::warn!(module = digest, path = %path.display(), "precompiled module is damaged; recompiling");

@@ -69,10 +69,14 @@ pub struct Service {
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     /// The name cannot be a service name.
-    #[error("invalid service name {0:?}: use 1 to 63 characters a-z, 0-9 and '-', starting with a letter (it becomes the URL prefix)")]
+    #[error(
+        "invalid service name {0:?}: use 1 to 63 characters a-z, 0-9 and '-', starting with a letter (it becomes the URL prefix)"
+    )]
     BadName(String),
     /// The module is not in the store.
-    #[error("no module {0} has been uploaded; upload it first (`doppel deploy FILE.wasm` does both)")]
+    #[error(
+        "no module {0} has been uploaded; upload it first (`doppel deploy FILE.wasm` does both)"
+    )]
     NoModule(String),
     /// No such service.
     #[error("no service named {0:?} is deployed")]
@@ -91,6 +95,9 @@ pub enum DeployError {
     Internal(anyhow::Error),
 }
 
+/// What an operator watches of one service name: its log and its counters.
+type Observed = (Arc<ServiceLog>, Arc<Stats>);
+
 const SERVICES: &str = "services";
 const MODULES: &str = "modules";
 
@@ -100,7 +107,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     cache: ModuleCache,
     services: RwLock<HashMap<String, Arc<Service>>>,
-    logs: Mutex<HashMap<String, (Arc<ServiceLog>, Arc<Stats>)>>,
+    /// Per name, not per version: they outlive redeploys and removals.
+    observed: Mutex<HashMap<String, Observed>>,
     /// Deploys and removals one at a time, so that version numbers and module clean-up never race.
     changes: tokio::sync::Mutex<()>,
 }
@@ -122,7 +130,7 @@ impl Registry {
             store,
             cache,
             services: RwLock::new(HashMap::new()),
-            logs: Mutex::new(HashMap::new()),
+            observed: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
         }
     }
@@ -148,12 +156,15 @@ impl Registry {
 
     /// How many services run.
     pub fn count(&self) -> usize {
-        self.services.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// The log and counters of `name`, created on first use; they outlive redeploys.
     pub fn log_and_stats(&self, name: &str) -> (Arc<ServiceLog>, Arc<Stats>) {
-        self.logs
+        self.observed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.to_string())
@@ -174,7 +185,9 @@ impl Registry {
                 Err(e) => {
                     // One broken service must not keep the others down.
                     tracing::error!(service = %name, error = %e, "cannot load service; it will answer 503 until redeployed");
-                    self.log_and_stats(&name).0.host(format!("cannot load at start: {e}"));
+                    self.log_and_stats(&name)
+                        .0
+                        .host(format!("cannot load at start: {e}"));
                 }
             }
         }
@@ -190,7 +203,10 @@ impl Registry {
             for key in &keys {
                 if let Some(bytes) = self.store.get(&space, key).await? {
                     let record = serde_json::from_slice(&bytes).map_err(|e| {
-                        StoreError::Corrupt(format!("service record {}: {e}", String::from_utf8_lossy(key)))
+                        StoreError::Corrupt(format!(
+                            "service record {}: {e}",
+                            String::from_utf8_lossy(key)
+                        ))
                     })?;
                     records.push(record);
                 }
@@ -230,7 +246,11 @@ impl Registry {
             }
         };
         let (log, stats) = self.log_and_stats(&record.name);
-        let config: WasiConfigVariables = record.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let config: WasiConfigVariables = record
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         Ok(Service {
             name: record.name.as_str().into(),
             limits: Arc::new(record.limits.clone()),
@@ -284,7 +304,11 @@ impl Registry {
 
     /// Deploys (or redeploys) `name`. The new version is loaded and ready before the switch;
     /// requests already running finish on the old one.
-    pub async fn deploy(&self, name: &str, request: DeployRequest) -> Result<ServiceInfo, DeployError> {
+    pub async fn deploy(
+        &self,
+        name: &str,
+        request: DeployRequest,
+    ) -> Result<ServiceInfo, DeployError> {
         let _guard = self.changes.lock().await;
         let module = request.module.clone();
         let result = self.deploy_locked(name, request).await;
@@ -295,7 +319,11 @@ impl Registry {
         result
     }
 
-    async fn deploy_locked(&self, name: &str, request: DeployRequest) -> Result<ServiceInfo, DeployError> {
+    async fn deploy_locked(
+        &self,
+        name: &str,
+        request: DeployRequest,
+    ) -> Result<ServiceInfo, DeployError> {
         if !valid_name(name) {
             return Err(DeployError::BadName(name.to_string()));
         }
@@ -325,7 +353,10 @@ impl Registry {
                 value: serde_json::to_vec(&record).map_err(|e| DeployError::Internal(e.into()))?,
             }))
             .await?;
-        service.log.host(format!("deployed version {} ({})", record.version, record.module));
+        service.log.host(format!(
+            "deployed version {} ({})",
+            record.version, record.module
+        ));
         self.insert(service);
         if let Some(previous) = previous {
             self.forget_module_if_unused(&previous.module).await?;
@@ -348,7 +379,10 @@ impl Registry {
                 key: name.as_bytes().to_vec(),
             }))
             .await?;
-        self.services.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         if purge {
             self.store
                 .apply(Command::new(Op::PurgeService {
@@ -367,7 +401,11 @@ impl Registry {
     }
 
     async fn stored_record(&self, name: &str) -> Result<Option<ServiceRecord>, DeployError> {
-        match self.store.get(&Space::system(SERVICES), name.as_bytes()).await? {
+        match self
+            .store
+            .get(&Space::system(SERVICES), name.as_bytes())
+            .await?
+        {
             None => Ok(None),
             Some(bytes) => Ok(Some(
                 serde_json::from_slice(&bytes).map_err(|e| DeployError::Internal(e.into()))?,
@@ -391,7 +429,9 @@ impl Registry {
 
     /// What `doppel ls` shows of one service.
     pub async fn info(&self, name: &str) -> Result<ServiceInfo, DeployError> {
-        let service = self.get(name).ok_or_else(|| DeployError::NoService(name.to_string()))?;
+        let service = self
+            .get(name)
+            .ok_or_else(|| DeployError::NoService(name.to_string()))?;
         let record = &service.record;
         Ok(ServiceInfo {
             name: record.name.clone(),
@@ -431,7 +471,10 @@ impl Registry {
 fn check_limits(limits: &Limits) -> Result<(), DeployError> {
     let bad = |what: &str| Err(DeployError::BadLimit(what.to_string()));
     if limits.max_memory < (1 << 16) || limits.max_memory > MAX_MEMORY_LIMIT {
-        return bad(&format!("--max-memory must be between 64 KiB and {} GiB", MAX_MEMORY_LIMIT >> 30));
+        return bad(&format!(
+            "--max-memory must be between 64 KiB and {} GiB",
+            MAX_MEMORY_LIMIT >> 30
+        ));
     }
     if limits.timeout_ms == 0 || limits.timeout_ms > 3_600_000 {
         return bad("--timeout must be between 1 ms and 1 hour");

@@ -125,7 +125,9 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
     /// The service would store more than its quota.
-    #[error("storage quota exceeded: the service would use {would_use} bytes, its quota is {quota}")]
+    #[error(
+        "storage quota exceeded: the service would use {would_use} bytes, its quota is {quota}"
+    )]
     QuotaExceeded {
         /// Bytes after the write.
         would_use: u64,

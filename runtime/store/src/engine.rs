@@ -5,9 +5,9 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
+use crate::StoreError;
 use crate::command::{ApplyError, Command, Op, Outcome};
 use crate::space::{self, Space};
-use crate::StoreError;
 
 /// The applied state. Reads go straight to sled; writes come only from the committer thread,
 /// after the write-ahead log has made them durable.
@@ -81,7 +81,11 @@ impl Engine {
         let mut names = Vec::new();
         let mut start = Bound::Included(prefix.clone());
         // Jump from bucket to bucket instead of reading every key.
-        while let Some(item) = self.db.range::<Vec<u8>, _>((start, Bound::Unbounded)).next() {
+        while let Some(item) = self
+            .db
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .next()
+        {
             let (k, _) = item?;
             if !k.starts_with(&prefix) {
                 break;
@@ -151,7 +155,11 @@ impl Engine {
     }
 
     /// Works out the changes an op makes, without writing.
-    fn plan(&self, op: &Op, changes: &mut Changes) -> Result<Result<Outcome, ApplyError>, StoreError> {
+    fn plan(
+        &self,
+        op: &Op,
+        changes: &mut Changes,
+    ) -> Result<Result<Outcome, ApplyError>, StoreError> {
         Ok(Ok(match op {
             Op::Put { space, key, value } => {
                 changes.insert(space::data_key(space, key), Some(value.clone()));
@@ -165,7 +173,10 @@ impl Engine {
                 let k = space::data_key(space, key);
                 let current = match self.db.get(&k)? {
                     None => 0,
-                    Some(v) => match std::str::from_utf8(&v).ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+                    Some(v) => match std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<i64>().ok())
+                    {
                         Some(n) => n,
                         None => return Ok(Err(ApplyError::NotACounter)),
                     },
@@ -254,11 +265,9 @@ pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
 fn read_u64(v: Option<sled::IVec>) -> Result<u64, StoreError> {
     match v {
         None => Ok(0),
-        Some(v) => Ok(u64::from_be_bytes(
-            v.as_ref()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("usage counter is not 8 bytes".into()))?,
-        )),
+        Some(v) => Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+            StoreError::Corrupt("usage counter is not 8 bytes".into())
+        })?)),
     }
 }
 

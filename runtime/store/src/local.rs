@@ -74,8 +74,15 @@ impl LocalStore {
     /// Stops taking writes, waits for the committer to finish the ones it has, checkpoints sled.
     /// Blocking; later writes get [`StoreError::Closed`].
     pub fn close_blocking(&self) {
-        self.sender.write().unwrap_or_else(|e| e.into_inner()).take();
-        let handle = self.committer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.sender
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let handle = self
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }
@@ -139,29 +146,34 @@ fn commit_loop(engine: Arc<Engine>, mut wal: Wal, mut next: u64, receiver: Recei
             next += 1;
             let _ = p.reply.send(result);
         }
-        if failed.is_none() && wal.size() > SEGMENT_LIMIT {
-            if let Err(e) = engine.checkpoint().and_then(|()| wal.rotate(next)) {
-                tracing::error!(error = %e, "checkpoint failed; refusing all further writes");
-                failed = Some(e.to_string());
-            }
+        if failed.is_none()
+            && wal.size() > SEGMENT_LIMIT
+            && let Err(e) = engine.checkpoint().and_then(|()| wal.rotate(next))
+        {
+            tracing::error!(error = %e, "checkpoint failed; refusing all further writes");
+            failed = Some(e.to_string());
         }
     }
     // Closed: make sled durable so the next start has nothing to replay.
-    if failed.is_none() {
-        if let Err(e) = engine.checkpoint().and_then(|()| wal.rotate(next)) {
-            tracing::error!(error = %e, "final checkpoint failed; the next start replays the log");
-        }
+    if failed.is_none()
+        && let Err(e) = engine.checkpoint().and_then(|()| wal.rotate(next))
+    {
+        tracing::error!(error = %e, "final checkpoint failed; the next start replays the log");
     }
 }
 
 fn io_error(why: &str) -> StoreError {
-    StoreError::Io(std::io::Error::other(format!("the store stopped after a failure: {why}")))
+    StoreError::Io(std::io::Error::other(format!(
+        "the store stopped after a failure: {why}"
+    )))
 }
 
 fn approx_size(command: &Command) -> usize {
     use crate::Op;
     match &command.op {
-        Op::Put { key, value, .. } | Op::CompareAndSwap { key, value, .. } => key.len() + value.len(),
+        Op::Put { key, value, .. } | Op::CompareAndSwap { key, value, .. } => {
+            key.len() + value.len()
+        }
         Op::PutMany { pairs, .. } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
         _ => 64,
     }
@@ -203,14 +215,14 @@ impl Store for LocalStore {
         match sender.try_send(pending) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(pending)) => {
-                tokio::task::spawn_blocking(move || sender.send(pending))
+                tokio::task::spawn_blocking(move || sender.send(pending).is_ok())
                     .await
-                    .map_err(|_| StoreError::Closed)?
-                    .map_err(|_| StoreError::Closed)?;
+                    .ok()
+                    .filter(|sent| *sent)
+                    .ok_or(StoreError::Closed)?;
             }
             Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
         }
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
-

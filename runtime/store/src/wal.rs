@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::StoreError;
 use crate::command::Command;
 use crate::engine::sync_dir;
-use crate::StoreError;
 
 const HEADER: usize = 8;
 

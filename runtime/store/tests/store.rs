@@ -29,15 +29,27 @@ async fn put_get_delete_list() {
     assert_eq!(keys, vec![b"k1".to_vec(), b"k2".to_vec()]);
     let rest = store.list_keys(&a, Some(b"k2"), 10).await.unwrap();
     assert_eq!(rest, vec![b"k3".to_vec()]);
-    assert_eq!(store.buckets("svc").await.unwrap(), vec!["default", "other"]);
+    assert_eq!(
+        store.buckets("svc").await.unwrap(),
+        vec!["default", "other"]
+    );
     store
-        .apply(Command::new(Op::Delete { space: a.clone(), key: b"k1".to_vec() }))
+        .apply(Command::new(Op::Delete {
+            space: a.clone(),
+            key: b"k1".to_vec(),
+        }))
         .await
         .unwrap();
     assert_eq!(store.get(&a, b"k1").await.unwrap(), None);
     // Another service sees none of it.
     assert!(store.buckets("sv").await.unwrap().is_empty());
-    assert_eq!(store.get(&Space::bucket("other-svc", "default"), b"k2").await.unwrap(), None);
+    assert_eq!(
+        store
+            .get(&Space::bucket("other-svc", "default"), b"k2")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -45,20 +57,43 @@ async fn counters_and_compare_and_swap() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path()).unwrap();
     let s = Space::bucket("svc", "");
-    let inc = |delta| Command::new(Op::Increment { space: s.clone(), key: b"n".to_vec(), delta });
+    let inc = |delta| {
+        Command::new(Op::Increment {
+            space: s.clone(),
+            key: b"n".to_vec(),
+            delta,
+        })
+    };
     assert_eq!(store.apply(inc(5)).await.unwrap(), Outcome::Counter(5));
     assert_eq!(store.apply(inc(-7)).await.unwrap(), Outcome::Counter(-2));
     assert_eq!(store.get(&s, b"n").await.unwrap(), Some(b"-2".to_vec()));
     store.apply(put(&s, "text", "hello")).await.unwrap();
     let refused = store
-        .apply(Command::new(Op::Increment { space: s.clone(), key: b"text".to_vec(), delta: 1 }))
+        .apply(Command::new(Op::Increment {
+            space: s.clone(),
+            key: b"text".to_vec(),
+            delta: 1,
+        }))
         .await;
-    assert!(matches!(refused, Err(StoreError::Rejected(ApplyError::NotACounter))));
-    store.apply(put(&s, "big", &i64::MAX.to_string())).await.unwrap();
+    assert!(matches!(
+        refused,
+        Err(StoreError::Rejected(ApplyError::NotACounter))
+    ));
+    store
+        .apply(put(&s, "big", &i64::MAX.to_string()))
+        .await
+        .unwrap();
     let refused = store
-        .apply(Command::new(Op::Increment { space: s.clone(), key: b"big".to_vec(), delta: 1 }))
+        .apply(Command::new(Op::Increment {
+            space: s.clone(),
+            key: b"big".to_vec(),
+            delta: 1,
+        }))
         .await;
-    assert!(matches!(refused, Err(StoreError::Rejected(ApplyError::Overflow))));
+    assert!(matches!(
+        refused,
+        Err(StoreError::Rejected(ApplyError::Overflow))
+    ));
 
     let cas = |expected: Option<&str>, value: &str| {
         Command::new(Op::CompareAndSwap {
@@ -71,9 +106,14 @@ async fn counters_and_compare_and_swap() {
     assert_eq!(store.apply(cas(None, "1")).await.unwrap(), Outcome::Done);
     assert_eq!(
         store.apply(cas(None, "2")).await.unwrap(),
-        Outcome::Conflict { current: Some(b"1".to_vec()) }
+        Outcome::Conflict {
+            current: Some(b"1".to_vec())
+        }
     );
-    assert_eq!(store.apply(cas(Some("1"), "2")).await.unwrap(), Outcome::Done);
+    assert_eq!(
+        store.apply(cas(Some("1"), "2")).await.unwrap(),
+        Outcome::Done
+    );
     assert_eq!(store.get(&s, b"c").await.unwrap(), Some(b"2".to_vec()));
 }
 
@@ -84,24 +124,52 @@ async fn quota_refuses_growth_but_allows_shrinking() {
     let s = Space::bucket("svc", "default");
     let quota = 200;
     let big = "x".repeat(150);
-    store.apply(put(&s, "a", &big).with_quota(quota)).await.unwrap();
+    store
+        .apply(put(&s, "a", &big).with_quota(quota))
+        .await
+        .unwrap();
     let used = store.usage("svc").await.unwrap();
     assert!(used > 150 && used <= quota, "usage {used}");
     let refused = store.apply(put(&s, "b", &big).with_quota(quota)).await;
-    assert!(matches!(refused, Err(StoreError::Rejected(ApplyError::QuotaExceeded { .. }))));
-    assert_eq!(store.get(&s, b"b").await.unwrap(), None, "a refused write changes nothing");
+    assert!(matches!(
+        refused,
+        Err(StoreError::Rejected(ApplyError::QuotaExceeded { .. }))
+    ));
+    assert_eq!(
+        store.get(&s, b"b").await.unwrap(),
+        None,
+        "a refused write changes nothing"
+    );
     assert_eq!(store.usage("svc").await.unwrap(), used);
     // Overwriting with something smaller and deleting are always allowed.
-    store.apply(put(&s, "a", "small").with_quota(quota)).await.unwrap();
     store
-        .apply(Command::new(Op::Delete { space: s.clone(), key: b"a".to_vec() }).with_quota(quota))
+        .apply(put(&s, "a", "small").with_quota(quota))
+        .await
+        .unwrap();
+    store
+        .apply(
+            Command::new(Op::Delete {
+                space: s.clone(),
+                key: b"a".to_vec(),
+            })
+            .with_quota(quota),
+        )
         .await
         .unwrap();
     assert_eq!(store.usage("svc").await.unwrap(), 0);
     // Batch writes are all or nothing.
-    let pairs = vec![(b"p".to_vec(), big.clone().into_bytes()), (b"q".to_vec(), big.into_bytes())];
+    let pairs = vec![
+        (b"p".to_vec(), big.clone().into_bytes()),
+        (b"q".to_vec(), big.into_bytes()),
+    ];
     let refused = store
-        .apply(Command::new(Op::PutMany { space: s.clone(), pairs }).with_quota(quota))
+        .apply(
+            Command::new(Op::PutMany {
+                space: s.clone(),
+                pairs,
+            })
+            .with_quota(quota),
+        )
         .await;
     assert!(refused.is_err());
     assert_eq!(store.get(&s, b"p").await.unwrap(), None);
@@ -111,13 +179,30 @@ async fn quota_refuses_growth_but_allows_shrinking() {
 async fn purge_removes_one_service_only() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path()).unwrap();
-    store.apply(put(&Space::bucket("a", "x"), "k", "v")).await.unwrap();
-    store.apply(put(&Space::bucket("a", "y"), "k", "v")).await.unwrap();
-    store.apply(put(&Space::bucket("ab", "x"), "k", "v")).await.unwrap();
-    store.apply(Command::new(Op::PurgeService { service: "a".into() })).await.unwrap();
+    store
+        .apply(put(&Space::bucket("a", "x"), "k", "v"))
+        .await
+        .unwrap();
+    store
+        .apply(put(&Space::bucket("a", "y"), "k", "v"))
+        .await
+        .unwrap();
+    store
+        .apply(put(&Space::bucket("ab", "x"), "k", "v"))
+        .await
+        .unwrap();
+    store
+        .apply(Command::new(Op::PurgeService {
+            service: "a".into(),
+        }))
+        .await
+        .unwrap();
     assert!(store.buckets("a").await.unwrap().is_empty());
     assert_eq!(store.usage("a").await.unwrap(), 0);
-    assert_eq!(store.get(&Space::bucket("ab", "x"), b"k").await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(
+        store.get(&Space::bucket("ab", "x"), b"k").await.unwrap(),
+        Some(b"v".to_vec())
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -148,9 +233,16 @@ async fn acknowledged_writes_survive_a_crash_image() {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
-                store.apply(put(&s, &format!("{t}-{i}"), "v")).await.unwrap();
                 store
-                    .apply(Command::new(Op::Increment { space: s.clone(), key: b"n".to_vec(), delta: 1 }))
+                    .apply(put(&s, &format!("{t}-{i}"), "v"))
+                    .await
+                    .unwrap();
+                store
+                    .apply(Command::new(Op::Increment {
+                        space: s.clone(),
+                        key: b"n".to_vec(),
+                        delta: 1,
+                    }))
                     .await
                     .unwrap();
             }
@@ -164,10 +256,16 @@ async fn acknowledged_writes_survive_a_crash_image() {
     for t in 0..16 {
         for i in 0..50 {
             let key = format!("{t}-{i}");
-            assert!(recovered.get(&s, key.as_bytes()).await.unwrap().is_some(), "lost {key}");
+            assert!(
+                recovered.get(&s, key.as_bytes()).await.unwrap().is_some(),
+                "lost {key}"
+            );
         }
     }
-    assert_eq!(recovered.get(&s, b"n").await.unwrap(), Some(b"800".to_vec()));
+    assert_eq!(
+        recovered.get(&s, b"n").await.unwrap(),
+        Some(b"800".to_vec())
+    );
 }
 
 /// A record torn by a crash mid-write was never acknowledged: recovery drops it and keeps the rest.
@@ -185,7 +283,12 @@ async fn torn_tail_is_cut_off() {
         std::fs::remove_dir_all(dir.path()).unwrap();
         copy_dir(image.path(), dir.path());
     }
-    let wal = std::fs::read_dir(dir.path().join("wal")).unwrap().next().unwrap().unwrap().path();
+    let wal = std::fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut f = std::fs::OpenOptions::new().append(true).open(&wal).unwrap();
     f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
     drop(f);

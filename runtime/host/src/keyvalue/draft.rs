@@ -90,7 +90,12 @@ impl store::HostBucket for KvView<'_> {
 }
 
 impl atomics::Host for KvView<'_> {
-    async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: u64) -> Answer<u64> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: u64,
+    ) -> Answer<u64> {
         let space = self.table.get(&bucket)?.space.clone();
         let Ok(delta) = i64::try_from(delta) else {
             return answer(Err(KvError::Refused("delta is larger than 2^63-1".into())));

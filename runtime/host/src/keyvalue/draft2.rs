@@ -72,7 +72,10 @@ impl store::HostBucket for KvView<'_> {
     ) -> Answer<store::KeyResponse> {
         let space = self.table.get(&bucket)?.space.clone();
         // The cursor is simply the last key of the previous page.
-        let page = self.access().list(&space, cursor.as_deref().map(str::as_bytes)).await;
+        let page = self
+            .access()
+            .list(&space, cursor.as_deref().map(str::as_bytes))
+            .await;
         answer(page.map(|(keys, more)| store::KeyResponse {
             keys,
             cursor: more.map(|k| String::from_utf8_lossy(&k).into_owned()),
@@ -86,7 +89,12 @@ impl store::HostBucket for KvView<'_> {
 }
 
 impl atomics::Host for KvView<'_> {
-    async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: i64) -> Answer<i64> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: i64,
+    ) -> Answer<i64> {
         let space = self.table.get(&bucket)?.space.clone();
         answer(self.access().increment(&space, key, delta).await)
     }
@@ -121,7 +129,11 @@ impl atomics::HostCas for KvView<'_> {
     async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<Resource<Cas>> {
         let space = self.table.get(&bucket)?.space.clone();
         match self.access().get(&space, &key).await {
-            Ok(current) => Ok(Ok(self.table.push(Cas { space, key, current })?)),
+            Ok(current) => Ok(Ok(self.table.push(Cas {
+                space,
+                key,
+                current,
+            })?)),
             Err(e) => answer(Err(e)),
         }
     }

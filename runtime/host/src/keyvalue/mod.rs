@@ -201,7 +201,11 @@ impl Access {
         after: Option<&[u8]>,
     ) -> Result<(Vec<String>, Option<Vec<u8>>), KvError> {
         let raw = self.store.list_keys(space, after, PAGE).await?;
-        let more = if raw.len() == PAGE { raw.last().cloned() } else { None };
+        let more = if raw.len() == PAGE {
+            raw.last().cloned()
+        } else {
+            None
+        };
         let keys = raw
             .into_iter()
             .map(|k| String::from_utf8_lossy(&k).into_owned())
@@ -242,7 +246,10 @@ impl Access {
             self.check_key(k)?;
             self.check_value(v)?;
         }
-        let pairs = pairs.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect();
+        let pairs = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into_bytes(), v))
+            .collect();
         self.write(Op::PutMany {
             space: space.clone(),
             pairs,

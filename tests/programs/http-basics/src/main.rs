@@ -42,9 +42,13 @@ impl wasi::exports::http::incoming_handler::Guest for Handler {
             "/config-all" => {
                 let mut all = config::get_all().unwrap_or_default();
                 all.sort();
-                all.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+                all.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
             }
-            "/env" => std::env::var(param(&params, "name").unwrap_or("")).unwrap_or_else(|_| "<unset>".into()),
+            "/env" => std::env::var(param(&params, "name").unwrap_or(""))
+                .unwrap_or_else(|_| "<unset>".into()),
             "/log" => {
                 println!("to stdout: {}", param(&params, "msg").unwrap_or(""));
                 eprintln!("to stderr: {}", param(&params, "msg").unwrap_or(""));

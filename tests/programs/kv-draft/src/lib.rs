@@ -25,7 +25,8 @@ fn split_pairs(body: &[u8]) -> Vec<(String, Vec<u8>)> {
 
 fn run(request: &IncomingRequest) -> Result<String, String> {
     let (path, params) = path_and_query(request);
-    let bucket = store::open(param(&params, "b").unwrap_or("")).map_err(|e| format!("open: {e:?}"))?;
+    let bucket =
+        store::open(param(&params, "b").unwrap_or("")).map_err(|e| format!("open: {e:?}"))?;
     let key = param(&params, "k").unwrap_or("").to_string();
     let err = |e: store::Error| format!("error: {e:?}");
     Ok(match path.as_str() {
@@ -56,11 +57,21 @@ fn run(request: &IncomingRequest) -> Result<String, String> {
                     None => break,
                 }
             }
-            format!("pages={pages} count={} first={:?} last={:?}", keys.len(), keys.first(), keys.last())
+            format!(
+                "pages={pages} count={} first={:?} last={:?}",
+                keys.len(),
+                keys.first(),
+                keys.last()
+            )
         }
         "/increment" => {
-            let delta = param(&params, "d").unwrap_or("1").parse().map_err(|_| "bad delta".to_string())?;
-            atomics::increment(&bucket, &key, delta).map_err(err)?.to_string()
+            let delta = param(&params, "d")
+                .unwrap_or("1")
+                .parse()
+                .map_err(|_| "bad delta".to_string())?;
+            atomics::increment(&bucket, &key, delta)
+                .map_err(err)?
+                .to_string()
         }
         "/set-many" => {
             batch::set_many(&bucket, &split_pairs(&read_body(request)?)).map_err(err)?;
@@ -98,6 +109,11 @@ impl wasi::exports::http::incoming_handler::Guest for Handler {
 
 wasi::http::proxy::export!(Handler);
 
-fn extra_route(path: &str, _: &store::Bucket, _: &str, _: &IncomingRequest) -> Result<String, String> {
+fn extra_route(
+    path: &str,
+    _: &store::Bucket,
+    _: &str,
+    _: &IncomingRequest,
+) -> Result<String, String> {
     Err(format!("no route {path}"))
 }

@@ -25,7 +25,8 @@ fn split_pairs(body: &[u8]) -> Vec<(String, Vec<u8>)> {
 
 fn run(request: &IncomingRequest) -> Result<String, String> {
     let (path, params) = path_and_query(request);
-    let bucket = store::open(param(&params, "b").unwrap_or("")).map_err(|e| format!("open: {e:?}"))?;
+    let bucket =
+        store::open(param(&params, "b").unwrap_or("")).map_err(|e| format!("open: {e:?}"))?;
     let key = param(&params, "k").unwrap_or("").to_string();
     let err = |e: store::Error| format!("error: {e:?}");
     Ok(match path.as_str() {
@@ -56,11 +57,21 @@ fn run(request: &IncomingRequest) -> Result<String, String> {
                     None => break,
                 }
             }
-            format!("pages={pages} count={} first={:?} last={:?}", keys.len(), keys.first(), keys.last())
+            format!(
+                "pages={pages} count={} first={:?} last={:?}",
+                keys.len(),
+                keys.first(),
+                keys.last()
+            )
         }
         "/increment" => {
-            let delta = param(&params, "d").unwrap_or("1").parse().map_err(|_| "bad delta".to_string())?;
-            atomics::increment(&bucket, &key, delta).map_err(err)?.to_string()
+            let delta = param(&params, "d")
+                .unwrap_or("1")
+                .parse()
+                .map_err(|_| "bad delta".to_string())?;
+            atomics::increment(&bucket, &key, delta)
+                .map_err(err)?
+                .to_string()
         }
         "/set-many" => {
             batch::set_many(&bucket, &split_pairs(&read_body(request)?)).map_err(err)?;
@@ -100,7 +111,12 @@ wasi::http::proxy::export!(Handler);
 
 /// Compare-and-swap, which only draft2 has: `/cas` reads the key, then swaps in the body; with
 /// `race=1` another write lands between read and swap, so the swap must fail.
-fn extra_route(path: &str, bucket: &store::Bucket, key: &str, request: &IncomingRequest) -> Result<String, String> {
+fn extra_route(
+    path: &str,
+    bucket: &store::Bucket,
+    key: &str,
+    request: &IncomingRequest,
+) -> Result<String, String> {
     let err = |e: store::Error| format!("error: {e:?}");
     match path {
         "/cas" => {
@@ -112,10 +128,16 @@ fn extra_route(path: &str, bucket: &store::Bucket, key: &str, request: &Incoming
                 bucket.set(key, b"interloper").map_err(err)?;
             }
             match atomics::swap(cas, &value) {
-                Ok(()) => Ok(format!("swapped (was {:?})", seen.map(|v| String::from_utf8_lossy(&v).into_owned()))),
+                Ok(()) => Ok(format!(
+                    "swapped (was {:?})",
+                    seen.map(|v| String::from_utf8_lossy(&v).into_owned())
+                )),
                 Err(atomics::CasError::CasFailed(fresh)) => {
                     let now = fresh.current().map_err(err)?;
-                    Ok(format!("conflict (now {:?})", now.map(|v| String::from_utf8_lossy(&v).into_owned())))
+                    Ok(format!(
+                        "conflict (now {:?})",
+                        now.map(|v| String::from_utf8_lossy(&v).into_owned())
+                    ))
                 }
                 Err(atomics::CasError::StoreError(e)) => Err(err(e)),
             }

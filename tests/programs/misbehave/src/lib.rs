@@ -16,7 +16,9 @@ use bindings::wasi::keyvalue::store;
 struct Handler;
 
 fn size(params: &[(String, String)], name: &str) -> usize {
-    param(params, name).and_then(|v| v.parse().ok()).unwrap_or(0)
+    param(params, name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 impl wasi::exports::http::incoming_handler::Guest for Handler {

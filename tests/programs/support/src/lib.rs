@@ -3,7 +3,9 @@
 
 use std::io::{Read, Write};
 
-use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 /// Sends `status` with `body` as the response.
 pub fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
@@ -26,7 +28,9 @@ pub fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
 
 /// The whole request body, or the error text if it could not be read.
 pub fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
-    let body = request.consume().map_err(|()| "body already taken".to_string())?;
+    let body = request
+        .consume()
+        .map_err(|()| "body already taken".to_string())?;
     let mut stream = body.stream().map_err(|()| "no body stream".to_string())?;
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
@@ -50,5 +54,8 @@ pub fn path_and_query(request: &IncomingRequest) -> (String, Vec<(String, String
 
 /// The value of query parameter `name`.
 pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }

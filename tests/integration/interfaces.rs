@@ -1,0 +1,147 @@
+//! Every interface of the guest contract, exercised through real components.
+
+use doppel_guests as guests;
+
+use crate::support::Host;
+
+#[test]
+fn http_config_env_logs_clocks_random_and_denied_capabilities() {
+    let host = Host::start();
+    host.deploy(
+        guests::HTTP_BASICS,
+        "basics",
+        &["--config", "greeting=hallo", "--config", "DB=main"],
+    );
+    // The component sees the rest of the path; the prefix travels in x-forwarded-prefix.
+    assert_eq!(
+        host.post("/basics/echo?x=1&y=2", "payload"),
+        (
+            200,
+            "method=Method::Post path=/echo?x=1&y=2 prefix=/basics body=payload".into()
+        )
+    );
+    assert_eq!(host.get("/basics/config?key=greeting").1, "hallo");
+    assert_eq!(host.get("/basics/config?key=missing").1, "<unset>");
+    assert_eq!(host.get("/basics/config-all").1, "DB=main,greeting=hallo");
+    assert_eq!(host.get("/basics/env?name=DB").1, "main");
+    assert_eq!(
+        host.get("/basics/env?name=PATH").1,
+        "<unset>",
+        "no host environment leaks in"
+    );
+    let (_, clock) = host.get("/basics/clock-random");
+    assert!(clock.ends_with("random_differs=true"), "{clock}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let guest_time: u64 = clock.split(['=', ' ']).nth(1).unwrap().parse().unwrap();
+    assert!(
+        guest_time.abs_diff(now) < 60,
+        "guest clock {guest_time} vs {now}"
+    );
+    assert!(host.get("/basics/outbound").1.contains("HttpRequestDenied"));
+    assert!(host.get("/basics/file").1.starts_with("file refused"));
+    assert!(host.get("/basics/socket").1.starts_with("socket refused"));
+    assert_eq!(host.get("/basics/nope").0, 404);
+}
+
+#[test]
+fn handlers_built_for_wasi_http_0_2_0_run() {
+    let host = Host::start();
+    host.deploy(guests::HTTP_020, "old", &[]);
+    assert_eq!(
+        host.get("/old/anything"),
+        (200, "hello from wasi 0.2.0\n".into())
+    );
+}
+
+/// The same scenario through both keyvalue drafts.
+fn keyvalue_scenario(host: &Host, service: &str) {
+    let call = |path: &str, body: &str| {
+        let (status, text) = host.post(&format!("/{service}{path}"), body.to_string());
+        assert_eq!(status, 200, "{service}{path}: {text}");
+        text
+    };
+    assert_eq!(call("/get?k=a", ""), "<none>");
+    assert_eq!(call("/exists?k=a", ""), "false");
+    assert_eq!(call("/set?k=a", "one"), "ok");
+    assert_eq!(call("/get?k=a", ""), "one");
+    assert_eq!(call("/exists?k=a", ""), "true");
+    // "" and "default" are one bucket; other names are separate.
+    assert_eq!(call("/get?b=default&k=a", ""), "one");
+    assert_eq!(call("/get?b=other&k=a", ""), "<none>");
+    assert_eq!(call("/set?b=other&k=a", "two"), "ok");
+    assert_eq!(call("/get?k=a", ""), "one");
+    assert_eq!(call("/delete?k=a", ""), "ok");
+    assert_eq!(call("/get?k=a", ""), "<none>");
+    assert_eq!(call("/get?b=other&k=a", ""), "two");
+    // Counters.
+    assert_eq!(call("/increment?k=n&d=5", ""), "5");
+    assert_eq!(call("/increment?k=n&d=7", ""), "12");
+    assert_eq!(call("/get?k=n", ""), "12");
+    // Batches.
+    assert_eq!(call("/set-many?b=batch", "x=1\ny=2\nz=3"), "ok");
+    assert_eq!(call("/get-many?b=batch&k=x,nope,z", ""), "x=1,-,z=3");
+    assert_eq!(call("/delete-many?b=batch&k=x,y", ""), "ok");
+    assert_eq!(call("/get-many?b=batch&k=x,y,z", ""), "-,-,z=3");
+    // Listing follows cursors across pages (1000 keys a page).
+    let many: String = (0..2500).map(|i| format!("key{i:05}=v\n")).collect();
+    assert_eq!(call("/set-many?b=big", &many), "ok");
+    assert_eq!(
+        call("/list?b=big", ""),
+        "pages=3 count=2500 first=Some(\"key00000\") last=Some(\"key02499\")"
+    );
+}
+
+#[test]
+fn keyvalue_draft_works_end_to_end() {
+    let host = Host::start();
+    host.deploy(guests::KV_DRAFT, "kv", &[]);
+    keyvalue_scenario(&host, "kv");
+    // Draft 1 counters are unsigned: going below zero is a guest-visible error.
+    let (status, text) = host.post("/kv/increment?k=n&d=18446744073709551615", "");
+    assert_eq!(status, 500);
+    assert!(text.contains("larger than"), "{text}");
+}
+
+#[test]
+fn keyvalue_draft2_works_end_to_end_with_compare_and_swap() {
+    let host = Host::start();
+    host.deploy(guests::KV_DRAFT2, "kv", &[]);
+    keyvalue_scenario(&host, "kv");
+    assert_eq!(host.post("/kv/increment?k=n&d=-20", "").1, "-8");
+    assert_eq!(host.post("/kv/cas?k=c", "first").1, "swapped (was None)");
+    assert_eq!(
+        host.post("/kv/cas?k=c", "second").1,
+        "swapped (was Some(\"first\"))"
+    );
+    // Someone else writes between the read and the swap: the swap must not happen.
+    assert_eq!(
+        host.post("/kv/cas?k=c&race=1", "lost").1,
+        "conflict (now Some(\"interloper\"))"
+    );
+    assert_eq!(host.get("/kv/get?k=c").1, "interloper");
+    // A value that is not a number cannot be incremented.
+    let (status, text) = host.post("/kv/increment?k=c&d=1", "");
+    assert_eq!(status, 500);
+    assert!(text.contains("not a decimal integer"), "{text}");
+}
+
+#[test]
+fn services_cannot_see_each_others_buckets() {
+    let host = Host::start();
+    host.deploy(guests::KV_DRAFT, "alpha", &[]);
+    host.deploy(guests::KV_DRAFT2, "beta", &[]);
+    host.post("/alpha/set?k=secret", "alpha's");
+    host.post("/alpha/set?b=shared&k=secret", "alpha's");
+    assert_eq!(host.get("/beta/get?k=secret").1, "<none>");
+    assert_eq!(host.get("/beta/get?b=shared&k=secret").1, "<none>");
+    assert_eq!(
+        host.get("/beta/list?b=shared").1,
+        "pages=1 count=0 first=None last=None"
+    );
+    // Both drafts share one store: a service redeployed with the other draft sees its data.
+    host.deploy(guests::KV_DRAFT2, "alpha", &[]);
+    assert_eq!(host.get("/alpha/get?k=secret").1, "alpha's");
+}

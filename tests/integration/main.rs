@@ -1,0 +1,9 @@
+//! Integration tests: the real `doppel` binary, started as separate processes on loopback ports,
+//! driven over HTTP and through the CLI.
+
+mod durability;
+mod interfaces;
+mod limits;
+mod operator;
+mod redeploy;
+mod support;

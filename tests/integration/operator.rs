@@ -1,0 +1,277 @@
+//! The operator's surface: first start, the CLI's commands, the admin API's auth, bad deploys.
+
+use std::os::unix::fs::PermissionsExt;
+
+use doppel_guests as guests;
+
+use crate::support::{Host, doppel, http};
+
+#[test]
+fn first_start_creates_a_private_token_and_serves_nothing_yet() {
+    let host = Host::start();
+    let mode = std::fs::metadata(host.data.join("admin-token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the token must be readable by its owner only"
+    );
+    let mode = std::fs::metadata(&host.data).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the data directory must be private");
+    assert!(host.cli_ok(&["ls"]).contains("No services deployed"));
+    assert_eq!(host.cli_ok(&["ls", "--json"]).trim(), "[]");
+    let (status, body) = host.get("/");
+    assert_eq!(status, 404);
+    assert!(body.contains("doppel host"));
+    let (status, body) = host.get("/nothing/here");
+    assert_eq!(status, 404);
+    assert!(body.contains("no service named \"nothing\""));
+}
+
+#[test]
+fn admin_api_refuses_a_wrong_token_and_never_echoes_it() {
+    let host = Host::start();
+    let url = format!("http://{}/v1/services", host.admin);
+    let none = http().get(&url).send().unwrap();
+    assert_eq!(none.status().as_u16(), 401);
+    let guess = "0123456789abcdef-not-the-token";
+    let wrong = http().get(&url).bearer_auth(guess).send().unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert!(!wrong.text().unwrap().contains(guess));
+    let right = http().get(&url).bearer_auth(host.token()).send().unwrap();
+    assert_eq!(right.status().as_u16(), 200);
+    // The CLI with a wrong token says what to do.
+    let out = doppel()
+        .args([
+            "ls",
+            "--admin",
+            &format!("http://{}", host.admin),
+            "--token",
+            guess,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wrong admin token"), "{stderr}");
+    assert!(!stderr.contains(guess));
+}
+
+#[test]
+fn client_without_a_host_says_how_to_find_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = doppel()
+        .args(["ls", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Start one with `doppel host`"));
+}
+
+#[test]
+fn deploy_ls_logs_rm() {
+    let host = Host::start();
+    host.deploy(
+        guests::HTTP_BASICS,
+        "basics",
+        &["--config", "greeting=hallo"],
+    );
+    let listed = host.cli_ok(&["ls"]);
+    assert!(
+        listed.contains("basics") && listed.contains("sha256:"),
+        "{listed}"
+    );
+    assert_eq!(
+        host.get("/basics/config?key=greeting"),
+        (200, "hallo".into())
+    );
+    host.get("/basics/log?msg=hello-log");
+    let ls: serde_json::Value = serde_json::from_str(&host.cli_ok(&["ls", "--json"])).unwrap();
+    assert_eq!(ls[0]["name"], "basics");
+    assert_eq!(ls[0]["version"], 1);
+    assert!(ls[0]["requests"].as_u64().unwrap() >= 2);
+    assert_eq!(ls[0]["config_keys"][0], "greeting");
+    let logs = host.cli_ok(&["logs", "basics"]);
+    assert!(logs.contains("stdout to stdout: hello-log"), "{logs}");
+    assert!(logs.contains("stderr to stderr: hello-log"), "{logs}");
+    let json_logs = host.cli_ok(&["logs", "basics", "--json", "--tail", "1"]);
+    let last: serde_json::Value = serde_json::from_str(json_logs.trim()).unwrap();
+    assert_eq!(last["stream"], "stderr");
+
+    let removed = host.cli_ok(&["rm", "basics"]);
+    assert!(removed.contains("data"), "{removed}");
+    assert_eq!(host.get("/basics/config?key=greeting").0, 404);
+    assert!(host.cli_err(&["rm", "basics"]).contains("no service named"));
+}
+
+#[test]
+fn logs_follow_streams_new_lines() {
+    let host = Host::start();
+    host.deploy(guests::HTTP_BASICS, "basics", &[]);
+    let mut follow = doppel()
+        .args(["logs", "basics", "--follow", "--data"])
+        .arg(&host.data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Keep logging until the follower has seen a line written after it started.
+    let mut seen = false;
+    for i in 0..200 {
+        host.get(&format!("/basics/log?msg=live-{i}"));
+        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            seen |= line.contains("live-");
+        }
+        if seen {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(seen, "logs --follow printed no new line");
+}
+
+#[test]
+fn kv_commands_inspect_and_change_state() {
+    let host = Host::start();
+    host.deploy(guests::KV_DRAFT2, "kv", &[]);
+    assert_eq!(host.post("/kv/set?k=greeting", "hello").0, 200);
+    assert_eq!(host.post("/kv/set?b=audit&k=e1", "x").0, 200);
+    assert_eq!(
+        host.cli_ok(&["kv", "ls", "--service", "kv"]),
+        "audit\ndefault\n"
+    );
+    assert_eq!(
+        host.cli_ok(&["kv", "ls", "--service", "kv", "--bucket", "default"]),
+        "greeting\n"
+    );
+    assert_eq!(
+        host.cli_ok(&["kv", "get", "--service", "kv", "greeting"]),
+        "hello"
+    );
+    host.cli_ok(&[
+        "kv",
+        "put",
+        "--service",
+        "kv",
+        "greeting",
+        "changed by operator",
+    ]);
+    assert_eq!(host.get("/kv/get?k=greeting").1, "changed by operator");
+    host.cli_ok(&["kv", "rm", "--service", "kv", "greeting"]);
+    assert_eq!(host.get("/kv/get?k=greeting").1, "<none>");
+    assert!(
+        host.cli_err(&["kv", "get", "--service", "kv", "greeting"])
+            .contains("no key")
+    );
+    assert!(
+        host.cli_err(&["kv", "ls", "--service", "nope"])
+            .contains("no service named")
+    );
+}
+
+/// Every kind of bad deploy is refused with a message saying what is wrong, stores nothing, and
+/// leaves running services alone.
+#[test]
+fn bad_deploys_are_refused_and_change_nothing() {
+    let host = Host::start_with(&["--max-module-size", "200KiB"]);
+    host.deploy(guests::HTTP_020, "steady", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "these are not the bytes you are looking for").unwrap();
+    let core = dir.path().join("core.wasm");
+    // The smallest valid core module: magic, version 1, no sections.
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x0d\0\x01\0\xff\xff\xff").unwrap();
+
+    let cases: &[(&str, &str, &str)] = &[
+        (text.to_str().unwrap(), "text", "not WebAssembly"),
+        (
+            core.to_str().unwrap(),
+            "core",
+            "core WebAssembly module, not a component",
+        ),
+        (
+            garbage.to_str().unwrap(),
+            "garbage",
+            "the component is invalid",
+        ),
+        (
+            guests::UNSUPPORTED_IMPORT,
+            "unsupported",
+            "test:nope/teleport",
+        ),
+        (
+            guests::NO_HANDLER,
+            "nohandler",
+            "does not export wasi:http/incoming-handler",
+        ),
+        (
+            guests::HTTP_BASICS,
+            "toolarge",
+            "larger than this host accepts",
+        ),
+        (guests::HTTP_020, "Bad_Name", "invalid service name"),
+        (
+            "/no/such/file.wasm",
+            "missing",
+            "cannot read /no/such/file.wasm",
+        ),
+    ];
+    for (file, name, expected) in cases {
+        let stderr = host.cli_err(&["deploy", file, "--name", name]);
+        assert!(
+            stderr.contains(expected),
+            "deploy {name}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+    let stderr = host.cli_err(&[
+        "deploy",
+        guests::HTTP_020,
+        "--name",
+        "x",
+        "--max-memory",
+        "lots",
+    ]);
+    assert!(stderr.contains("not a size"), "{stderr}");
+    let stderr = host.cli_err(&[
+        "deploy",
+        guests::HTTP_020,
+        "--name",
+        "x",
+        "--max-memory",
+        "64GiB",
+    ]);
+    assert!(stderr.contains("--max-memory must be between"), "{stderr}");
+
+    let ls: serde_json::Value = serde_json::from_str(&host.cli_ok(&["ls", "--json"])).unwrap();
+    assert_eq!(
+        ls.as_array().unwrap().len(),
+        1,
+        "only the steady service exists: {ls}"
+    );
+    assert_eq!(host.get("/steady/").0, 200);
+    // Nothing was stored: the only module on disk is the steady service's.
+    let cache = std::fs::read_dir(host.data.join("cache"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let cached: Vec<_> = std::fs::read_dir(cache).unwrap().collect();
+    assert_eq!(cached.len(), 1, "precompiled copies: {cached:?}");
+}

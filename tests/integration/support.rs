@@ -1,0 +1,219 @@
+//! Starting real `doppel host` processes on loopback ports and talking to them.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// One `doppel host` process with its own data directory.
+pub struct Host {
+    child: Option<Child>,
+    /// The data directory (kept across restarts).
+    pub data: PathBuf,
+    /// Service traffic address.
+    pub listen: SocketAddr,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// Keeps the temporary directory alive.
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn doppel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_doppel"))
+}
+
+/// An HTTP client with a generous timeout (debug builds under parallel tests are slow).
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+impl Host {
+    /// A new host on a fresh data directory.
+    pub fn start() -> Host {
+        Host::start_with(&[])
+    }
+
+    /// A new host on a fresh data directory, with extra `doppel host` flags.
+    pub fn start_with(extra: &[&str]) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut host = Host::spawn(&data, extra);
+        host._dir = Some(dir);
+        host
+    }
+
+    /// Starts a host on `data` and waits until it answers.
+    pub fn spawn(data: &Path, extra: &[&str]) -> Host {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.with_extension("log"))
+            .unwrap();
+        let mut child = doppel()
+            .args([
+                "host",
+                "--name",
+                "test",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(data)
+            .args(extra)
+            .env("DOPPEL_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start doppel host");
+        // The banner is printed once both servers accept connections: that is readiness.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut sent = false;
+            while let Some(Ok(line)) = lines.next() {
+                if !sent && line.starts_with("doppel host") {
+                    let _ = tx.send(());
+                    sent = true;
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "host did not start; log:\n{}",
+                std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+            );
+        }
+        let endpoint: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(data.join("host.json")).unwrap())
+                .unwrap();
+        Host {
+            child: Some(child),
+            data: data.to_path_buf(),
+            listen: endpoint["listen"].as_str().unwrap().parse().unwrap(),
+            admin: endpoint["admin"].as_str().unwrap().parse().unwrap(),
+            _dir: None,
+        }
+    }
+
+    /// The host's log (stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    /// `http://listen/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{}", self.listen, path.trim_start_matches('/'))
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin-token")).unwrap()
+    }
+
+    /// Runs a `doppel` client command against this host (found through its data directory).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        doppel()
+            .args(args)
+            .arg("--data")
+            .arg(&self.data)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a client command that must succeed; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "doppel {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a client command that must fail; returns its stderr.
+    pub fn cli_err(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "doppel {args:?} should have failed");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// Deploys `file` as `name`.
+    pub fn deploy(&self, file: &str, name: &str, extra: &[&str]) {
+        let mut args = vec!["deploy", file, "--name", name];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args);
+    }
+
+    /// GET, returning status and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let r = http().get(self.url(path)).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+
+    /// POST `body`, returning status and body.
+    pub fn post(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, String) {
+        let r = http().post(self.url(path)).body(body).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("host did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the host again on the same data directory (after `kill` or `stop`).
+    pub fn restart(&mut self) {
+        let dir = self._dir.take();
+        let mut again = Host::spawn(&self.data, &[]);
+        again._dir = dir;
+        *self = again;
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `check` holds, polling; panics with `what` after 30 s.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
