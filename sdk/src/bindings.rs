@@ -1,0 +1,27 @@
+//! The standard interfaces the SDK imports besides `wasi:http` (which the `wasi` crate brings),
+//! generated from the one copy of the WIT files in `modules/wit`.
+//!
+//! Both keyvalue drafts are imported: everyday operations use `0.2.0-draft`, which `wasmtime
+//! serve` also links, and only compare-and-swap uses `0.2.0-draft2`. The linker drops imports a
+//! service never calls, so a service that does not use `Bucket::update` runs on hosts without
+//! draft2.
+
+wit_bindgen::generate!({
+    inline: "
+        package doppel:sdk;
+        world guest {
+            import wasi:keyvalue/store@0.2.0-draft;
+            import wasi:keyvalue/atomics@0.2.0-draft;
+            import wasi:keyvalue/batch@0.2.0-draft;
+            import wasi:keyvalue/store@0.2.0-draft2;
+            import wasi:keyvalue/atomics@0.2.0-draft2;
+            import wasi:config/store@0.2.0-rc.1;
+        }
+    ",
+    path: [
+        "../modules/wit/keyvalue-draft",
+        "../modules/wit/keyvalue-draft2",
+        "../modules/wit/config",
+    ],
+    generate_all,
+});

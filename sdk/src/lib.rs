@@ -1,0 +1,105 @@
+//! # doppel-sdk: public services in ordinary Rust
+//!
+//! A service is a `wasm32-wasip2` component that answers HTTP. With this SDK you write a
+//! [`Router`] of plain functions; state lives in [`Bucket`]s of JSON values; settings come from
+//! [`config`]. Only standard WASI interfaces are used (`wasi:http`, `wasi:keyvalue`,
+//! `wasi:config`), so the same component also runs on `wasmtime serve` and other WASI hosts.
+//!
+//! ## A complete service
+//!
+//! ```no_run
+//! use doppel_sdk::{Bucket, Error, Json, Request, Router, Validator};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Note {
+//!     id: u64,
+//!     text: String,
+//! }
+//!
+//! #[derive(Deserialize)]
+//! struct NewNote {
+//!     text: String,
+//! }
+//!
+//! fn create(req: Request) -> Result<(u16, Json<Note>), Error> {
+//!     let new: NewNote = req.json()?; // a malformed body is a 400 with the reason
+//!     Validator::new().text(&new.text, "text", 500).finish()?; // 422 listing every problem
+//!     let notes = Bucket::open("notes")?;
+//!     let id = notes.increment("next-id", 1)?; // atomic: no two notes share an id
+//!     let note = Note { id, text: new.text };
+//!     notes.put(&format!("note/{id:010}"), &note)?;
+//!     Ok((201, Json(note)))
+//! }
+//!
+//! fn fetch(req: Request) -> Result<Json<Note>, Error> {
+//!     let id: u64 = req.param_as("id")?;
+//!     let notes = Bucket::open("notes")?;
+//!     notes
+//!         .get(&format!("note/{id:010}"))?
+//!         .map(Json)
+//!         .ok_or_else(|| Error::not_found(format!("no note {id}")))
+//! }
+//!
+//! fn routes() -> Router {
+//!     Router::new().post("/notes", create).get("/notes/{id}", fetch)
+//! }
+//!
+//! doppel_sdk::service!(routes);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` and deploy the `.wasm` with
+//! `doppel deploy target/wasm32-wasip2/release/notes.wasm --name notes`; it answers at
+//! `http://HOST:8080/notes/notes/1`. `doppel new NAME` creates such a crate, ready to build.
+//!
+//! ## Errors
+//! Handlers return `Result<T, Error>`; an [`Error`] becomes an RFC 9457 `application/problem+json`
+//! answer with its status. A panic traps the instance: the host answers 500 and logs the panic
+//! message, so prefer errors.
+//!
+//! ## State
+//! [`Bucket::get`]/[`put`](Bucket::put) store JSON; [`Bucket::page`] lists by key prefix with
+//! pagination; [`Bucket::increment`] is an atomic counter; [`Bucket::update`] is a
+//! read-modify-write that never loses a concurrent update (compare-and-swap).
+
+mod bindings;
+pub mod config;
+mod error;
+mod http;
+mod kv;
+mod router;
+mod serve;
+pub mod time;
+
+pub use error::{Error, FieldError, Validator};
+pub use http::{IntoResponse, Json, Request, Response};
+pub use kv::{Bucket, Page};
+pub use router::Router;
+
+/// Exports a service: `doppel_sdk::service!(routes)` where `fn routes() -> Router`. The router is
+/// built per request (each request gets a fresh instance anyway).
+#[macro_export]
+macro_rules! service {
+    ($routes:path) => {
+        struct __DoppelService;
+
+        impl $crate::__private::Guest for __DoppelService {
+            fn handle(
+                request: $crate::__private::IncomingRequest,
+                out: $crate::__private::ResponseOutparam,
+            ) {
+                $crate::__private::serve(request, out, $routes)
+            }
+        }
+
+        $crate::__private::wasi::http::proxy::export!(__DoppelService);
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::serve::serve;
+    pub use wasi;
+    pub use wasi::exports::http::incoming_handler::Guest;
+    pub use wasi::http::types::{IncomingRequest, ResponseOutparam};
+}
