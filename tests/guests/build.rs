@@ -14,6 +14,11 @@ const GUESTS: &[(&str, bool)] = &[
     ("test-misbehave", false),
     ("test-no-handler", true),
     ("test-unsupported-import", false),
+    ("hello", false),
+    ("counter", false),
+    ("permits", false),
+    ("registry", false),
+    ("appointments", false),
 ];
 
 fn main() {

@@ -6,4 +6,5 @@ mod interfaces;
 mod limits;
 mod operator;
 mod redeploy;
+mod services;
 mod support;
