@@ -275,3 +275,38 @@ fn bad_deploys_are_refused_and_change_nothing() {
     let cached: Vec<_> = std::fs::read_dir(cache).unwrap().collect();
     assert_eq!(cached.len(), 1, "precompiled copies: {cached:?}");
 }
+
+/// `doppel new` makes a crate that builds into a component that deploys and answers.
+#[test]
+fn new_service_builds_deploys_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = doppel()
+        .args(["new", "town-hall", "--path"])
+        .arg(dir.path().join("town-hall"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("cargo build --release"), "{stdout}");
+    let again = doppel().args(["new", "town-hall", "--path"]).arg(dir.path().join("town-hall")).output().unwrap();
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    // Share the guests' target directory so the SDK's dependencies are already built.
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/guests");
+    let build = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet"])
+        .current_dir(dir.path().join("town-hall"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    let wasm = target.join("wasm32-wasip2/release/town_hall.wasm");
+    let host = Host::start();
+    host.deploy(wasm.to_str().unwrap(), "town-hall", &["--config", "greeting=Servus"]);
+    assert_eq!(host.get("/town-hall/hello/world"), (200, "Servus, world!\n".into()));
+    let (status, body) = host.post("/town-hall/visits/front", "");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"count\":1"), "{body}");
+}

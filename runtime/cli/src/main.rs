@@ -8,6 +8,7 @@
 mod client;
 mod commands;
 mod host_cmd;
+mod new;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,7 @@ use tracing_subscriber::EnvFilter;
 use crate::client::Target;
 use crate::commands::{Deploy, Kv};
 use crate::host_cmd::HostArgs;
+use crate::new::NewArgs;
 
 /// Keep public services running when a cloud disappears.
 #[derive(Parser, Debug)]
@@ -60,6 +62,8 @@ enum Command {
         #[arg(long)]
         tail: Option<usize>,
     },
+    /// Create a new service crate that builds into a deployable component.
+    New(NewArgs),
     /// Inspect and change a service's key-value state.
     Kv {
         #[command(flatten)]
@@ -110,6 +114,7 @@ fn main() -> std::process::ExitCode {
                 tail,
             } => commands::logs(&target, &name, follow, tail).await,
             Command::Kv { target, action } => action.run(&target).await,
+            Command::New(args) => args.run(),
         }
     });
     match result {

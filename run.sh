@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The main job in one command: build doppel and the services we ship, start a host on the
+# embedded store (./doppel-data), deploy the services, and keep serving until Ctrl-C.
+# Extra arguments go to `doppel host` (e.g. ./run.sh --listen 0.0.0.0:8080).
+set -euo pipefail
+cd "$(dirname "$0")"
+data="${DOPPEL_DATA:-./doppel-data}"
+services=(permits registry appointments hello counter)
+
+echo "==> building doppel and the services (the first build takes several minutes)"
+cargo build --release --locked -p doppel
+packages=()
+for s in "${services[@]}"; do packages+=(-p "$s"); done
+CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+  cargo build --release --locked --target wasm32-wasip2 "${packages[@]}"
+
+bin=target/release/doppel
+"$bin" host --data "$data" "$@" &
+host=$!
+trap 'kill -TERM "$host" 2>/dev/null; wait "$host"' INT TERM
+# The host writes host.json once it accepts connections.
+until [ -f "$data/host.json" ]; do
+  kill -0 "$host" 2>/dev/null || { echo "the host did not start" >&2; exit 1; }
+  sleep 0.1
+done
+
+echo "==> deploying ${services[*]}"
+deployed="$("$bin" ls --json --data "$data")"
+for s in "${services[@]}"; do
+  wasm="target/wasm32-wasip2/release/$s.wasm"
+  digest="sha256:$(sha256sum "$wasm" | cut -d' ' -f1)"
+  if grep -q "$digest" <<<"$deployed"; then
+    echo "$s is up to date"
+  else
+    "$bin" deploy "$wasm" --name "$s" --data "$data" --config greeting=Moin
+  fi
+done
+listen="$(sed -n 's/.*"listen": "\(.*\)".*/\1/p' "$data/host.json")"
+cat <<TXT
+
+==> doppel is serving on http://$listen — try:
+  curl http://$listen/hello/
+  curl -X POST http://$listen/permits/applications -H 'content-type: application/json' \\
+       -d '{"applicant":{"name":"Ada Lovelace","email":"ada@example.org"},"parcel":"Mitte 12/345","work_type":"extension","description":"Winter garden"}'
+  curl http://$listen/permits/applications
+  $bin ls --data $data
+Ctrl-C stops the host (requests in flight finish first).
+TXT
+wait "$host"
