@@ -285,10 +285,18 @@ fn new_service_builds_deploys_and_answers() {
         .arg(dir.path().join("town-hall"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("cargo build --release"), "{stdout}");
-    let again = doppel().args(["new", "town-hall", "--path"]).arg(dir.path().join("town-hall")).output().unwrap();
+    let again = doppel()
+        .args(["new", "town-hall", "--path"])
+        .arg(dir.path().join("town-hall"))
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 
     // Share the guests' target directory so the SDK's dependencies are already built.
@@ -301,11 +309,22 @@ fn new_service_builds_deploys_and_answers() {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .output()
         .unwrap();
-    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
     let wasm = target.join("wasm32-wasip2/release/town_hall.wasm");
     let host = Host::start();
-    host.deploy(wasm.to_str().unwrap(), "town-hall", &["--config", "greeting=Servus"]);
-    assert_eq!(host.get("/town-hall/hello/world"), (200, "Servus, world!\n".into()));
+    host.deploy(
+        wasm.to_str().unwrap(),
+        "town-hall",
+        &["--config", "greeting=Servus"],
+    );
+    assert_eq!(
+        host.get("/town-hall/hello/world"),
+        (200, "Servus, world!\n".into())
+    );
     let (status, body) = host.post("/town-hall/visits/front", "");
     assert_eq!(status, 200);
     assert!(body.contains("\"count\":1"), "{body}");

@@ -63,9 +63,15 @@ impl NewArgs {
                 self.name
             );
         }
-        let dir = self.path.clone().unwrap_or_else(|| PathBuf::from(&self.name));
+        let dir = self
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&self.name));
         if dir.exists() {
-            bail!("{} already exists; choose another name or --path", dir.display());
+            bail!(
+                "{} already exists; choose another name or --path",
+                dir.display()
+            );
         }
         let sdk = self.sdk.clone().unwrap_or_else(bundled_sdk);
         let sdk = sdk.canonicalize().map_err(|_| {
@@ -75,7 +81,8 @@ impl NewArgs {
             )
         })?;
         let crate_name = self.name.replace('-', "_");
-        std::fs::create_dir_all(dir.join("src")).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("src"))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         std::fs::create_dir_all(dir.join(".cargo"))?;
         let files = [
             (
@@ -88,13 +95,20 @@ impl NewArgs {
                     sdk.display().to_string()
                 ),
             ),
-            (".cargo/config.toml", "[build]\ntarget = \"wasm32-wasip2\"\n".to_string()),
+            (
+                ".cargo/config.toml",
+                "[build]\ntarget = \"wasm32-wasip2\"\n".to_string(),
+            ),
             (
                 "rust-toolchain.toml",
                 "[toolchain]\nchannel = \"stable\"\ntargets = [\"wasm32-wasip2\"]\n".to_string(),
             ),
             (".gitignore", "target/\n".to_string()),
-            ("src/lib.rs", LIB.replace("SERVICE", &self.name).replace("CRATE", &crate_name)),
+            (
+                "src/lib.rs",
+                LIB.replace("SERVICE", &self.name)
+                    .replace("CRATE", &crate_name),
+            ),
         ];
         for (path, text) in files {
             std::fs::write(dir.join(path), text).with_context(|| format!("cannot write {path}"))?;

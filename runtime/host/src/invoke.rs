@@ -57,25 +57,12 @@ pub fn host_response(status: StatusCode, text: impl Into<String>) -> Response<Re
     response
 }
 
-/// How a guest's run ended when it produced no response.
-enum Failure {
-    TimedOut,
-    PoolFull,
-    Trapped(String),
-}
-
-/// Runs `request` through `service` and returns its response. Never fails: whatever the guest
-/// does becomes a response for this request only, and a line in the service's log.
-pub async fn invoke<B>(
+/// A fresh wasmtime store for one request of `service`: its capabilities, limits and deadline.
+pub(crate) fn new_store(
     runtime: &Runtime,
     store: &Arc<dyn Store>,
-    service: Arc<Service>,
-    request: http::Request<B>,
-) -> Response<ResponseBody>
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<wasmtime_wasi_http::Error>,
-{
+    service: &Service,
+) -> wasmtime::Store<RequestState> {
     let timeout = Duration::from_millis(service.limits.timeout_ms);
     let mut wasi = WasiCtxBuilder::new();
     wasi.stdout(LogStream::new(service.log.clone(), "stdout"))
@@ -110,6 +97,31 @@ where
             Ok(UpdateDeadline::Yield(1))
         }
     });
+
+    wstore
+}
+
+/// How a guest's run ended when it produced no response.
+enum Failure {
+    TimedOut,
+    PoolFull,
+    Trapped(String),
+}
+
+/// Runs `request` through `service` and returns its response. Never fails: whatever the guest
+/// does becomes a response for this request only, and a line in the service's log.
+pub async fn invoke<B>(
+    runtime: &Runtime,
+    store: &Arc<dyn Store>,
+    service: Arc<Service>,
+    request: http::Request<B>,
+) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let timeout = Duration::from_millis(service.limits.timeout_ms);
+    let mut wstore = new_store(runtime, store, &service);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let prepared = (|| -> wasmtime::Result<_> {

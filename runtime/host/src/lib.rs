@@ -25,6 +25,8 @@
 //! ```
 
 mod admin;
+#[doc(hidden)]
+pub mod bench;
 mod host;
 mod ingress;
 mod invoke;

@@ -1,0 +1,166 @@
+//! What the process-level benchmarks share: a release `doppel host` on loopback, and wrk.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn doppel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_doppel"))
+}
+
+/// A host process on loopback ports chosen by the kernel.
+pub struct Host {
+    pub child: Child,
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+}
+
+impl Host {
+    pub fn start(data: &Path) -> Host {
+        let mut child = doppel()
+            .args([
+                "host",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(data)
+            .env("DOPPEL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start doppel host");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if line.starts_with("doppel host") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let endpoint: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(data.join("host.json")).unwrap())
+                .unwrap();
+        Host {
+            child,
+            data: data.to_path_buf(),
+            listen: endpoint["listen"].as_str().unwrap().parse().unwrap(),
+        }
+    }
+
+    pub fn deploy(&self, file: &str, name: &str) {
+        let out = doppel()
+            .args(["deploy", file, "--name", name, "--data"])
+            .arg(&self.data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn stop(mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// What wrk measured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Load {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+fn parse_ms(text: &str) -> f64 {
+    let t = text.trim();
+    if let Some(v) = t.strip_suffix("us") {
+        v.parse::<f64>().unwrap_or(0.0) / 1000.0
+    } else if let Some(v) = t.strip_suffix("ms") {
+        v.parse().unwrap_or(0.0)
+    } else if let Some(v) = t.strip_suffix('s') {
+        v.parse::<f64>().unwrap_or(0.0) * 1000.0
+    } else {
+        0.0
+    }
+}
+
+/// Runs wrk against `url` with `connections` for `seconds`; `method` GET or POST.
+pub fn wrk(url: &str, connections: u32, seconds: u32, method: &str) -> Load {
+    let threads = connections.clamp(1, 2).to_string();
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "--latency",
+        "-t",
+        &threads,
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{seconds}s"),
+    ]);
+    let script;
+    if method == "POST" {
+        script = std::env::temp_dir().join("doppel-wrk-post.lua");
+        std::fs::write(&script, "wrk.method = \"POST\"\n").unwrap();
+        cmd.arg("-s").arg(&script);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("wrk is not installed: run benches/install-peers.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut load = Load::default();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", v] => load.rps = v.parse().unwrap_or(0.0),
+            ["50%", v] => load.p50_ms = parse_ms(v),
+            ["99%", v] => load.p99_ms = parse_ms(v),
+            ["Non-2xx", "or", "3xx", "responses:", v] => {
+                load.errors += v.parse::<u64>().unwrap_or(0)
+            }
+            ["Socket", "errors:", rest @ ..] => {
+                load.errors += rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>()
+            }
+            _ => {}
+        }
+    }
+    load
+}
+
+/// Waits until `url` answers 200, polling as fast as a connect allows; returns when.
+pub fn first_answer(url: &str, deadline: Duration) -> Option<Instant> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if let Ok(r) = client.get(url).send()
+            && r.status().is_success()
+        {
+            return Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    None
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
