@@ -48,6 +48,13 @@ impl Bucket {
         })
     }
 
+    /// The service's default bucket (`""`). Portable: `wasmtime serve -S keyvalue` provides this
+    /// one bucket only; doppel also maps `"default"` (what Spin calls it) to it, and gives every
+    /// other name a bucket of its own.
+    pub fn open_default() -> Result<Bucket, Error> {
+        Bucket::open("")
+    }
+
     /// The value at `key`, decoded.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
         match self.inner.get(key).map_err(store_error)? {

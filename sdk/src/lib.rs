@@ -61,6 +61,13 @@
 //! [`Bucket::get`]/[`put`](Bucket::put) store JSON; [`Bucket::page`] lists by key prefix with
 //! pagination; [`Bucket::increment`] is an atomic counter; [`Bucket::update`] is a
 //! read-modify-write that never loses a concurrent update (compare-and-swap).
+//!
+//! ## Portability
+//! Everything above uses standard interfaces only, but hosts differ in what they offer:
+//! `wasmtime serve -S keyvalue` has only the default bucket ([`Bucket::open_default`]), keeps its
+//! data per request, and does not link `wasi:keyvalue@0.2.0-draft2`, which [`Bucket::update`]
+//! needs. A service that sticks to the default bucket, `get`/`put`/`increment` and [`config`] runs
+//! there unchanged (`tests/portability.sh` shows it for `examples/hello` and `examples/counter`).
 
 mod bindings;
 pub mod config;

@@ -10,8 +10,9 @@ struct Count {
     value: u64,
 }
 
+/// The default bucket, so that the component also runs on `wasmtime serve`, which has no other.
 fn counters() -> Result<Bucket, Error> {
-    Bucket::open("counters")
+    Bucket::open_default()
 }
 
 fn increment(req: Request) -> Result<Json<Count>, Error> {
