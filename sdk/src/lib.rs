@@ -85,21 +85,28 @@ pub use router::Router;
 
 /// Exports a service: `doppel_sdk::service!(routes)` where `fn routes() -> Router`. The router is
 /// built per request (each request gets a fresh instance anyway).
+///
+/// The export exists only when compiling for wasm32: a native build of the same crate (for its
+/// unit tests) must not carry symbols named like `wasi:http/incoming-handler@0.2.12#handle`,
+/// which native linkers reject.
 #[macro_export]
 macro_rules! service {
-    ($routes:path) => {
-        struct __DoppelService;
+    ($routes:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __doppel_export {
+            struct DoppelService;
 
-        impl $crate::__private::Guest for __DoppelService {
-            fn handle(
-                request: $crate::__private::IncomingRequest,
-                out: $crate::__private::ResponseOutparam,
-            ) {
-                $crate::__private::serve(request, out, $routes)
+            impl $crate::__private::Guest for DoppelService {
+                fn handle(
+                    request: $crate::__private::IncomingRequest,
+                    out: $crate::__private::ResponseOutparam,
+                ) {
+                    $crate::__private::serve(request, out, super::$routes)
+                }
             }
-        }
 
-        $crate::__private::wasi::http::proxy::export!(__DoppelService);
+            $crate::__private::wasi::http::proxy::export!(DoppelService);
+        }
     };
 }
 
