@@ -3,11 +3,15 @@
 //! Needs `benches/install-peers.sh` (wasmtime-cli and wrk). Run: `cargo bench -p doppel --bench http`.
 
 mod common;
+#[allow(dead_code)]
+#[path = "../tests/integration/support.rs"]
+mod support;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Host, Load, median, wrk};
+use common::{Load, median, wrk};
+use support::Host;
 
 const ROUNDS: usize = 3;
 const SECONDS: u32 = 8;
@@ -55,9 +59,8 @@ fn summary(name: &str, runs: &mut [Load]) -> Load {
 }
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"));
-    host.deploy(doppel_guests::HELLO, "hello");
+    let mut host = Host::start();
+    host.deploy(doppel_guests::HELLO, "hello", &[]);
     let ours_url = format!("http://{}/hello/", host.listen);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -3,20 +3,23 @@
 //! Run: `cargo bench -p doppel --bench restart`.
 
 mod common;
+#[allow(dead_code)]
+#[path = "../tests/integration/support.rs"]
+mod support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Host, doppel, median};
+use common::median;
+use support::{Host, doppel};
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let host = Host::start(&data);
+    let mut host = Host::start();
     for i in 0..10 {
-        host.deploy(doppel_guests::HELLO, &format!("svc{i}"));
+        host.deploy(doppel_guests::HELLO, &format!("svc{i}"), &[]);
     }
-    host.stop();
+    assert!(host.stop());
+    let data = host.data.clone();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

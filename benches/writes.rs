@@ -3,11 +3,15 @@
 //! write+fdatasync loop on the same disk in the same run. Run: `cargo bench -p doppel --bench writes`.
 
 mod common;
+#[allow(dead_code)]
+#[path = "../tests/integration/support.rs"]
+mod support;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{Host, wrk};
+use common::wrk;
+use support::Host;
 
 /// One thread appending 64-byte records with fdatasync after each: the disk's floor.
 fn raw_fsync_loop(dir: &std::path::Path, seconds: u64) -> f64 {
@@ -29,8 +33,8 @@ fn raw_fsync_loop(dir: &std::path::Path, seconds: u64) -> f64 {
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("data"));
-    host.deploy(doppel_guests::COUNTER, "counter");
+    let mut host = Host::start();
+    host.deploy(doppel_guests::COUNTER, "counter", &[]);
     let url = format!("http://{}/counter/visits", host.listen);
     println!(
         "durable writes: examples/counter POST (increment + fdatasync) vs raw write+fdatasync loop"

@@ -1,78 +1,10 @@
-//! What the process-level benchmarks share: a release `doppel host` on loopback, and wrk.
+//! What the process-level benchmarks share besides the tests' `support::Host`: wrk, polling for
+//! a first answer, medians.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-pub fn doppel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_doppel"))
-}
-
-/// A host process on loopback ports chosen by the kernel.
-pub struct Host {
-    pub child: Child,
-    pub data: PathBuf,
-    pub listen: SocketAddr,
-}
-
-impl Host {
-    pub fn start(data: &Path) -> Host {
-        let mut child = doppel()
-            .args([
-                "host",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--data",
-            ])
-            .arg(data)
-            .env("DOPPEL_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start doppel host");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        while let Some(Ok(line)) = lines.next() {
-            if line.starts_with("doppel host") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        let endpoint: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(data.join("host.json")).unwrap())
-                .unwrap();
-        Host {
-            child,
-            data: data.to_path_buf(),
-            listen: endpoint["listen"].as_str().unwrap().parse().unwrap(),
-        }
-    }
-
-    pub fn deploy(&self, file: &str, name: &str) {
-        let out = doppel()
-            .args(["deploy", file, "--name", name, "--data"])
-            .arg(&self.data)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    pub fn stop(mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
 
 /// What wrk measured.
 #[derive(Clone, Copy, Debug, Default)]

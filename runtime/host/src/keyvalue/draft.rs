@@ -31,34 +31,11 @@ pub(super) fn add_to_linker<T: KvState + 'static>(linker: &mut Linker<T>) -> was
 }
 
 impl store::Host for KvView<'_> {
-    async fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
-        match self.access().open_bucket(&identifier) {
-            Ok(bucket) => Ok(Ok(self.table.push(bucket)?)),
-            Err(e) => answer(Err(e)),
-        }
-    }
+    super::open_method!();
 }
 
 impl store::HostBucket for KvView<'_> {
-    async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<Option<Vec<u8>>> {
-        let space = self.table.get(&bucket)?.space.clone();
-        answer(self.access().get(&space, &key).await)
-    }
-
-    async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Answer<()> {
-        let space = self.table.get(&bucket)?.space.clone();
-        answer(self.access().set(&space, key, value).await)
-    }
-
-    async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<()> {
-        let space = self.table.get(&bucket)?.space.clone();
-        answer(self.access().delete(&space, key).await)
-    }
-
-    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<bool> {
-        let space = self.table.get(&bucket)?.space.clone();
-        answer(self.access().get(&space, &key).await.map(|v| v.is_some()))
-    }
+    super::bucket_methods!();
 
     async fn list_keys(
         &mut self,
@@ -108,26 +85,5 @@ impl atomics::Host for KvView<'_> {
 }
 
 impl batch::Host for KvView<'_> {
-    async fn get_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> Answer<Vec<Option<(String, Vec<u8>)>>> {
-        let space = self.table.get(&bucket)?.space.clone();
-        answer(self.access().get_many(&space, keys).await)
-    }
-
-    async fn set_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> Answer<()> {
-        let space = self.table.get(&bucket)?.space.clone();
-        answer(self.access().set_many(&space, key_values).await)
-    }
-
-    async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Answer<()> {
-        let space = self.table.get(&bucket)?.space.clone();
-        answer(self.access().delete_many(&space, keys).await)
-    }
+    super::batch_methods!();
 }

@@ -5,6 +5,77 @@
 //! a guest's bucket names into its own service's namespace and checks the service's limits before
 //! anything reaches the [`Store`].
 
+// The methods below are the same token for token in both drafts; only the generated trait they
+// implement differs. Each draft module defines `Answer<T>` and `answer()` for its own error type.
+macro_rules! open_method {
+    () => {
+        async fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
+            match self.access().open_bucket(&identifier) {
+                Ok(bucket) => Ok(Ok(self.table.push(bucket)?)),
+                Err(e) => answer(Err(e)),
+            }
+        }
+    };
+}
+
+macro_rules! bucket_methods {
+    () => {
+        async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<Option<Vec<u8>>> {
+            let space = self.table.get(&bucket)?.space.clone();
+            answer(self.access().get(&space, &key).await)
+        }
+
+        async fn set(
+            &mut self,
+            bucket: Resource<Bucket>,
+            key: String,
+            value: Vec<u8>,
+        ) -> Answer<()> {
+            let space = self.table.get(&bucket)?.space.clone();
+            answer(self.access().set(&space, key, value).await)
+        }
+
+        async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<()> {
+            let space = self.table.get(&bucket)?.space.clone();
+            answer(self.access().delete(&space, key).await)
+        }
+
+        async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<bool> {
+            let space = self.table.get(&bucket)?.space.clone();
+            answer(self.access().get(&space, &key).await.map(|v| v.is_some()))
+        }
+    };
+}
+
+macro_rules! batch_methods {
+    () => {
+        async fn get_many(
+            &mut self,
+            bucket: Resource<Bucket>,
+            keys: Vec<String>,
+        ) -> Answer<Vec<Option<(String, Vec<u8>)>>> {
+            let space = self.table.get(&bucket)?.space.clone();
+            answer(self.access().get_many(&space, keys).await)
+        }
+
+        async fn set_many(
+            &mut self,
+            bucket: Resource<Bucket>,
+            key_values: Vec<(String, Vec<u8>)>,
+        ) -> Answer<()> {
+            let space = self.table.get(&bucket)?.space.clone();
+            answer(self.access().set_many(&space, key_values).await)
+        }
+
+        async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Answer<()> {
+            let space = self.table.get(&bucket)?.space.clone();
+            answer(self.access().delete_many(&space, keys).await)
+        }
+    };
+}
+
+use {batch_methods, bucket_methods, open_method};
+
 mod draft;
 mod draft2;
 
