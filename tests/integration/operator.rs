@@ -329,3 +329,32 @@ fn new_service_builds_deploys_and_answers() {
     assert_eq!(status, 200);
     assert!(body.contains("\"count\":1"), "{body}");
 }
+
+/// An upload whose deploy never came (the client died between the two calls) does not linger:
+/// the next start removes it.
+#[test]
+fn orphan_uploads_are_removed_at_start() {
+    let mut host = Host::start();
+    host.deploy(guests::HTTP_020, "kept", &[]);
+    let bytes = std::fs::read(guests::HELLO).unwrap();
+    let uploaded = http()
+        .post(format!("http://{}/v1/modules", host.admin))
+        .bearer_auth(host.token())
+        .body(bytes)
+        .send()
+        .unwrap();
+    assert_eq!(uploaded.status().as_u16(), 201);
+    let cache_dir = std::fs::read_dir(host.data.join("cache"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let count = || std::fs::read_dir(&cache_dir).unwrap().count();
+    assert_eq!(count(), 2);
+    assert!(host.stop());
+    host.restart();
+    assert_eq!(count(), 1, "the orphan's precompiled copy is gone");
+    assert!(host.log().contains("removing a module no service uses"));
+    assert_eq!(host.get("/kept/").0, 200);
+}

@@ -176,6 +176,7 @@ impl Registry {
     pub async fn load_all(&self) -> anyhow::Result<usize> {
         let records = self.records().await?;
         let count = records.len();
+        self.drop_orphan_modules(&records).await?;
         for record in records {
             let name = record.name.clone();
             match self.load(record).await {
@@ -192,6 +193,41 @@ impl Registry {
             }
         }
         Ok(count)
+    }
+
+    /// Removes modules no service uses: uploads whose deploy never came (the client died between
+    /// the two calls). Runs before the admin API opens, so no upload can be in flight.
+    async fn drop_orphan_modules(&self, records: &[ServiceRecord]) -> Result<(), StoreError> {
+        let space = Space::system(MODULES);
+        let mut orphans = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let keys = self.store.list_keys(&space, after.as_deref(), 1000).await?;
+            for key in &keys {
+                if !records
+                    .iter()
+                    .any(|r| r.module.as_bytes() == key.as_slice())
+                {
+                    orphans.push(key.clone());
+                }
+            }
+            match keys.last() {
+                Some(last) if keys.len() == 1000 => after = Some(last.clone()),
+                _ => break,
+            }
+        }
+        for key in orphans {
+            let digest = String::from_utf8_lossy(&key).into_owned();
+            tracing::info!(module = %digest, "removing a module no service uses");
+            self.store
+                .apply(Command::new(Op::Delete {
+                    space: space.clone(),
+                    key,
+                }))
+                .await?;
+            self.cache.remove(&digest);
+        }
+        Ok(())
     }
 
     async fn records(&self) -> Result<Vec<ServiceRecord>, StoreError> {
