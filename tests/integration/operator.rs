@@ -302,7 +302,7 @@ fn new_service_builds_deploys_and_answers() {
     // Share the guests' target directory so the SDK's dependencies are already built.
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/guests");
     let build = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet"])
+        .args(["build", "--release", "--quiet", "--offline"])
         .current_dir(dir.path().join("town-hall"))
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("RUSTFLAGS")
