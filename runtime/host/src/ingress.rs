@@ -93,6 +93,66 @@ pub async fn serve(
     }
 }
 
+/// How much of an abandoned request body is read and thrown away, and for how long, before the
+/// connection is closed anyway.
+const DRAIN_BYTES: usize = 4 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// A request body that, when dropped before its end (the guest answered without reading it all,
+/// or it went over the size limit), is read to its end in the background, within bounds. Closing
+/// a socket with unread bytes makes the kernel send a reset, which can destroy the response still
+/// on its way to the client; draining first lets the connection close cleanly (a lingering close).
+struct Drain(Option<Incoming>);
+
+impl http_body::Body for Drain {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match self.0.as_mut() {
+            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0
+            .as_ref()
+            .map(http_body::Body::size_hint)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        let Some(mut body) = self.0.take() else {
+            return;
+        };
+        if http_body::Body::is_end_stream(&body) {
+            return;
+        }
+        tokio::spawn(async move {
+            let drain = async {
+                let mut seen = 0;
+                while let Some(Ok(frame)) = body.frame().await {
+                    seen += frame.data_ref().map_or(0, |d| d.len());
+                    if seen > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        });
+    }
+}
+
 /// Splits `/name/rest` into `name` and `/rest`.
 pub(crate) fn split_path(path: &str) -> (&str, &str) {
     let trimmed = path.strip_prefix('/').unwrap_or(path);
@@ -142,6 +202,7 @@ async fn route(registry: &Registry, mut req: Request<Incoming>) -> Response<Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max_body) {
+        drop(Drain(Some(req.into_body())));
         return host_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body is over this service's limit of {max_body} bytes"),
@@ -150,7 +211,7 @@ async fn route(registry: &Registry, mut req: Request<Incoming>) -> Response<Resp
     // A body without a declared length is cut off at the limit; the guest sees a read error.
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let req = req.map(|body| {
-        Limited::new(body, limit).map_err(move |e| {
+        Limited::new(Drain(Some(body)), limit).map_err(move |e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body))
             } else {
