@@ -91,9 +91,11 @@ impl Deploy {
                 .progress_chars("=> "),
         );
         bar.set_message(format!("uploading {}", self.file.display()));
-        let chunks: Vec<bytes::Bytes> = bytes::Bytes::from(bytes)
-            .chunks(64 << 10)
-            .map(bytes::Bytes::copy_from_slice)
+        // Slices of one buffer (no copies), so the bar can advance as each is sent.
+        let bytes = bytes::Bytes::from(bytes);
+        let chunks: Vec<bytes::Bytes> = (0..bytes.len())
+            .step_by(64 << 10)
+            .map(|start| bytes.slice(start..(start + (64 << 10)).min(bytes.len())))
             .collect();
         let progress = bar.clone();
         let body = futures::stream::iter(chunks).map(move |chunk| {
