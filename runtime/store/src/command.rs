@@ -107,7 +107,7 @@ impl Op {
 }
 
 /// What an applied command returns.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The write happened.
     Done,
@@ -122,7 +122,7 @@ pub enum Outcome {
 
 /// Why the state machine refused a command. Deterministic: applying the same command to the same
 /// state refuses it the same way. Nothing is changed by a refused command.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ApplyError {
     /// The service would store more than its quota.
     #[error(

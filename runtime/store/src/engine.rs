@@ -9,19 +9,24 @@ use crate::StoreError;
 use crate::command::{ApplyError, Command, Op, Outcome};
 use crate::space::{self, Space};
 
-/// The applied state. Reads go straight to sled; writes come only from the committer thread,
-/// after the write-ahead log has made them durable.
-pub(crate) struct Engine {
+/// The applied state: commands applied in log order to one sled tree. Reads go straight to sled;
+/// writes come only from whoever owns the log (the local committer thread, or a raft state
+/// machine), after the log has made them durable.
+pub struct Engine {
     db: sled::Db,
     path: PathBuf,
 }
+
+/// Every key and value of a state, in key order: what a snapshot carries.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Changes one command makes, keyed by sled key; `None` deletes. Reads within a command see
 /// earlier changes of the same command (a `PutMany` may name a key twice).
 type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 impl Engine {
-    pub(crate) fn open(path: &Path) -> Result<Engine, StoreError> {
+    /// Opens (or creates) the state in `path`.
+    pub fn open(path: &Path) -> Result<Engine, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
@@ -36,7 +41,7 @@ impl Engine {
     }
 
     /// The index of the last command whose effect sled holds.
-    pub(crate) fn applied_index(&self) -> Result<u64, StoreError> {
+    pub fn applied_index(&self) -> Result<u64, StoreError> {
         Ok(match self.db.get(space::APPLIED)? {
             Some(v) => u64::from_be_bytes(
                 v.as_ref()
@@ -47,14 +52,16 @@ impl Engine {
         })
     }
 
-    pub(crate) fn get(&self, space: &Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The value of `key` in `space`.
+    pub fn get(&self, space: &Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .db
             .get(space::data_key(space, key))?
             .map(|v| v.to_vec()))
     }
 
-    pub(crate) fn list_keys(
+    /// Up to `limit` keys of `space` after `after`.
+    pub fn list_keys(
         &self,
         space: &Space,
         after: Option<&[u8]>,
@@ -76,7 +83,8 @@ impl Engine {
         Ok(keys)
     }
 
-    pub(crate) fn buckets(&self, service: &str) -> Result<Vec<String>, StoreError> {
+    /// The bucket names of `service`.
+    pub fn buckets(&self, service: &str) -> Result<Vec<String>, StoreError> {
         let prefix = space::service_prefix(service);
         let mut names = Vec::new();
         let mut start = Bound::Included(prefix.clone());
@@ -103,20 +111,35 @@ impl Engine {
         Ok(names)
     }
 
-    pub(crate) fn usage(&self, service: &str) -> Result<u64, StoreError> {
+    /// Bytes `service` stores.
+    pub fn usage(&self, service: &str) -> Result<u64, StoreError> {
         read_u64(self.db.get(space::usage_key(service))?)
     }
 
     /// Applies command number `index`. The outer error is a storage failure; the inner one a
     /// deterministic refusal (which still consumes the index).
-    pub(crate) fn apply(
+    pub fn apply(
         &self,
         index: u64,
         command: &Command,
     ) -> Result<Result<Outcome, ApplyError>, StoreError> {
+        self.apply_with_meta(index, command, None)
+    }
+
+    /// Like [`Engine::apply`], and also stores `meta` (the log owner's own record, e.g. the raft
+    /// log id and membership) in the same atomic batch.
+    pub fn apply_with_meta(
+        &self,
+        index: u64,
+        command: &Command,
+        meta: Option<&[u8]>,
+    ) -> Result<Result<Outcome, ApplyError>, StoreError> {
         let mut changes = Changes::new();
         let result = self.plan(&command.op, &mut changes);
         let mut batch = sled::Batch::default();
+        if let Some(meta) = meta {
+            batch.insert(space::META, meta);
+        }
         let result = match result? {
             Ok(outcome) => {
                 let service = command.op.service();
@@ -152,6 +175,42 @@ impl Engine {
         batch.insert(space::APPLIED, &index.to_be_bytes());
         self.db.apply_batch(batch)?;
         Ok(result)
+    }
+
+    /// Records that entry `index` carried no command (a raft blank or membership entry), with the
+    /// log owner's `meta`, atomically.
+    pub fn advance(&self, index: u64, meta: &[u8]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(space::META, meta);
+        batch.insert(space::APPLIED, &index.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The log owner's record stored with the last apply.
+    pub fn meta(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(space::META)?.map(|v| v.to_vec()))
+    }
+
+    /// Every key and value of the state (including the applied index and meta): a snapshot.
+    pub fn export(&self) -> Result<Pairs, StoreError> {
+        let mut pairs = Vec::new();
+        for item in self.db.iter() {
+            let (k, v) = item?;
+            pairs.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(pairs)
+    }
+
+    /// Replaces the whole state with `pairs` (from [`Engine::export`]) and makes it durable.
+    pub fn import(&self, pairs: Pairs) -> Result<(), StoreError> {
+        self.db.clear()?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in pairs {
+            batch.insert(k, v);
+        }
+        self.db.apply_batch(batch)?;
+        self.checkpoint()
     }
 
     /// Works out the changes an op makes, without writing.
@@ -237,7 +296,7 @@ impl Engine {
     /// Makes everything applied so far durable: sled's own flush uses `sync_file_range` (no
     /// device cache flush, no metadata) and writes large values as blob files without any sync,
     /// so after flushing we fsync every file sled owns and the directories that name them.
-    pub(crate) fn checkpoint(&self) -> Result<(), StoreError> {
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         for name in ["db", "conf"] {
             let path = self.path.join(name);

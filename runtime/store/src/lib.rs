@@ -27,6 +27,7 @@ mod space;
 mod wal;
 
 pub use command::{ApplyError, Command, Op, Outcome};
+pub use engine::{Engine, Pairs};
 pub use local::LocalStore;
 pub use space::Space;
 

@@ -39,6 +39,7 @@ impl Space {
 pub(crate) const DATA: u8 = b'd';
 pub(crate) const USAGE: u8 = b'u';
 pub(crate) const APPLIED: &[u8] = b"a";
+pub(crate) const META: &[u8] = b"m";
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
     // Service names and bucket names are far below 64 KiB (the host enforces it); the u16 prefix

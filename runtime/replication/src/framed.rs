@@ -1,0 +1,77 @@
+//! Length- and checksum-framed records in an append-only file, each write `fdatasync`ed.
+//! A record is `len: u32 LE | crc32(payload): u32 LE | payload`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Reads every sound record of `path`; cuts off a torn tail (a write whose sync never returned,
+/// so never acknowledged). Returns the records and the file opened for appending.
+pub(crate) fn open<T: DeserializeOwned>(path: &Path) -> std::io::Result<(Vec<T>, File, u64)> {
+    let mut bytes = Vec::new();
+    if path.exists() {
+        File::open(path)?.read_to_end(&mut bytes)?;
+    }
+    let mut records = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= 8 {
+        let len =
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        match postcard::from_bytes(payload) {
+            Ok(record) => records.push(record),
+            Err(_) => break,
+        }
+        at += 8 + len;
+    }
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    if at < bytes.len() {
+        tracing::warn!(path = %path.display(), cut = bytes.len() - at, "cutting off a torn record at the end of the raft log");
+        file.set_len(at as u64)?;
+    }
+    file.sync_all()?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok((records, file, at as u64))
+}
+
+/// Appends `records` and returns once they are on stable storage; the bytes written.
+pub(crate) fn append<T: Serialize>(file: &mut File, records: &[T]) -> std::io::Result<u64> {
+    let mut buf = Vec::new();
+    for record in records {
+        let start = buf.len();
+        buf.extend_from_slice(&[0; 8]);
+        postcard::to_io(record, &mut buf).map_err(std::io::Error::other)?;
+        let len = u32::try_from(buf.len() - start - 8).map_err(std::io::Error::other)?;
+        let crc = crc32fast::hash(&buf[start + 8..]);
+        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+    file.write_all(&buf)?;
+    file.sync_data()?;
+    Ok(buf.len() as u64)
+}
+
+/// Replaces `path` with a file holding exactly `records` (temp file, fsync, rename, fsync dir).
+pub(crate) fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> std::io::Result<(File, u64)> {
+    let tmp = path.with_extension("rewrite");
+    let mut f = File::create(&tmp)?;
+    let size = append(&mut f, records)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok((OpenOptions::new().append(true).open(path)?, size))
+}

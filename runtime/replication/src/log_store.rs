@@ -1,0 +1,224 @@
+//! The raft log: entries, vote and committed id, durable before openraft hears they are.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::File;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, StorageError, TypeConfig, framed, io_error};
+
+/// When the file has grown this much past what it must hold, it is rewritten after a purge.
+const REWRITE_SLACK: u64 = 64 << 20;
+
+/// One change to the log, as written to disk. Replaying them in order rebuilds the log.
+#[derive(Serialize, Deserialize)]
+enum Record {
+    Append(Vec<Entry<TypeConfig>>),
+    Vote(Vote<NodeId>),
+    Committed(Option<LogId<NodeId>>),
+    /// Remove every entry from this index on (a follower dropping a conflicting suffix).
+    Truncate(u64),
+    /// Remove every entry up to and including this id (compacted into a snapshot).
+    Purge(LogId<NodeId>),
+}
+
+struct Inner {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    last_purged: Option<LogId<NodeId>>,
+}
+
+impl Inner {
+    fn replay(&mut self, record: Record) {
+        match record {
+            Record::Append(entries) => {
+                for e in entries {
+                    self.entries.insert(e.log_id.index, e);
+                }
+            }
+            Record::Vote(v) => self.vote = Some(v),
+            Record::Committed(c) => self.committed = c,
+            Record::Truncate(since) => {
+                self.entries.split_off(&since);
+            }
+            Record::Purge(id) => {
+                self.entries = self.entries.split_off(&(id.index + 1));
+                self.last_purged = Some(id);
+            }
+        }
+    }
+
+    fn write(&mut self, record: Record) -> std::io::Result<()> {
+        self.size += framed::append(&mut self.file, std::slice::from_ref(&record))?;
+        self.replay(record);
+        Ok(())
+    }
+
+    /// What the file must hold to rebuild the log as it is now.
+    fn state_records(&self) -> Vec<Record> {
+        let mut records = Vec::new();
+        if let Some(id) = self.last_purged {
+            records.push(Record::Purge(id));
+        }
+        if let Some(v) = self.vote {
+            records.push(Record::Vote(v));
+        }
+        records.push(Record::Committed(self.committed));
+        records.push(Record::Append(self.entries.values().cloned().collect()));
+        records
+    }
+}
+
+/// The raft log of one host, in `DIR/raft-log`. Cheap to clone: clones share the log.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<LogStore> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("raft-log");
+        let (records, file, size) = framed::open::<Record>(&path)?;
+        let mut inner = Inner {
+            path,
+            file,
+            size,
+            entries: BTreeMap::new(),
+            vote: None,
+            committed: None,
+            last_purged: None,
+        };
+        for r in records {
+            inner.replay(r);
+        }
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(inner)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        Ok(self
+            .lock()
+            .entries
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}
+
+// The file writes below block the calling task for one fdatasync; openraft drives the log from
+// its own task, so this stalls no request handling. Moving them to a blocking thread is a later
+// optimisation.
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = self.lock();
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(inner.last_purged);
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.lock()
+            .write(Record::Vote(*vote))
+            .map_err(|e| io_error(StorageIOError::write_vote, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        Ok(self.lock().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError> {
+        self.lock()
+            .write(Record::Committed(committed))
+            .map_err(|e| io_error(StorageIOError::write, e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
+        Ok(self.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let result = self.lock().write(Record::Append(entries));
+        // Only now is it durable: the write above returned after fdatasync.
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let kind = e.kind();
+                let text = e.to_string();
+                callback.log_io_completed(Err(std::io::Error::new(kind, text)));
+                Err(io_error(StorageIOError::write_logs, e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        self.lock()
+            .write(Record::Truncate(log_id.index))
+            .map_err(|e| io_error(StorageIOError::write_logs, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        inner
+            .write(Record::Purge(log_id))
+            .map_err(|e| io_error(StorageIOError::write_logs, e))?;
+        // Keep the file from growing without bound: rewrite it with only what it must hold.
+        if inner.size > REWRITE_SLACK {
+            let records = inner.state_records();
+            let (file, size) = framed::rewrite(&inner.path, &records)
+                .map_err(|e| io_error(StorageIOError::write_logs, e))?;
+            inner.file = file;
+            inner.size = size;
+        }
+        Ok(())
+    }
+}
