@@ -11,14 +11,19 @@
 //!   the raft log id and membership in the same atomic batch; snapshots are the engine's exported
 //!   state.
 //!
-//! Not built yet (issue "Many hosts"): the network (peer RPC over hyper), membership admin,
-//! joining, forwarding, and a `Store` implementation that proposes commands through raft.
+//! - [`Network`] and [`router`]: raft RPCs between hosts over HTTP, authenticated by the cluster
+//!   secret; [`start`] runs a node.
+//!
+//! Not built yet (issue "Many hosts"): membership admin and joining, forwarding, and a `Store`
+//! implementation that proposes commands through raft, so the host still runs on the local store.
 
 mod framed;
 mod log_store;
+mod network;
 mod state_machine;
 
 pub use log_store::LogStore;
+pub use network::{Network, router};
 pub use state_machine::StateMachine;
 
 use std::io::Cursor;
@@ -48,4 +53,29 @@ fn io_error(
     StorageError::IO {
         source: kind(openraft::AnyError::new(&e)),
     }
+}
+
+/// Raft timing: heartbeats every 100 ms and elections after 300–600 ms of silence, so that a
+/// dead leader is replaced well within a second.
+pub fn config() -> openraft::Config {
+    openraft::Config {
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        ..openraft::Config::default()
+    }
+}
+
+/// Starts raft node `id` with its log and state machine in `dir`, talking to peers with `secret`.
+/// Returns the node and its state machine (for reads).
+pub async fn start(
+    id: NodeId,
+    dir: &std::path::Path,
+    secret: &str,
+) -> Result<(openraft::Raft<TypeConfig>, StateMachine), Box<dyn std::error::Error + Send + Sync>> {
+    let config = std::sync::Arc::new(config().validate()?);
+    let log = LogStore::open(&dir.join("log"))?;
+    let state = StateMachine::open(&dir.join("sm"))?;
+    let raft = openraft::Raft::new(id, config, Network::new(secret), log, state.clone()).await?;
+    Ok((raft, state))
 }

@@ -1,0 +1,217 @@
+//! Peer traffic: raft RPCs as HTTP POSTs with postcard bodies, under `/raft/v1/`, each carrying
+//! the cluster secret as a bearer token. A process without the secret can neither vote, append,
+//! nor install a snapshot. (TLS between hosts is a later capability; nothing here prevents it.)
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{NodeId, TypeConfig};
+
+/// Largest raft RPC accepted (an append carrying a module upload, a snapshot chunk).
+const MAX_RPC: usize = 256 << 20;
+
+/// Makes a client per peer; all share one connection pool and the cluster secret.
+#[derive(Clone)]
+pub struct Network {
+    http: reqwest::Client,
+    secret: Arc<str>,
+}
+
+impl Network {
+    /// A network whose requests carry `secret`.
+    pub fn new(secret: &str) -> Network {
+        Network {
+            http: reqwest::Client::new(),
+            secret: secret.into(),
+        }
+    }
+}
+
+/// The client side of one peer.
+pub struct Peer {
+    target: NodeId,
+    base: String,
+    http: reqwest::Client,
+    secret: Arc<str>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            base: format!("http://{}/raft/v1", node.addr),
+            http: self.http.clone(),
+            secret: self.secret.clone(),
+        }
+    }
+}
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body = postcard::to_stdvec(req).map_err(|e| NetworkError::new(&e))?;
+        let response = self
+            .http
+            .post(format!("{}/{path}", self.base))
+            .bearer_auth(&*self.secret)
+            .timeout(option.hard_ttl())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| -> RPCError<NodeId, BasicNode, E> {
+                if e.is_connect() {
+                    Unreachable::new(&e).into()
+                } else {
+                    NetworkError::new(&e).into()
+                }
+            })?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            return Err(NetworkError::new(&std::io::Error::other(format!(
+                "peer answered {status}: {text}"
+            )))
+            .into());
+        }
+        let bytes = response.bytes().await.map_err(|e| NetworkError::new(&e))?;
+        let result: Result<Resp, E> =
+            postcard::from_bytes(&bytes).map_err(|e| NetworkError::new(&e))?;
+        result.map_err(|e| RemoteError::new(self.target, e).into())
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("append", &rpc, option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("snapshot", &rpc, option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("vote", &rpc, option).await
+    }
+}
+
+#[derive(Clone)]
+struct Server {
+    raft: Raft<TypeConfig>,
+    secret: Arc<str>,
+}
+
+/// The routes a host serves to its peers, for `raft`.
+pub fn router(raft: Raft<TypeConfig>, secret: &str) -> axum::Router {
+    let server = Server {
+        raft,
+        secret: secret.into(),
+    };
+    axum::Router::new()
+        .route("/raft/v1/append", post(append))
+        .route("/raft/v1/vote", post(vote))
+        .route("/raft/v1/snapshot", post(snapshot))
+        .layer(DefaultBodyLimit::max(MAX_RPC))
+        .layer(middleware::from_fn_with_state(server.clone(), authenticate))
+        .with_state(server)
+}
+
+/// Constant-time comparison, so the secret cannot be found byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authenticate(State(server): State<Server>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(secret) if same(secret.as_bytes(), server.secret.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => (StatusCode::UNAUTHORIZED, "not a member of this cluster").into_response(),
+    }
+}
+
+/// Decodes a request, runs `handle` on it, encodes its result; a malformed request is a 400.
+async fn serve<Req, Resp, F>(body: &Bytes, handle: impl FnOnce(Req) -> F) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: Future<Output = Resp>,
+{
+    let req = match postcard::from_bytes(body) {
+        Ok(req) => req,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("malformed raft message: {e}"),
+            )
+                .into_response();
+        }
+    };
+    match postcard::to_stdvec(&handle(req).await) {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn append(State(s): State<Server>, body: Bytes) -> Response {
+    serve(&body, |req| async move { s.raft.append_entries(req).await }).await
+}
+
+async fn vote(State(s): State<Server>, body: Bytes) -> Response {
+    serve(&body, |req| async move { s.raft.vote(req).await }).await
+}
+
+async fn snapshot(State(s): State<Server>, body: Bytes) -> Response {
+    serve(
+        &body,
+        |req| async move { s.raft.install_snapshot(req).await },
+    )
+    .await
+}
