@@ -48,6 +48,7 @@ impl From<DeployError> for AdminError {
             }
             DeployError::NoModule(_) | DeployError::NoService(_) => StatusCode::NOT_FOUND,
             DeployError::Store(StoreError::Rejected(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             DeployError::Store(_) | DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         AdminError(status, e.to_string())

@@ -14,16 +14,21 @@
 //! - [`Network`] and [`router`]: raft RPCs between hosts over HTTP, authenticated by the cluster
 //!   secret; [`start`] runs a node.
 //!
-//! Not built yet (issue "Many hosts"): membership admin and joining, forwarding, and a `Store`
-//! implementation that proposes commands through raft, so the host still runs on the local store.
+//! - [`ReplicatedStore`]: doppel's `Store` over raft. Followers forward writes to the leader and
+//!   get a read index from it, so every read and write is linearizable from every host.
+//!
+//! Not built yet (issue "Many hosts"): membership admin and joining, and wiring this store into
+//! the host, which still runs on the local store.
 
 mod framed;
 mod log_store;
 mod network;
+mod replicated;
 mod state_machine;
 
 pub use log_store::LogStore;
 pub use network::{Network, router};
+pub use replicated::ReplicatedStore;
 pub use state_machine::StateMachine;
 
 use std::io::Cursor;

@@ -153,6 +153,8 @@ pub fn router(raft: Raft<TypeConfig>, secret: &str) -> axum::Router {
         .route("/raft/v1/append", post(append))
         .route("/raft/v1/vote", post(vote))
         .route("/raft/v1/snapshot", post(snapshot))
+        .route("/raft/v1/write", post(write))
+        .route("/raft/v1/read-index", post(read_index))
         .layer(DefaultBodyLimit::max(MAX_RPC))
         .layer(middleware::from_fn_with_state(server.clone(), authenticate))
         .with_state(server)
@@ -213,5 +215,30 @@ async fn snapshot(State(s): State<Server>, body: Bytes) -> Response {
         &body,
         |req| async move { s.raft.install_snapshot(req).await },
     )
+    .await
+}
+
+/// A write forwarded by a follower: the leader proposes it and answers with its outcome.
+async fn write(State(s): State<Server>, body: Bytes) -> Response {
+    serve(&body, |command: doppel_store::Command| async move {
+        s.raft
+            .client_write(command)
+            .await
+            .map(|r| r.data)
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// A follower's linearizable read: the leader confirms it still leads (a heartbeat round to a
+/// majority) and answers the log index the follower must have applied before reading.
+async fn read_index(State(s): State<Server>, body: Bytes) -> Response {
+    serve(&body, |(): ()| async move {
+        s.raft
+            .get_read_log_id()
+            .await
+            .map(|(read, _applied)| read.map_or(0, |id| id.index))
+            .map_err(|e| e.to_string())
+    })
     .await
 }

@@ -149,3 +149,83 @@ async fn a_process_without_the_secret_is_refused() {
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
 }
+
+async fn cluster() -> Vec<Node> {
+    let nodes = vec![node(1).await, node(2).await, node(3).await];
+    let members: BTreeMap<u64, BasicNode> = nodes
+        .iter()
+        .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
+        .collect();
+    nodes[0].raft.initialize(members).await.unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    leader(&all, None).await;
+    nodes
+}
+
+fn store(n: &Node) -> doppel_replication::ReplicatedStore {
+    doppel_replication::ReplicatedStore::new(n.raft.clone(), n.state.clone(), SECRET)
+}
+
+/// Every host answers reads and writes, linearizably: a write through one follower is seen by a
+/// read through another at once, and the state machine's refusals come back through forwarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_host_reads_and_writes_through_the_store_trait() {
+    use doppel_store::{ApplyError, Store, StoreError};
+    let nodes = cluster().await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let lead = leader(&all, None).await;
+    let followers: Vec<&Node> = nodes.iter().filter(|n| n.id != lead).collect();
+    let (a, b) = (store(followers[0]), store(followers[1]));
+    let space = Space::bucket("svc", "default");
+    for i in 0..20 {
+        let key = format!("k{i}");
+        assert_eq!(a.apply(put(&key, "v")).await.unwrap(), Outcome::Done);
+        assert_eq!(
+            b.get(&space, key.as_bytes()).await.unwrap(),
+            Some(b"v".to_vec()),
+            "read after write of {key}"
+        );
+    }
+    let counter = |delta| {
+        Command::new(Op::Increment {
+            space: space.clone(),
+            key: b"n".to_vec(),
+            delta,
+        })
+    };
+    assert_eq!(a.apply(counter(2)).await.unwrap(), Outcome::Counter(2));
+    assert_eq!(b.apply(counter(3)).await.unwrap(), Outcome::Counter(5));
+    let refused = b.apply(put("big", &"x".repeat(500)).with_quota(100)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::Rejected(ApplyError::QuotaExceeded { .. }))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(a.get(&space, b"big").await.unwrap(), None);
+}
+
+/// A host cut off from the majority acknowledges nothing: its writes and reads fail as
+/// unavailable within the timeout, and it never decides alone that the others are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_without_a_majority_acknowledges_nothing() {
+    use doppel_store::{Store, StoreError};
+    let nodes = cluster().await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let lead = leader(&all, None).await;
+    // Keep the leader alone: the two others stop.
+    for n in nodes.iter().filter(|n| n.id != lead) {
+        n.raft.shutdown().await.unwrap();
+        n.server.abort();
+    }
+    let alone = nodes.iter().find(|n| n.id == lead).unwrap();
+    let lonely = store(alone).with_timeout(Duration::from_millis(1500));
+    let write = lonely.apply(put("lost", "v")).await;
+    assert!(
+        matches!(write, Err(StoreError::Unavailable(_))),
+        "{write:?}"
+    );
+    let read = lonely.get(&Space::bucket("svc", "default"), b"lost").await;
+    assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+}

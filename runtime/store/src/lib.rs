@@ -52,6 +52,10 @@ pub enum StoreError {
     /// The store has been closed (the host is shutting down).
     #[error("the store is closed")]
     Closed,
+    /// The store cannot reach agreement right now (no leader, no majority); nothing was
+    /// acknowledged. Retrying later may succeed.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The key-value state of a cluster as the host sees it. One implementation per backend; the

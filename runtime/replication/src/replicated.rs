@@ -1,0 +1,175 @@
+//! [`ReplicatedStore`]: doppel's [`Store`] over raft. A write is acknowledged once a majority has
+//! it durably in their logs and it is applied here; every read is linearizable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use doppel_store::{Command, Outcome, Space, Store, StoreError};
+use openraft::Raft;
+use openraft::error::{ClientWriteError, RaftError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{NodeId, Response, StateMachine, TypeConfig};
+
+/// The store of one host in a cluster.
+pub struct ReplicatedStore {
+    raft: Raft<TypeConfig>,
+    state: StateMachine,
+    http: reqwest::Client,
+    secret: Arc<str>,
+    /// How long a write or read may wait for agreement before answering "unavailable". A host cut
+    /// off from the majority therefore refuses instead of hanging, and never acknowledges.
+    timeout: Duration,
+}
+
+fn unavailable(why: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(why.to_string())
+}
+
+impl ReplicatedStore {
+    /// A store over `raft` (whose state machine is `state`), forwarding to peers with `secret`.
+    pub fn new(raft: Raft<TypeConfig>, state: StateMachine, secret: &str) -> ReplicatedStore {
+        ReplicatedStore {
+            raft,
+            state,
+            http: reqwest::Client::new(),
+            secret: secret.into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The same store with another agreement timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> ReplicatedStore {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The leader and its address; during an election, waits (within the timeout) for one.
+    async fn leader_addr(&self) -> Result<(NodeId, String), StoreError> {
+        let metrics = self
+            .raft
+            .wait(Some(self.timeout))
+            .metrics(|m| m.current_leader.is_some(), "a known leader")
+            .await
+            .map_err(|_| unavailable("no leader is known"))?;
+        let leader = metrics
+            .current_leader
+            .ok_or_else(|| unavailable("no leader is known"))?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .ok_or_else(|| unavailable(format!("leader {leader} is not a member")))?;
+        Ok((leader, node.addr.clone()))
+    }
+
+    /// Calls `path` on the leader with a postcard body; the leader answers `Result<T, String>`.
+    async fn ask_leader<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<T, StoreError> {
+        let (leader, addr) = self.leader_addr().await?;
+        let body = postcard::to_stdvec(req).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let response = self
+            .http
+            .post(format!("http://{addr}/raft/v1/{path}"))
+            .bearer_auth(&*self.secret)
+            .timeout(self.timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("leader {leader} unreachable: {e}")))?;
+        if !response.status().is_success() {
+            return Err(unavailable(format!(
+                "leader {leader} answered {}",
+                response.status()
+            )));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let answer: Result<T, String> =
+            postcard::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        answer.map_err(unavailable)
+    }
+
+    /// Waits until reading the local state machine is linearizable.
+    async fn read_barrier(&self) -> Result<(), StoreError> {
+        let barrier = async {
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(_)) => {
+                    // Not the leader: ask it how far this host must have applied.
+                    let index: u64 = self.ask_leader("read-index", &()).await?;
+                    self.raft
+                        .wait(Some(self.timeout))
+                        .applied_index_at_least(Some(index), "linearizable read")
+                        .await
+                        .map(|_| ())
+                        .map_err(unavailable)
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        };
+        tokio::time::timeout(self.timeout, barrier)
+            .await
+            .map_err(|_| unavailable("no majority confirmed the read in time"))?
+    }
+}
+
+fn outcome(response: Response) -> Result<Outcome, StoreError> {
+    response.map_err(StoreError::Rejected)
+}
+
+#[async_trait]
+impl Store for ReplicatedStore {
+    async fn get(&self, space: &Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_barrier().await?;
+        self.state.engine().get(space, key)
+    }
+
+    async fn list_keys(
+        &self,
+        space: &Space,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read_barrier().await?;
+        self.state.engine().list_keys(space, after, limit)
+    }
+
+    async fn buckets(&self, service: &str) -> Result<Vec<String>, StoreError> {
+        self.read_barrier().await?;
+        self.state.engine().buckets(service)
+    }
+
+    async fn usage(&self, service: &str) -> Result<u64, StoreError> {
+        self.read_barrier().await?;
+        self.state.engine().usage(service)
+    }
+
+    async fn apply(&self, command: Command) -> Result<Outcome, StoreError> {
+        let write = async {
+            // Keep a copy for forwarding: the leader may change between asking and proposing.
+            match self.raft.client_write(command.clone()).await {
+                Ok(written) => outcome(written.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    let response: Response = self.ask_leader("write", &command).await?;
+                    outcome(response)
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        };
+        tokio::time::timeout(self.timeout, write)
+            .await
+            .map_err(|_| {
+                unavailable(
+                    "no majority acknowledged the write in time; it may or may not have happened",
+                )
+            })?
+    }
+}
