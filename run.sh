@@ -7,6 +7,9 @@ cd "$(dirname "$0")"
 data="${DOPPEL_DATA:-./doppel-data}"
 services=(permits registry appointments hello counter)
 
+# rustup adds the targets rust-toolchain.toml lists only when it installs the toolchain itself.
+rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
 echo "==> building doppel and the services (the first build takes several minutes)"
 cargo build --release --locked -p doppel
 packages=()

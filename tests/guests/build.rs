@@ -21,6 +21,31 @@ const GUESTS: &[(&str, bool)] = &[
     ("appointments", false),
 ];
 
+/// rustup installs the targets that `rust-toolchain.toml` lists only when it installs the toolchain
+/// itself; a machine that already had 1.95.0 lacks `wasm32-wasip2`. Add it here so that the README's
+/// test command works on such a machine too.
+fn ensure_wasm_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    if libdir.is_some_and(|dir| dir.is_dir()) {
+        return;
+    }
+    println!("cargo:warning=installing the wasm32-wasip2 target with rustup");
+    let added = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        added,
+        "the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed; install it by hand"
+    );
+}
+
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest
@@ -33,6 +58,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=build.rs");
     let target_dir = root.join("target").join("guests");
+    ensure_wasm_target();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
