@@ -1,6 +1,7 @@
 //! Integration tests: the real `doppel` binary, started as separate processes on loopback ports,
 //! driven over HTTP and through the CLI.
 
+mod cluster;
 mod durability;
 mod interfaces;
 mod limits;

@@ -46,24 +46,27 @@ impl Host {
         host
     }
 
-    /// Starts a host on `data` and waits until it answers.
+    /// Starts a host on `data` and waits until it answers. `extra` may name it (`--name`) and
+    /// fix its ports (`--listen`, `--admin`); otherwise it is `test` on ports chosen by the kernel.
     pub fn spawn(data: &Path, extra: &[&str]) -> Host {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data.with_extension("log"))
             .unwrap();
-        let mut child = doppel()
-            .args([
-                "host",
-                "--name",
-                "test",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--data",
-            ])
+        let mut command = doppel();
+        command.arg("host");
+        for (flag, default) in [
+            ("--name", "test"),
+            ("--listen", "127.0.0.1:0"),
+            ("--admin", "127.0.0.1:0"),
+        ] {
+            if !extra.contains(&flag) {
+                command.args([flag, default]);
+            }
+        }
+        let mut child = command
+            .arg("--data")
             .arg(data)
             .args(extra)
             .env("DOPPEL_LOG", "info")
@@ -196,10 +199,20 @@ impl Host {
 
     /// Starts the host again on the same data directory (after `kill` or `stop`).
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Starts the host again on the same data directory with `extra` flags.
+    pub fn restart_with(&mut self, extra: &[&str]) {
         let dir = self._dir.take();
-        let mut again = Host::spawn(&self.data, &[]);
+        let mut again = Host::spawn(&self.data, extra);
         again._dir = dir;
         *self = again;
+    }
+
+    /// Whether the process is running (not killed or stopped by the test).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 }
 
@@ -210,8 +223,13 @@ impl Drop for Host {
 }
 
 /// Waits until `check` holds, polling; panics with `what` after 30 s.
-pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+pub fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(Duration::from_secs(30), what, check);
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `limit`.
+pub fn eventually_within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(20));

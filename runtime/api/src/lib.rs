@@ -12,6 +12,9 @@
 //! | `GET /v1/services/{name}/kv/{bucket}?after=K&limit=N` | | [`KeyPage`] |
 //! | `GET`/`PUT`/`DELETE /v1/services/{name}/kv/{bucket}/{key}` | value bytes | value bytes |
 //! | `GET /v1/host` | | [`HostInfo`] |
+//! | `GET /v1/cluster` | | [`ClusterInfo`] |
+//! | `GET /v1/cluster/token` | | the join token, as text |
+//! | `DELETE /v1/hosts/{name}` | | [`HostStatus`] of the removed host |
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
 
@@ -179,4 +182,36 @@ pub struct HostInfo {
 pub struct ApiError {
     /// What went wrong and, where there is one, what to do about it.
     pub error: String,
+}
+
+/// The cluster as `doppel status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The leader's id, when one is known.
+    pub leader: Option<String>,
+    /// The raft term (it grows with every election).
+    pub term: u64,
+    /// Every member.
+    pub hosts: Vec<HostStatus>,
+}
+
+/// One member of the cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// Raft id.
+    pub id: String,
+    /// Name given at its start.
+    pub name: String,
+    /// Admin (and peer) address.
+    pub admin: String,
+    /// Service traffic address, once the host has registered.
+    pub listen: Option<String>,
+    /// `leader`, `voter` or `learner` (still catching up).
+    pub role: String,
+    /// Log entries it is behind the leader, when the leader knows.
+    pub behind: Option<u64>,
+    /// `up` when it answered a probe just now, else `down`.
+    pub health: String,
+    /// Whether this is the host that answered.
+    pub this: bool,
 }

@@ -57,7 +57,7 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -180,6 +180,12 @@ pub async fn ls(target: &Target) -> anyhow::Result<()> {
         println!("No services deployed. Deploy one with `doppel deploy FILE.wasm --name NAME`.");
         return Ok(());
     }
+    print_table(&ls_rows(&services));
+    Ok(())
+}
+
+/// The table `doppel ls` prints.
+pub fn ls_rows(services: &[ServiceInfo]) -> Vec<[String; 8]> {
     let mut rows = vec![[
         "NAME".to_string(),
         "VERSION".into(),
@@ -190,7 +196,7 @@ pub async fn ls(target: &Target) -> anyhow::Result<()> {
         "ERRORS".into(),
         "STORED".into(),
     ]];
-    for s in &services {
+    for s in services {
         rows.push([
             s.name.clone(),
             s.version.to_string(),
@@ -202,11 +208,10 @@ pub async fn ls(target: &Target) -> anyhow::Result<()> {
             human_size(s.storage_bytes),
         ]);
     }
-    print_table(&rows);
-    Ok(())
+    rows
 }
 
-fn print_table<const N: usize>(rows: &[[String; N]]) {
+pub fn print_table<const N: usize>(rows: &[[String; N]]) {
     let mut widths = [0; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use doppel_host::{HostConfig, IngressLimits, Started};
+use doppel_host::{HostConfig, IngressLimits, JoinTarget, Started};
 
 use crate::units::{parse_millis, parse_size};
 
@@ -33,6 +33,24 @@ pub struct HostArgs {
     /// Time a client has to send request headers.
     #[arg(long, default_value = "10s", value_parser = parse_millis)]
     pub header_timeout: u64,
+    /// Join the cluster one of whose hosts has this admin address (`http://HOST:PORT`), on this
+    /// host's first start. Needs --token.
+    #[arg(long, env = "DOPPEL_JOIN", requires = "token")]
+    pub join: Option<String>,
+    /// The cluster's join token (`doppel cluster token` on a member prints it).
+    #[arg(
+        long,
+        env = "DOPPEL_JOIN_TOKEN",
+        hide_env_values = true,
+        requires = "join"
+    )]
+    pub token: Option<String>,
+    /// The admin address other hosts reach this one at (default: the --admin address).
+    #[arg(long, env = "DOPPEL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Log entries between snapshots of the store (the log before a snapshot is then dropped).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    pub snapshot_every: u64,
     /// How long requests in flight may finish after SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_millis)]
     pub grace: u64,
@@ -82,6 +100,16 @@ fn banner(name: &str, data: &std::path::Path, started: &Started) {
         ""
     };
     println!("  data       {}{first}", data.display());
+    if started.joined {
+        println!("  cluster    joined; {} hosts", started.hosts);
+    } else if started.hosts > 1 {
+        println!("  cluster    {} hosts", started.hosts);
+    } else {
+        println!(
+            "  cluster    this host alone; add one with `doppel host --join http://{} --token $(doppel cluster token)`",
+            started.admin
+        );
+    }
     println!(
         "Deploy a service:  doppel deploy app.wasm --name app   (then: doppel ls, doppel logs app)"
     );
@@ -102,6 +130,19 @@ impl HostArgs {
             },
             max_module_size: usize::try_from(self.max_module_size).unwrap_or(usize::MAX),
             grace: Duration::from_millis(self.grace),
+            join: match (self.join, self.token) {
+                (Some(url), Some(token)) => Some(JoinTarget {
+                    url: if url.contains("://") {
+                        url
+                    } else {
+                        format!("http://{url}")
+                    },
+                    token: token.trim().to_string(),
+                }),
+                _ => None,
+            },
+            advertise: self.advertise,
+            snapshot_every: self.snapshot_every,
         };
         tracing::info!(?config, "starting");
         let data = self.data;

@@ -6,6 +6,7 @@
 //! command parses, calls a library or the API, and prints.
 
 mod client;
+mod cluster_cmd;
 mod commands;
 mod host_cmd;
 mod new;
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::client::Target;
+use crate::cluster_cmd::{ClusterCmd, Hosts};
 use crate::commands::{Deploy, Kv};
 use crate::host_cmd::HostArgs;
 use crate::new::NewArgs;
@@ -34,10 +36,28 @@ enum Command {
     /// Upload a component and (re)deploy it as a service.
     Deploy(Deploy),
     /// List deployed services.
-    #[command(alias = "status")]
     Ls {
         #[command(flatten)]
         target: Target,
+    },
+    /// Show every host of the cluster (role, health, how far behind) and every service.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Manage the cluster's hosts.
+    Hosts {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        action: Hosts,
+    },
+    /// Cluster-wide settings: the join token.
+    Cluster {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        action: ClusterCmd,
     },
     /// Remove a service.
     Rm {
@@ -75,8 +95,9 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // openraft narrates every election at info; a host's own lines are what an operator reads.
     let default_level = if matches!(cli.command, Command::Host(_)) {
-        "info"
+        "info,openraft=warn"
     } else {
         "warn"
     };
@@ -102,6 +123,9 @@ fn main() -> std::process::ExitCode {
             Command::Host(args) => args.run().await,
             Command::Deploy(deploy) => deploy.run().await,
             Command::Ls { target } => commands::ls(&target).await,
+            Command::Status { target } => cluster_cmd::status(&target).await,
+            Command::Hosts { target, action } => action.run(&target).await,
+            Command::Cluster { target, action } => action.run(&target).await,
             Command::Rm {
                 target,
                 name,

@@ -10,12 +10,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use doppel_api::{ApiError, DeployRequest, HostInfo, KeyPage};
+use doppel_api::{ApiError, ClusterInfo, DeployRequest, HostInfo, HostStatus, KeyPage};
+use doppel_replication::ReplicatedStore;
 use doppel_store::{Command, Op, Space, StoreError};
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::cluster::{self, Identity, RemoveError};
 use crate::services::{DeployError, Registry};
 
 /// What the admin handlers share.
@@ -28,7 +30,11 @@ pub struct AdminState {
     /// Largest module upload accepted, in bytes.
     pub max_module_size: usize,
     /// What `GET /v1/host` answers.
-    pub info: Arc<HostInfo>,
+    pub info: Arc<std::sync::RwLock<HostInfo>>,
+    /// The cluster's store, for membership and status.
+    pub cluster: Arc<ReplicatedStore>,
+    /// This host's id and the cluster secret (the join token).
+    pub identity: Identity,
 }
 
 /// An error answer: a status and a message for humans.
@@ -68,6 +74,9 @@ pub fn router(state: AdminState) -> Router {
     let max = state.max_module_size;
     Router::new()
         .route("/v1/host", get(host))
+        .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/token", get(join_token))
+        .route("/v1/hosts/{name}", axum::routing::delete(remove_host))
         .route(
             "/v1/modules",
             post(upload).layer(DefaultBodyLimit::disable()),
@@ -110,8 +119,41 @@ async fn authenticate(State(state): State<AdminState>, request: Request, next: N
     }
 }
 
+async fn cluster_status(State(state): State<AdminState>) -> Answer<Json<ClusterInfo>> {
+    Ok(Json(
+        cluster::info(&state.cluster, state.identity.id, &state.identity.secret).await?,
+    ))
+}
+
+/// The join token. It is the cluster secret itself, behind the admin token like everything here.
+async fn join_token(State(state): State<AdminState>) -> String {
+    state.identity.secret.clone()
+}
+
+async fn remove_host(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Answer<Json<HostStatus>> {
+    let record = cluster::remove(&state.cluster, &name)
+        .await
+        .map_err(|e| match e {
+            RemoveError::NoHost(_) => AdminError(StatusCode::NOT_FOUND, e.to_string()),
+            RemoveError::Store(e) => e.into(),
+        })?;
+    Ok(Json(HostStatus {
+        id: record.id.to_string(),
+        name: record.name,
+        admin: record.admin,
+        listen: Some(record.listen),
+        role: "removed".into(),
+        behind: None,
+        health: "removed".into(),
+        this: record.id == state.identity.id,
+    }))
+}
+
 async fn host(State(state): State<AdminState>) -> Json<HostInfo> {
-    let mut info = (*state.info).clone();
+    let mut info = state.info.read().unwrap_or_else(|e| e.into_inner()).clone();
     info.services = state.registry.count();
     Json(info)
 }

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use doppel_api::HostInfo;
-use doppel_store::{LocalStore, Store};
+use doppel_replication::ReplicatedStore;
+use doppel_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::admin::{AdminState, router};
+use crate::cluster::{self, HostRecord, JoinTarget};
 use crate::ingress::{self, IngressLimits};
 use crate::modules::ModuleCache;
 use crate::runtime::Runtime;
@@ -36,6 +38,12 @@ pub struct HostConfig {
     pub max_module_size: usize,
     /// How long in-flight requests may run on after a stop signal.
     pub grace: Duration,
+    /// The cluster to join on first start; `None` starts (or reopens) a cluster of its own.
+    pub join: Option<JoinTarget>,
+    /// The admin address peers use to reach this host (default: the bound admin address).
+    pub advertise: Option<String>,
+    /// Log entries between snapshots (after which the log before them is dropped).
+    pub snapshot_every: u64,
 }
 
 /// What a started host tells whoever started it.
@@ -51,6 +59,10 @@ pub struct Started {
     pub first_start: bool,
     /// How many services were loaded from the store.
     pub services: usize,
+    /// How many hosts the cluster has.
+    pub hosts: usize,
+    /// Whether this start joined an existing cluster.
+    pub joined: bool,
 }
 
 /// The file a running host writes into its data directory so that local CLI commands (and tests)
@@ -128,7 +140,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let data = &config.data_dir;
-    let first_start = !data.join("store").exists();
     std::fs::create_dir_all(data)
         .with_context(|| format!("while creating the data directory {}", data.display()))?;
     std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
@@ -142,11 +153,26 @@ pub async fn run(
         );
     }
     let token = admin_token(data)?;
+    let (identity, first_start) = match cluster::read_identity(data)? {
+        Some(identity) => {
+            if config.join.is_some() {
+                tracing::warn!("this host is already a cluster member; --join is ignored");
+            }
+            (identity, false)
+        }
+        None => (cluster::create_identity(data, config.join.as_ref())?, true),
+    };
+    let store = cluster::start(data, &identity, config.snapshot_every).await?;
 
-    let store = Arc::new(
-        LocalStore::open(data.join("store"))
-            .with_context(|| format!("while opening the store in {}", data.display()))?,
-    );
+    let ingress_listener = bind(config.listen, "--listen").await?;
+    let admin_listener = bind(config.admin, "--admin").await?;
+    let listen = ingress_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| admin_addr.to_string());
+
     let runtime = Runtime::new()?;
     let cache = ModuleCache::new(&data.join("cache"), &runtime.engine)
         .with_context(|| format!("while creating the module cache in {}", data.display()))?;
@@ -155,43 +181,76 @@ pub async fn run(
         store.clone() as Arc<dyn Store>,
         cache,
     ));
-    let services = registry
-        .load_all()
-        .await
-        .context("while loading deployed services")?;
-
-    let ingress_listener = bind(config.listen, "--listen").await?;
-    let admin_listener = bind(config.admin, "--admin").await?;
-    let started = Started {
-        listen: ingress_listener.local_addr()?,
-        admin: admin_listener.local_addr()?,
-        token_file: token_path(data),
-        first_start,
-        services,
-    };
-    let info = HostInfo {
+    let info = Arc::new(std::sync::RwLock::new(HostInfo {
         name: config.name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        listen: started.listen.to_string(),
-        admin: started.admin.to_string(),
+        listen: listen.to_string(),
+        admin: admin_addr.to_string(),
         data_dir: data.display().to_string(),
-        services,
-    };
+        services: 0,
+    }));
     let admin_state = AdminState {
         registry: registry.clone(),
         token: token.into(),
         max_module_size: config.max_module_size,
-        info: Arc::new(info),
+        info: info.clone(),
+        cluster: store.clone(),
+        identity: identity.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // Peers must reach this host (votes, log entries, a joining host's catch-up) before it is
+    // ready, so the admin server, which also serves the peer routes, starts first.
     let admin = tokio::spawn(
-        axum::serve(admin_listener, router(admin_state))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
+        axum::serve(
+            admin_listener,
+            router(admin_state).merge(doppel_replication::router(
+                store.raft().clone(),
+                &identity.secret,
+            )),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
     );
+    let joined = match (&config.join, first_start) {
+        (Some(target), true) => {
+            tracing::info!(url = %target.url, "joining the cluster");
+            cluster::join(target, identity.id, &advertise).await?;
+            true
+        }
+        (None, true) => {
+            cluster::create(&store, identity.id, &advertise).await?;
+            false
+        }
+        _ => false,
+    };
+    let services = load_when_available(&registry, &store).await?;
+    if store.address_of(identity.id).as_deref() != Some(advertise.as_str()) {
+        tracing::info!(%advertise, "this host's address changed; telling the cluster");
+        store
+            .set_address(identity.id, &advertise)
+            .await
+            .context("while recording this host's new address in the cluster")?;
+    }
+    cluster::register(
+        store.as_ref(),
+        &HostRecord {
+            id: identity.id,
+            name: config.name.clone(),
+            admin: advertise.clone(),
+            listen: listen.to_string(),
+        },
+    )
+    .await
+    .context("while registering this host in the cluster")?;
+    info.write().unwrap_or_else(|e| e.into_inner()).services = services;
+    let syncing = tokio::spawn(follow_deploys(
+        registry.clone(),
+        store.state().system_changes(),
+    ));
+
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,
         registry.clone(),
@@ -199,29 +258,87 @@ pub async fn run(
         stopped(stop_rx),
         config.grace,
     ));
+    let hosts = store.member_count();
+    let started = Started {
+        listen,
+        admin: admin_addr,
+        token_file: token_path(data),
+        first_start,
+        services,
+        hosts,
+        joined,
+    };
     write_endpoint(
         data,
         &Endpoint {
             name: config.name.clone(),
-            listen: started.listen,
-            admin: started.admin,
+            listen,
+            admin: admin_addr,
             pid: std::process::id(),
         },
     )?;
-    tracing::info!(name = %config.name, listen = %started.listen, admin = %started.admin, services, "host ready");
+    tracing::info!(name = %config.name, id = identity.id, %listen, admin = %admin_addr, services, hosts, "host ready");
     ready(&started);
 
     shutdown.await;
     tracing::info!("stopping: no new connections; letting requests in flight finish");
     let _ = stop_tx.send(true);
     let _ = ingress.await;
+    syncing.abort();
     let _ = tokio::time::timeout(config.grace, admin).await;
     let _ = std::fs::remove_file(endpoint_path(data));
     drop(registry);
-    tokio::task::spawn_blocking(move || store.close_blocking())
+    store
+        .raft()
+        .shutdown()
         .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("while stopping the consensus node")?;
+    let state = store.state().clone();
+    tokio::task::spawn_blocking(move || state.engine().checkpoint())
+        .await
+        .context("while closing the store")?
         .context("while closing the store")?;
     tracing::info!("stopped cleanly");
     drop(lock);
     Ok(())
+}
+
+/// Loads the deployed services once the store can answer linearizably, which needs a majority
+/// of the cluster; a host restarting while most of its cluster is down waits for it.
+async fn load_when_available(
+    registry: &Registry,
+    store: &ReplicatedStore,
+) -> anyhow::Result<usize> {
+    loop {
+        let alone = store.member_count() == 1;
+        match registry.load_all(alone).await {
+            Ok(count) => return Ok(count),
+            Err(e) if is_unavailable(&e) => {
+                tracing::warn!(error = %e, "waiting for a majority of the cluster to load the services");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.context("while loading deployed services")),
+        }
+    }
+}
+
+fn is_unavailable(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<StoreError>(),
+        Some(StoreError::Unavailable(_))
+    )
+}
+
+/// Keeps the running services in line with deploys and removals made through other hosts.
+async fn follow_deploys(registry: Arc<Registry>, mut changes: tokio::sync::watch::Receiver<u64>) {
+    while changes.changed().await.is_ok() {
+        // Several changes may arrive in a burst; one sync sees them all.
+        changes.mark_unchanged();
+        if let Err(e) = registry.sync().await {
+            tracing::warn!(error = %e, "cannot bring services in line with the store; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            changes.mark_changed();
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The doppel host: the wasmtime embedding that runs services, and the servers around it.
 //!
-//! A host keeps every service's record, module and buckets in a [`doppel_store::Store`], loads
+//! A host keeps every service's record, module and buckets in a [`doppel_store::Store`] — the
+//! replicated one of `doppel-replication`; a host started alone is a one-member cluster — loads
 //! each service as a pre-instantiated component (precompiled on disk, so a restart does not
 //! compile), and serves two listeners: service traffic (`ingress`), where each request gets a
 //! fresh instance with the service's limits, and the admin API the `doppel` CLI talks to.
@@ -16,6 +17,9 @@
 //!     ingress: IngressLimits::default(),
 //!     max_module_size: 64 << 20,
 //!     grace: std::time::Duration::from_secs(10),
+//!     join: None,
+//!     advertise: None,
+//!     snapshot_every: 10_000,
 //! };
 //! doppel_host::run(config, |started| println!("serving on {}", started.listen), async {
 //!     let _ = tokio::signal::ctrl_c().await;
@@ -27,6 +31,7 @@
 mod admin;
 #[doc(hidden)]
 pub mod bench;
+mod cluster;
 mod host;
 mod ingress;
 mod invoke;
@@ -38,6 +43,7 @@ mod runtime;
 mod services;
 mod state;
 
+pub use cluster::JoinTarget;
 pub use host::{Endpoint, HostConfig, Started, endpoint_path, run, token_path};
 pub use ingress::IngressLimits;
 pub use modules::{ModuleError, digest};

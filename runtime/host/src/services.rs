@@ -172,11 +172,15 @@ impl Registry {
             .clone()
     }
 
-    /// Loads every deployed service from the store, from precompiled copies where sound.
-    pub async fn load_all(&self) -> anyhow::Result<usize> {
+    /// Loads every deployed service from the store, from precompiled copies where sound. With
+    /// `collect_orphans` (only safe when no other host can be between an upload and its deploy,
+    /// i.e. in a one-member cluster), modules no service uses are deleted first.
+    pub async fn load_all(&self, collect_orphans: bool) -> anyhow::Result<usize> {
         let records = self.records().await?;
         let count = records.len();
-        self.drop_orphan_modules(&records).await?;
+        if collect_orphans {
+            self.drop_orphan_modules(&records).await?;
+        }
         for record in records {
             let name = record.name.clone();
             match self.load(record).await {
@@ -193,6 +197,56 @@ impl Registry {
             }
         }
         Ok(count)
+    }
+
+    /// Brings the running services in line with the store after another host deployed, redeployed
+    /// or removed one: new versions are loaded (compiled once, then from the precompiled cache)
+    /// before they replace the old, and removed services stop being served.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let _guard = self.changes.lock().await;
+        let records = self.records().await?;
+        for record in &records {
+            let current = self.get(&record.name);
+            let same = current.is_some_and(|s| {
+                s.record.version == record.version
+                    && s.record.module == record.module
+                    && s.record.deployed_at_ms == record.deployed_at_ms
+            });
+            if same {
+                continue;
+            }
+            let name = record.name.clone();
+            match self.load(record.clone()).await {
+                Ok(service) => {
+                    service.log.host(format!(
+                        "version {} ({}) deployed through another host",
+                        record.version, record.module
+                    ));
+                    tracing::info!(service = %name, version = record.version, "loaded a deploy made through another host");
+                    self.insert(service);
+                }
+                Err(e) => {
+                    tracing::error!(service = %name, error = %e, "cannot load a deploy made through another host");
+                    self.log_and_stats(&name)
+                        .0
+                        .host(format!("cannot load version {}: {e}", record.version));
+                }
+            }
+        }
+        let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = services
+            .keys()
+            .filter(|name| !records.iter().any(|r| &r.name == *name))
+            .cloned()
+            .collect();
+        for name in gone {
+            services.remove(&name);
+            tracing::info!(service = %name, "removed through another host");
+            self.log_and_stats(&name)
+                .0
+                .host("removed through another host");
+        }
+        Ok(())
     }
 
     /// Removes modules no service uses: uploads whose deploy never came (the client died between

@@ -17,16 +17,19 @@
 //! - [`ReplicatedStore`]: doppel's `Store` over raft. Followers forward writes to the leader and
 //!   get a read index from it, so every read and write is linearizable from every host.
 //!
-//! Not built yet (issue "Many hosts"): membership admin and joining, and wiring this store into
-//! the host, which still runs on the local store.
+//! - [`join`] and the membership routes: a new host becomes a learner, catches up, then votes;
+//!   [`ReplicatedStore::remove_member`] removes one for good; [`ReplicatedStore::status`] is the
+//!   leader's view of every member.
 
 mod framed;
 mod log_store;
+mod membership;
 mod network;
 mod replicated;
 mod state_machine;
 
 pub use log_store::LogStore;
+pub use membership::{ClusterStatus, JoinError, JoinRequest, MemberStatus, Refusal, join};
 pub use network::{Network, router};
 pub use replicated::ReplicatedStore;
 pub use state_machine::StateMachine;
@@ -44,6 +47,8 @@ openraft::declare_raft_types!(
         D = Command,
         R = Response,
 );
+
+pub use openraft;
 
 /// A host's id in the cluster.
 pub type NodeId = u64;
@@ -78,7 +83,17 @@ pub async fn start(
     dir: &std::path::Path,
     secret: &str,
 ) -> Result<(openraft::Raft<TypeConfig>, StateMachine), Box<dyn std::error::Error + Send + Sync>> {
-    let config = std::sync::Arc::new(config().validate()?);
+    start_with(id, dir, secret, config()).await
+}
+
+/// [`start`] with another raft configuration (e.g. a snapshot policy).
+pub async fn start_with(
+    id: NodeId,
+    dir: &std::path::Path,
+    secret: &str,
+    config: openraft::Config,
+) -> Result<(openraft::Raft<TypeConfig>, StateMachine), Box<dyn std::error::Error + Send + Sync>> {
+    let config = std::sync::Arc::new(config.validate()?);
     let log = LogStore::open(&dir.join("log"))?;
     let state = StateMachine::open(&dir.join("sm"))?;
     let raft = openraft::Raft::new(id, config, Network::new(secret), log, state.clone()).await?;

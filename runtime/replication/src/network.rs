@@ -22,6 +22,7 @@ use openraft::{BasicNode, Raft};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::membership::{self, JoinRequest};
 use crate::{NodeId, TypeConfig};
 
 /// Largest raft RPC accepted (an append carrying a module upload, a snapshot chunk).
@@ -155,6 +156,10 @@ pub fn router(raft: Raft<TypeConfig>, secret: &str) -> axum::Router {
         .route("/raft/v1/snapshot", post(snapshot))
         .route("/raft/v1/write", post(write))
         .route("/raft/v1/read-index", post(read_index))
+        .route("/raft/v1/join", post(join))
+        .route("/raft/v1/remove", post(remove))
+        .route("/raft/v1/status", post(status))
+        .route("/raft/v1/ping", post(ping))
         .layer(DefaultBodyLimit::max(MAX_RPC))
         .layer(middleware::from_fn_with_state(server.clone(), authenticate))
         .with_state(server)
@@ -241,4 +246,34 @@ async fn read_index(State(s): State<Server>, body: Bytes) -> Response {
             .map_err(|e| e.to_string())
     })
     .await
+}
+
+/// A host asking to join (it proved it has the secret): make it a learner, then a voter.
+async fn join(State(s): State<Server>, body: Bytes) -> Response {
+    serve(&body, |req: JoinRequest| async move {
+        tracing::info!(id = req.id, addr = %req.addr, "a host asks to join");
+        membership::add_member(&s.raft, req).await
+    })
+    .await
+}
+
+/// A removal forwarded by a follower's admin API.
+async fn remove(State(s): State<Server>, body: Bytes) -> Response {
+    serve(&body, |id: NodeId| async move {
+        membership::remove_member(&s.raft, id).await
+    })
+    .await
+}
+
+/// The leader's view of the cluster, for a follower's `doppel status`.
+async fn status(State(s): State<Server>, body: Bytes) -> Response {
+    serve(&body, |(): ()| async move {
+        Ok::<_, String>(membership::status(&s.raft))
+    })
+    .await
+}
+
+/// A liveness probe from a member (it proved it has the secret).
+async fn ping() -> StatusCode {
+    StatusCode::OK
 }

@@ -11,6 +11,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::membership::{self, ClusterStatus, JoinRequest, Refusal};
 use crate::{NodeId, Response, StateMachine, TypeConfig};
 
 /// The store of one host in a cluster.
@@ -71,6 +72,18 @@ impl ReplicatedStore {
         path: &str,
         req: &Req,
     ) -> Result<T, StoreError> {
+        self.ask_leader_as::<Req, T, String>(path, req).await
+    }
+
+    /// Like `ask_leader`, for routes whose error type is `E`.
+    async fn ask_leader_as<Req: Serialize, T: DeserializeOwned, E>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<T, StoreError>
+    where
+        E: DeserializeOwned + std::fmt::Display,
+    {
         let (leader, addr) = self.leader_addr().await?;
         let body = postcard::to_stdvec(req).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let response = self
@@ -92,9 +105,73 @@ impl ReplicatedStore {
             .bytes()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        let answer: Result<T, String> =
+        let answer: Result<T, E> =
             postcard::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         answer.map_err(unavailable)
+    }
+
+    /// The raft node.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// The state machine (the applied state, and its change notifications).
+    pub fn state(&self) -> &StateMachine {
+        &self.state
+    }
+
+    /// The cluster as its leader sees it (with each member's replication progress); this host's
+    /// own view when no leader answers.
+    pub async fn status(&self) -> ClusterStatus {
+        let local = membership::status(&self.raft);
+        if local.leader.is_none() || local.leader == Some(local.reported_by) {
+            return local;
+        }
+        self.ask_leader("status", &()).await.unwrap_or(local)
+    }
+
+    /// Records that host `id` is now reached at `addr` (it restarted on another address).
+    pub async fn set_address(&self, id: NodeId, addr: &str) -> Result<(), StoreError> {
+        let req = JoinRequest {
+            id,
+            addr: addr.to_string(),
+        };
+        match membership::add_member(&self.raft, req.clone()).await {
+            Ok(()) => Ok(()),
+            Err(Refusal::NotLeader(_)) => self.ask_leader_as::<_, (), Refusal>("join", &req).await,
+            Err(Refusal::Failed(why)) => Err(unavailable(why)),
+        }
+    }
+
+    /// The address the membership records for host `id`.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
+    /// How many hosts are members.
+    pub fn member_count(&self) -> usize {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .count()
+    }
+
+    /// Removes host `id` from the cluster for good (through the leader).
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
+        match membership::remove_member(&self.raft, id).await {
+            Ok(()) => Ok(()),
+            Err(Refusal::NotLeader(_)) => self.ask_leader_as::<_, (), Refusal>("remove", &id).await,
+            Err(Refusal::Failed(why)) => Err(unavailable(why)),
+        }
     }
 
     /// Waits until reading the local state machine is linearizable.

@@ -33,6 +33,9 @@ struct Shared {
     /// Held while applying and while exporting, so that a snapshot is one consistent state.
     meta: Mutex<Meta>,
     snapshot_path: PathBuf,
+    /// Bumped whenever the host's own tables change (a deploy, a removal, a snapshot install), so
+    /// that every host can bring its running services in line with the store.
+    system_changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// doppel's state machine over an [`Engine`] in `DIR/state`, with its latest snapshot in
@@ -61,6 +64,7 @@ impl StateMachine {
                 engine,
                 meta: Mutex::new(meta),
                 snapshot_path: dir.join("snapshot"),
+                system_changes: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -68,6 +72,16 @@ impl StateMachine {
     /// The applied state, for reads.
     pub fn engine(&self) -> &Engine {
         &self.shared.engine
+    }
+
+    /// Changes whenever a command to the host's own tables (services, modules, hosts) has been
+    /// applied or a snapshot installed.
+    pub fn system_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.system_changes.subscribe()
+    }
+
+    fn note_system_change(&self) {
+        self.shared.system_changes.send_modify(|n| *n += 1);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Meta> {
@@ -132,6 +146,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut meta = self.lock();
         let mut responses = Vec::new();
+        let mut system = false;
         for entry in entries {
             let mut next = meta.clone();
             next.last_applied = Some(entry.log_id);
@@ -155,6 +170,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Ok(Outcome::Done)
                 }
                 EntryPayload::Normal(command) => {
+                    system |= command.op.touches_system();
                     let bytes = postcard::to_stdvec(&next).map_err(sm_error)?;
                     self.shared
                         .engine
@@ -169,6 +185,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             *meta = next;
             responses.push(response);
+        }
+        drop(meta);
+        if system {
+            self.note_system_change();
         }
         Ok(responses)
     }
@@ -209,6 +229,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         framed::rewrite(&self.shared.snapshot_path, std::slice::from_ref(&file))
             .map_err(sm_error)?;
+        drop(meta);
+        tracing::info!(up_to = index, "installed a snapshot from the leader");
+        self.note_system_change();
         Ok(())
     }
 

@@ -104,6 +104,11 @@ impl Op {
             Op::PurgeService { service } => service,
         }
     }
+
+    /// Whether this op changes the host's own tables (services, modules, hosts).
+    pub fn touches_system(&self) -> bool {
+        self.service().is_empty()
+    }
 }
 
 /// What an applied command returns.

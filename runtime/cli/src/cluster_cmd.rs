@@ -1,0 +1,115 @@
+//! `doppel status`, `doppel hosts rm`, `doppel cluster token`: the cluster as an operator sees it.
+
+use clap::Subcommand;
+use doppel_api::{ClusterInfo, HostStatus, ServiceInfo};
+use reqwest::Method;
+
+use crate::client::{Client, Target, segment};
+use crate::commands::{ls_rows, print_json, print_table};
+
+/// `doppel status`: every host, then every service.
+pub async fn status(target: &Target) -> anyhow::Result<()> {
+    let client = Client::connect(target)?;
+    let cluster: ClusterInfo = client.get_json("/v1/cluster").await?;
+    let services: Vec<ServiceInfo> = client.get_json("/v1/services").await?;
+    if target.json {
+        return print_json(&serde_json::json!({ "cluster": cluster, "services": services }));
+    }
+    let mut rows = vec![[
+        "HOST".to_string(),
+        "ROLE".into(),
+        "HEALTH".into(),
+        "BEHIND".into(),
+        "ADMIN".into(),
+        "SERVICES".into(),
+    ]];
+    for h in &cluster.hosts {
+        let mark = if h.this { " *" } else { "" };
+        rows.push([
+            format!("{}{mark}", h.name),
+            h.role.clone(),
+            h.health.clone(),
+            h.behind.map_or_else(|| "?".into(), |b| b.to_string()),
+            h.admin.clone(),
+            h.listen.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    print_table(&rows);
+    let leader = cluster.leader.is_some();
+    println!(
+        "{} host(s), term {}{}  (* = the host that answered; every host serves every service)",
+        cluster.hosts.len(),
+        cluster.term,
+        if leader {
+            ""
+        } else {
+            "; NO LEADER: writes are refused until a majority is back"
+        }
+    );
+    println!();
+    if services.is_empty() {
+        println!("No services deployed. Deploy one with `doppel deploy FILE.wasm --name NAME`.");
+    } else {
+        print_table(&ls_rows(&services));
+    }
+    Ok(())
+}
+
+/// `doppel hosts ...`.
+#[derive(Subcommand, Debug)]
+pub enum Hosts {
+    /// Remove a host from the cluster for good (it is dead, or leaving). Its data directory is
+    /// no longer a member: to bring the machine back, start it with a fresh one and `--join`.
+    Rm {
+        /// The host's name (or id) as `doppel status` shows it.
+        name: String,
+    },
+}
+
+impl Hosts {
+    pub async fn run(self, target: &Target) -> anyhow::Result<()> {
+        match self {
+            Hosts::Rm { name } => {
+                let client = Client::connect(target)?;
+                let path = format!("/v1/hosts/{}", segment(&name));
+                let removed: HostStatus = client
+                    .send(client.request(Method::DELETE, &path))
+                    .await?
+                    .json()
+                    .await?;
+                if target.json {
+                    return print_json(&removed);
+                }
+                println!(
+                    "removed host {} ({}) from the cluster",
+                    removed.name, removed.admin
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `doppel cluster ...`.
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Print the token another host needs to join: `doppel host --join URL --token TOKEN`.
+    Token,
+}
+
+impl ClusterCmd {
+    pub async fn run(self, target: &Target) -> anyhow::Result<()> {
+        match self {
+            ClusterCmd::Token => {
+                let client = Client::connect(target)?;
+                let token = client
+                    .send(client.request(Method::GET, "/v1/cluster/token"))
+                    .await?
+                    .text()
+                    .await?;
+                println!("{token}");
+                Ok(())
+            }
+        }
+    }
+}

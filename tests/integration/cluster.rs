@@ -1,0 +1,309 @@
+//! Several hosts on loopback: joining, one store seen through every host, deploys that reach
+//! every host, SIGKILL of the leader and of followers under writes, catching up by log and by
+//! snapshot, and a host left alone refusing to acknowledge.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use doppel_guests as guests;
+
+use crate::support::{Host, doppel, eventually, eventually_within, http};
+
+/// Starts `n` hosts named a, b, c…: the first creates the cluster, the others join it. `extra`
+/// goes to every host.
+fn cluster(n: usize, extra: &[&str]) -> Vec<Host> {
+    let mut first_args = vec!["--name", "a"];
+    first_args.extend_from_slice(extra);
+    let first = Host::start_with(&first_args);
+    let token = first.cli_ok(&["cluster", "token"]).trim().to_string();
+    let url = format!("http://{}", first.admin);
+    let mut hosts = vec![first];
+    for i in 1..n {
+        let name = ((b'a' + i as u8) as char).to_string();
+        let mut args = vec!["--name", &name, "--join", &url, "--token", &token];
+        args.extend_from_slice(extra);
+        hosts.push(Host::start_with(&args));
+    }
+    hosts
+}
+
+/// This host's raft id, from its data directory.
+fn id_of(host: &Host) -> String {
+    let identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.data.join("cluster.json")).unwrap()).unwrap();
+    identity["id"].as_u64().unwrap().to_string()
+}
+
+fn status(host: &Host) -> serde_json::Value {
+    serde_json::from_str(&host.cli_ok(&["status", "--json"])).unwrap()
+}
+
+/// The index in `hosts` of the current leader, asked of a running host.
+fn leader(hosts: &[Host]) -> usize {
+    let asker = hosts.iter().find(|h| h.is_running()).unwrap();
+    let mut found = None;
+    eventually("a leader is known", || {
+        let id = status(asker)["cluster"]["leader"]
+            .as_str()
+            .map(String::from);
+        found = id.and_then(|id| hosts.iter().position(|h| h.is_running() && id_of(h) == id));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// Restarts a killed host on its old ports (its peers know it by its admin address).
+fn restart(host: &mut Host, name: &str) {
+    let (listen, admin) = (host.listen.to_string(), host.admin.to_string());
+    host.restart_with(&["--name", name, "--listen", &listen, "--admin", &admin]);
+}
+
+fn name(i: usize) -> String {
+    ((b'a' + i as u8) as char).to_string()
+}
+
+#[test]
+fn three_hosts_serve_one_state() {
+    let hosts = cluster(3, &[]);
+    let st = status(&hosts[1]);
+    let members = st["cluster"]["hosts"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{st}");
+    let mut names: Vec<&str> = members
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(
+        members.iter().filter(|h| h["role"] == "leader").count(),
+        1,
+        "{st}"
+    );
+    let human = hosts[2].cli_ok(&["status"]);
+    assert!(
+        human.contains("leader") && human.contains("voter"),
+        "{human}"
+    );
+
+    // Deploy through one host: every host serves it, on one state.
+    hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    for h in &hosts {
+        eventually("every host serves the deployed service", || {
+            h.get("/kv/get?k=none").0 == 200
+        });
+    }
+    assert_eq!(hosts[1].post("/kv/set?k=city", "Kiel").0, 200);
+    assert_eq!(hosts[2].get("/kv/get?k=city").1, "Kiel");
+    assert_eq!(hosts[0].get("/kv/get?k=city").1, "Kiel");
+    // Counters through different hosts: one sequence, nothing lost.
+    for (i, h) in hosts.iter().cycle().take(9).enumerate() {
+        assert_eq!(h.post("/kv/increment?k=n", "").1, (i + 1).to_string());
+    }
+    // The state is visible to operators from any host too.
+    assert_eq!(
+        hosts[2]
+            .cli_ok(&["kv", "get", "--service", "kv", "city"])
+            .trim(),
+        "Kiel"
+    );
+
+    // A redeploy through another host reaches every host; a removal too.
+    hosts[2].deploy(guests::KV_DRAFT, "kv", &[]);
+    eventually("the redeploy reaches host a", || {
+        hosts[0]
+            .cli_ok(&["ls", "--json"])
+            .contains("\"version\": 2")
+            || hosts[0].cli_ok(&["ls", "--json"]).contains("\"version\":2")
+    });
+    hosts[1].cli_ok(&["rm", "kv"]);
+    for h in &hosts {
+        eventually("the removal reaches every host", || {
+            h.get("/kv/get?k=city").0 == 404
+        });
+    }
+}
+
+#[test]
+fn a_wrong_join_token_is_refused() {
+    let first = Host::start_with(&["--name", "a"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = doppel()
+        .args([
+            "host",
+            "--name",
+            "b",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .arg("--data")
+        .arg(dir.path().join("b"))
+        .args([
+            "--join",
+            &format!("http://{}", first.admin),
+            "--token",
+            "not-the-token",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused the join token"), "{stderr}");
+    assert!(
+        !stderr.contains("not-the-token"),
+        "the token must not be echoed: {stderr}"
+    );
+    // The cluster is unchanged.
+    let st = status(&first);
+    assert_eq!(st["cluster"]["hosts"].as_array().unwrap().len(), 1, "{st}");
+}
+
+/// Writers go through every host while hosts are SIGKILLed — the leader, a follower, the leader
+/// again — and restarted. Every acknowledged write must be readable through every host at the end.
+#[test]
+fn acknowledged_writes_survive_killing_hosts() {
+    let mut hosts = cluster(3, &[]);
+    hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    for h in &hosts {
+        eventually("every host serves kv", || h.get("/kv/get?k=x").0 == 200);
+    }
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut total = 0;
+    for (round, victim) in ["leader", "follower", "leader"].into_iter().enumerate() {
+        let urls: Vec<String> = hosts.iter().map(|h| h.url("/kv")).collect();
+        stop.store(false, Ordering::Relaxed);
+        let writers: Vec<_> = (0..6)
+            .map(|t| {
+                let (acked, count, stop) = (acked.clone(), count.clone(), stop.clone());
+                let urls = urls.clone();
+                std::thread::spawn(move || {
+                    let client = reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .unwrap();
+                    for i in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let key = format!("r{round}-t{t}-{i}");
+                        let base = &urls[(t + i) % urls.len()];
+                        if let Ok(r) = client
+                            .post(format!("{base}/set?k={key}"))
+                            .body(key.clone())
+                            .send()
+                            && r.status().as_u16() == 200
+                        {
+                            acked.lock().unwrap().push(key);
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let before = count.load(Ordering::Relaxed);
+        eventually("writes are acknowledged", || {
+            count.load(Ordering::Relaxed) >= before + 100 + 50 * round
+        });
+        let leader = leader(&hosts);
+        let index = if victim == "leader" {
+            leader
+        } else {
+            (leader + 1) % hosts.len()
+        };
+        hosts[index].kill();
+        let at_kill = count.load(Ordering::Relaxed);
+        eventually_within(
+            Duration::from_secs(60),
+            "writes are acknowledged again after the kill",
+            || count.load(Ordering::Relaxed) >= at_kill + 50,
+        );
+        restart(&mut hosts[index], &name(index));
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        println!(
+            "round {round}: killed the {victim} ({}); {} writes acknowledged so far",
+            name(index),
+            count.load(Ordering::Relaxed)
+        );
+        total = count.load(Ordering::Relaxed);
+    }
+    let acked = acked.lock().unwrap();
+    for h in &hosts {
+        for key in acked.iter() {
+            assert_eq!(
+                h.get(&format!("/kv/get?k={key}")).1,
+                *key,
+                "acknowledged write {key} missing on a host"
+            );
+        }
+    }
+    println!("{total} acknowledged writes, all readable through each of 3 hosts after 3 SIGKILLs");
+}
+
+/// A host down while the others write (and snapshot and drop their log) catches up by snapshot
+/// when it comes back, and serves everything written meanwhile.
+#[test]
+fn a_host_that_was_down_catches_up_by_snapshot() {
+    let mut hosts = cluster(3, &["--snapshot-every", "50"]);
+    hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    for h in &hosts {
+        eventually("every host serves kv", || h.get("/kv/get?k=x").0 == 200);
+    }
+    let down = (leader(&hosts) + 1) % 3;
+    hosts[down].kill();
+    let up: Vec<usize> = (0..3).filter(|i| *i != down).collect();
+    let client = http();
+    for i in 0..300 {
+        let h = &hosts[up[i % 2]];
+        let r = client
+            .post(h.url(&format!("/kv/set?k=k{i}")))
+            .body(format!("v{i}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "write {i}");
+    }
+    restart(&mut hosts[down], &name(down));
+    let back = &hosts[down];
+    for i in (0..300).step_by(7) {
+        assert_eq!(back.get(&format!("/kv/get?k=k{i}")).1, format!("v{i}"));
+    }
+    assert!(
+        back.log().contains("installed a snapshot from the leader"),
+        "the host should have caught up by snapshot:\n{}",
+        back.log()
+    );
+}
+
+/// A host cut off from the majority (here: the other two are dead) acknowledges nothing; once a
+/// peer is back, writes succeed again.
+#[test]
+fn a_host_alone_acknowledges_no_write() {
+    let mut hosts = cluster(3, &[]);
+    hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    for h in &hosts {
+        eventually("every host serves kv", || h.get("/kv/get?k=x").0 == 200);
+    }
+    assert_eq!(hosts[2].post("/kv/set?k=before", "1").0, 200);
+    hosts[0].kill();
+    hosts[1].kill();
+    let (code, body) = hosts[2].post("/kv/set?k=alone", "1");
+    assert!(
+        code >= 500,
+        "a lone host acknowledged a write: {code} {body}"
+    );
+    let st = hosts[2].cli_ok(&["status"]);
+    assert!(st.contains("down"), "{st}");
+    restart(&mut hosts[1], "b");
+    eventually_within(
+        Duration::from_secs(60),
+        "writes succeed with a majority back",
+        || hosts[2].post("/kv/set?k=again", "1").0 == 200,
+    );
+    assert_eq!(hosts[1].get("/kv/get?k=before").1, "1");
+}
