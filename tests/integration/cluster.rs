@@ -8,60 +8,10 @@ use std::time::Duration;
 
 use doppel_guests as guests;
 
-use crate::support::{Host, doppel, eventually, eventually_within, http};
-
-/// Starts `n` hosts named a, b, c…: the first creates the cluster, the others join it. `extra`
-/// goes to every host.
-fn cluster(n: usize, extra: &[&str]) -> Vec<Host> {
-    let mut first_args = vec!["--name", "a"];
-    first_args.extend_from_slice(extra);
-    let first = Host::start_with(&first_args);
-    let token = first.cli_ok(&["cluster", "token"]).trim().to_string();
-    let url = format!("http://{}", first.admin);
-    let mut hosts = vec![first];
-    for i in 1..n {
-        let name = ((b'a' + i as u8) as char).to_string();
-        let mut args = vec!["--name", &name, "--join", &url, "--token", &token];
-        args.extend_from_slice(extra);
-        hosts.push(Host::start_with(&args));
-    }
-    hosts
-}
-
-/// This host's raft id, from its data directory.
-fn id_of(host: &Host) -> String {
-    let identity: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(host.data.join("cluster.json")).unwrap()).unwrap();
-    identity["id"].as_u64().unwrap().to_string()
-}
-
-fn status(host: &Host) -> serde_json::Value {
-    serde_json::from_str(&host.cli_ok(&["status", "--json"])).unwrap()
-}
-
-/// The index in `hosts` of the current leader, asked of a running host.
-fn leader(hosts: &[Host]) -> usize {
-    let asker = hosts.iter().find(|h| h.is_running()).unwrap();
-    let mut found = None;
-    eventually("a leader is known", || {
-        let id = status(asker)["cluster"]["leader"]
-            .as_str()
-            .map(String::from);
-        found = id.and_then(|id| hosts.iter().position(|h| h.is_running() && id_of(h) == id));
-        found.is_some()
-    });
-    found.unwrap()
-}
-
-/// Restarts a killed host on its old ports (its peers know it by its admin address).
-fn restart(host: &mut Host, name: &str) {
-    let (listen, admin) = (host.listen.to_string(), host.admin.to_string());
-    host.restart_with(&["--name", name, "--listen", &listen, "--admin", &admin]);
-}
-
-fn name(i: usize) -> String {
-    ((b'a' + i as u8) as char).to_string()
-}
+use crate::support::{
+    Host, cluster, doppel, eventually, eventually_within, http, leader, name, restart_in_place,
+    status,
+};
 
 #[test]
 fn three_hosts_serve_one_state() {
@@ -221,7 +171,7 @@ fn acknowledged_writes_survive_killing_hosts() {
             "writes are acknowledged again after the kill",
             || count.load(Ordering::Relaxed) >= at_kill + 50,
         );
-        restart(&mut hosts[index], &name(index));
+        restart_in_place(&mut hosts[index], &name(index));
         stop.store(true, Ordering::Relaxed);
         for w in writers {
             w.join().unwrap();
@@ -268,7 +218,7 @@ fn a_host_that_was_down_catches_up_by_snapshot() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 200, "write {i}");
     }
-    restart(&mut hosts[down], &name(down));
+    restart_in_place(&mut hosts[down], &name(down));
     let back = &hosts[down];
     for i in (0..300).step_by(7) {
         assert_eq!(back.get(&format!("/kv/get?k=k{i}")).1, format!("v{i}"));
@@ -299,7 +249,7 @@ fn a_host_alone_acknowledges_no_write() {
     );
     let st = hosts[2].cli_ok(&["status"]);
     assert!(st.contains("down"), "{st}");
-    restart(&mut hosts[1], "b");
+    restart_in_place(&mut hosts[1], "b");
     eventually_within(
         Duration::from_secs(60),
         "writes succeed with a majority back",

@@ -235,3 +235,58 @@ pub fn eventually_within(limit: Duration, what: &str, mut check: impl FnMut() ->
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Starts `n` hosts named a, b, c…: the first creates the cluster, the others join it. `extra`
+/// goes to every host.
+pub fn cluster(n: usize, extra: &[&str]) -> Vec<Host> {
+    let mut first_args = vec!["--name", "a"];
+    first_args.extend_from_slice(extra);
+    let first = Host::start_with(&first_args);
+    let token = first.cli_ok(&["cluster", "token"]).trim().to_string();
+    let url = format!("http://{}", first.admin);
+    let mut hosts = vec![first];
+    for i in 1..n {
+        let name = name(i);
+        let mut args = vec!["--name", &name, "--join", &url, "--token", &token];
+        args.extend_from_slice(extra);
+        hosts.push(Host::start_with(&args));
+    }
+    hosts
+}
+
+/// This host's raft id, from its data directory.
+pub fn id_of(host: &Host) -> String {
+    let identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.data.join("cluster.json")).unwrap()).unwrap();
+    identity["id"].as_u64().unwrap().to_string()
+}
+
+/// `doppel status --json` of `host`.
+pub fn status(host: &Host) -> serde_json::Value {
+    serde_json::from_str(&host.cli_ok(&["status", "--json"])).unwrap()
+}
+
+/// The index in `hosts` of the current leader, asked of a running host.
+pub fn leader(hosts: &[Host]) -> usize {
+    let asker = hosts.iter().find(|h| h.is_running()).unwrap();
+    let mut found = None;
+    eventually("a leader is known", || {
+        let id = status(asker)["cluster"]["leader"]
+            .as_str()
+            .map(String::from);
+        found = id.and_then(|id| hosts.iter().position(|h| h.is_running() && id_of(h) == id));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// Restarts a killed host on its old ports (its peers know it by its admin address).
+pub fn restart_in_place(host: &mut Host, name: &str) {
+    let (listen, admin) = (host.listen.to_string(), host.admin.to_string());
+    host.restart_with(&["--name", name, "--listen", &listen, "--admin", &admin]);
+}
+
+/// The name `cluster` gave host `i`.
+pub fn name(i: usize) -> String {
+    ((b'a' + i as u8) as char).to_string()
+}

@@ -1,0 +1,124 @@
+//! Failover on a 3-host loopback cluster: SIGKILL a host while clients write through every host,
+//! then time from the kill to the first successful answer to a write sent to a surviving host
+//! after the kill. Half the trials kill the raft leader (an election is needed), half a follower.
+//! After each trial the killed host is restarted, and every acknowledged write is checked on
+//! every host: the count of lost acknowledged writes must be 0.
+//! Run: `cargo bench -p doppel --bench failover` (`FAILOVER_TRIALS=N` per kind, default 50).
+
+#[allow(dead_code)]
+#[path = "../tests/integration/support.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{cluster, leader, name, restart_in_place};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn main() {
+    let trials: usize = std::env::var("FAILOVER_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let mut hosts = cluster(3, &[]);
+    hosts[0].deploy(doppel_guests::KV_DRAFT2, "kv", &[]);
+    for h in &hosts {
+        support::eventually("every host serves kv", || h.get("/kv/get?k=x").0 == 200);
+    }
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let (mut acked_total, mut lost_total) = (0usize, 0usize);
+    for trial in 0..2 * trials {
+        let kill_leader = trial % 2 == 0;
+        // Background writers through every host, recording what was acknowledged.
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let urls: Vec<String> = hosts.iter().map(|h| h.url("/kv")).collect();
+        let writers: Vec<_> = (0..3)
+            .map(|t| {
+                let (acked, stop, urls) = (acked.clone(), stop.clone(), urls.clone());
+                std::thread::spawn(move || {
+                    let client = reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(5))
+                        .build()
+                        .unwrap();
+                    for i in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let key = format!("t{trial}-{t}-{i}");
+                        let url = format!("{}/set?k={key}", urls[(t + i) % urls.len()]);
+                        if let Ok(r) = client.post(url).body(key.clone()).send()
+                            && r.status().is_success()
+                        {
+                            acked.lock().unwrap().push(key);
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let lead = leader(&hosts);
+        let victim = if kill_leader { lead } else { (lead + 1) % 3 };
+        let survivor = (victim + 1) % 3;
+        let url = hosts[survivor].url(&format!("/kv/set?k=probe{trial}"));
+        let killed_at = Instant::now();
+        hosts[victim].kill();
+        let answered = loop {
+            if let Ok(r) = client.post(&url).body("p").send()
+                && r.status().is_success()
+            {
+                break killed_at.elapsed();
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(30),
+                "no failover within 30 s"
+            );
+        };
+        times[usize::from(!kill_leader)].push(answered.as_secs_f64() * 1000.0);
+        restart_in_place(&mut hosts[victim], &name(victim));
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        let acked = acked.lock().unwrap();
+        for h in &hosts {
+            for key in acked.iter() {
+                if h.get(&format!("/kv/get?k={key}")).1 != *key {
+                    lost_total += 1;
+                }
+            }
+        }
+        acked_total += acked.len();
+        eprintln!(
+            "trial {trial}: killed {} ({}), first answer after {:.0} ms, {} writes acknowledged",
+            name(victim),
+            if kill_leader { "leader" } else { "follower" },
+            answered.as_secs_f64() * 1000.0,
+            acked.len()
+        );
+    }
+    println!(
+        "failover on 3 loopback hosts, {trials} trials per kind (time from SIGKILL to the first successful write through a surviving host)"
+    );
+    for (kind, t) in ["leader", "follower"].iter().zip(times.iter_mut()) {
+        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "  kill the {kind:<8}: p50 {:>6.0} ms  p99 {:>6.0} ms  max {:>6.0} ms",
+            percentile(t, 0.5),
+            percentile(t, 0.99),
+            t[t.len() - 1]
+        );
+    }
+    println!(
+        "  acknowledged writes: {acked_total}, checked on each of 3 hosts; lost: {lost_total}"
+    );
+}
