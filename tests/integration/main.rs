@@ -6,6 +6,7 @@ mod durability;
 mod interfaces;
 mod limits;
 mod operator;
+mod partition;
 mod redeploy;
 mod services;
 mod support;

@@ -49,12 +49,24 @@ impl Host {
     /// Starts a host on `data` and waits until it answers. `extra` may name it (`--name`) and
     /// fix its ports (`--listen`, `--admin`); otherwise it is `test` on ports chosen by the kernel.
     pub fn spawn(data: &Path, extra: &[&str]) -> Host {
+        Host::spawn_under(&[], data, extra)
+    }
+
+    /// Like `spawn`, run under `wrapper` (e.g. `ip netns exec NS`), which must exec the host.
+    pub fn spawn_under(wrapper: &[&str], data: &Path, extra: &[&str]) -> Host {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data.with_extension("log"))
             .unwrap();
-        let mut command = doppel();
+        let mut command = match wrapper.split_first() {
+            None => doppel(),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_doppel"));
+                c
+            }
+        };
         command.arg("host");
         for (flag, default) in [
             ("--name", "test"),
