@@ -257,3 +257,90 @@ fn a_host_alone_acknowledges_no_write() {
     );
     assert_eq!(hosts[1].get("/kv/get?k=before").1, "1");
 }
+
+/// The host a service is active on dies: the leader moves the service to a live host in the next
+/// epoch, and requests through every surviving host succeed again. The dead host, back, is a
+/// standby that forwards.
+#[test]
+fn the_active_host_fails_over_and_comes_back_as_standby() {
+    let mut hosts = cluster(3, &[]);
+    let active = (leader(&hosts) + 1) % 3;
+    hosts[active].deploy(guests::KV_DRAFT2, "kv", &[]);
+    for h in &hosts {
+        eventually("every host serves kv", || h.get("/kv/get?k=x").0 == 200);
+    }
+    let st = status(&hosts[0]);
+    assert_eq!(
+        st["services"][0]["active"],
+        serde_json::json!([name(active)]),
+        "{st}"
+    );
+    assert_eq!(st["services"][0]["epoch"], 1, "{st}");
+    assert_eq!(hosts[(active + 1) % 3].post("/kv/set?k=before", "1").0, 200);
+
+    hosts[active].kill();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != active).collect();
+    for i in &survivors {
+        eventually_within(
+            Duration::from_secs(30),
+            "writes succeed after failover",
+            || hosts[*i].post("/kv/set?k=after", "2").0 == 200,
+        );
+    }
+    let st = status(&hosts[survivors[0]]);
+    let now_active = st["services"][0]["active"][0].as_str().unwrap().to_string();
+    assert_ne!(now_active, name(active), "{st}");
+    assert_eq!(st["services"][0]["epoch"], 2, "{st}");
+    let log = hosts[survivors[0]].cli_ok(&["logs", "kv"]);
+    assert!(
+        log.contains(&format!("failover: {} stopped answering", name(active))),
+        "{log}"
+    );
+
+    restart_in_place(&mut hosts[active], &name(active));
+    let back = &hosts[active];
+    assert_eq!(back.get("/kv/get?k=before").1, "1");
+    assert_eq!(back.get("/kv/get?k=after").1, "2");
+    let st = status(back);
+    assert_eq!(st["services"][0]["active"][0], now_active.as_str(), "{st}");
+}
+
+/// A host that is frozen (SIGSTOP) while one of its requests is running is replaced; when it
+/// resumes, the request's write carries the old epoch and the store refuses it.
+#[test]
+fn a_deposed_hosts_late_write_is_refused() {
+    let hosts = cluster(3, &[]);
+    let active = (leader(&hosts) + 1) % 3;
+    hosts[active].deploy(guests::KV_DRAFT2, "kv", &[]);
+    for h in &hosts {
+        eventually("every host serves kv", || h.get("/kv/get?k=x").0 == 200);
+    }
+    let url = hosts[active].url("/kv/slow-set?k=late&ms=1500");
+    let request = std::thread::spawn(move || {
+        let r = http().post(url).body("stale").send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    });
+    eventually("the slow request runs", || {
+        hosts[active]
+            .cli_ok(&["logs", "kv"])
+            .contains("slow-set late: waiting")
+    });
+    let pid = hosts[active].pid();
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let other = (active + 1) % 3;
+    eventually_within(
+        Duration::from_secs(30),
+        "the service moves to another host",
+        || status(&hosts[other])["services"][0]["epoch"] == 2,
+    );
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    let (code, body) = request.join().unwrap();
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("deposed"), "{body}");
+    assert_eq!(hosts[other].get("/kv/get?k=late").1, "<none>");
+    // Through the resumed host, writes work again (it forwards to the new active host).
+    eventually_within(Duration::from_secs(30), "the resumed host forwards", || {
+        hosts[active].post("/kv/set?k=k", "v").0 == 200
+    });
+    assert_eq!(hosts[other].get("/kv/get?k=k").1, "v");
+}

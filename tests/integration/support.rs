@@ -222,6 +222,11 @@ impl Host {
         *self = again;
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the host is not running").id()
+    }
+
     /// Whether the process is running (not killed or stopped by the test).
     pub fn is_running(&self) -> bool {
         self.child.is_some()

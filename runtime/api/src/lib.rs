@@ -138,6 +138,12 @@ pub struct ServiceInfo {
     pub limits: Limits,
     /// Bytes the service stores.
     pub storage_bytes: u64,
+    /// The hosts the service is active on (the others forward to them).
+    #[serde(default)]
+    pub active: Vec<String>,
+    /// Its epoch: bumped whenever its active hosts change.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// One line a service wrote to stdout or stderr, or the host wrote about it.

@@ -13,6 +13,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::invoke::new_store;
 use crate::modules::ModuleCache;
+use crate::placement::Placements;
 use crate::runtime::Runtime;
 use crate::services::{Registry, Service};
 use crate::state::DenyOutbound;
@@ -62,6 +63,7 @@ impl Instantiation {
             runtime.clone(),
             store.clone(),
             ModuleCache::new(&dir.join("cache"), &runtime.engine)?,
+            Arc::new(Placements::new(1)),
         );
         let module = registry.upload(component.clone()).await?;
         registry
@@ -102,7 +104,7 @@ impl Instantiation {
 
     /// One instantiation the way the ingress does it for every request.
     pub async fn ours(&self) -> anyhow::Result<()> {
-        let mut store = new_store(&self.runtime, &self.store, &self.service);
+        let mut store = new_store(&self.runtime, &self.store, &self.service, None);
         self.service
             .pre
             .instantiate_async(&mut store)

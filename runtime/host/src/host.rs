@@ -16,8 +16,10 @@ use tokio::net::TcpListener;
 
 use crate::admin::{AdminState, router};
 use crate::cluster::{self, HostRecord, JoinTarget};
+use crate::failover;
 use crate::ingress::{self, IngressLimits};
 use crate::modules::ModuleCache;
+use crate::placement::Placements;
 use crate::runtime::Runtime;
 use crate::services::Registry;
 
@@ -176,10 +178,12 @@ pub async fn run(
     let runtime = Runtime::new()?;
     let cache = ModuleCache::new(&data.join("cache"), &runtime.engine)
         .with_context(|| format!("while creating the module cache in {}", data.display()))?;
+    let placements = Arc::new(Placements::new(identity.id));
     let registry = Arc::new(Registry::new(
         runtime,
         store.clone() as Arc<dyn Store>,
         cache,
+        placements.clone(),
     ));
     let info = Arc::new(std::sync::RwLock::new(HostInfo {
         name: config.name.clone(),
@@ -250,6 +254,11 @@ pub async fn run(
         registry.clone(),
         store.state().system_changes(),
     ));
+    let failing_over = tokio::spawn(failover::run(
+        store.clone(),
+        registry.clone(),
+        identity.secret.clone(),
+    ));
 
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,
@@ -285,6 +294,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = ingress.await;
     syncing.abort();
+    failing_over.abort();
     let _ = tokio::time::timeout(config.grace, admin).await;
     let _ = std::fs::remove_file(endpoint_path(data));
     drop(registry);

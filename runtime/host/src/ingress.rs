@@ -12,7 +12,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use doppel_api::Limits;
+
+use crate::forward::{FORWARDED_BY, forward};
 use crate::invoke::{ResponseBody, host_response, invoke};
+use crate::placement::Route;
 use crate::services::Registry;
 
 /// Limits that keep slow or hostile clients from tying the host up.
@@ -43,6 +47,13 @@ pub async fn serve(
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
+    // One connection pool for requests forwarded to the hosts services are active on.
+    // A dead or cut-off active host must not hold requests for long: connecting is bounded, and a
+    // refused or timed-out connection becomes a 503 with Retry-After.
+    let forwarder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap_or_default();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -71,9 +82,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let registry = registry.clone();
+        let forwarder = forwarder.clone();
         let service = hyper::service::service_fn(move |req| {
             let registry = registry.clone();
-            async move { Ok::<_, std::convert::Infallible>(route(&registry, req).await) }
+            let forwarder = forwarder.clone();
+            async move { Ok::<_, std::convert::Infallible>(route(&registry, &forwarder, req).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -162,7 +175,11 @@ pub(crate) fn split_path(path: &str) -> (&str, &str) {
     }
 }
 
-async fn route(registry: &Registry, mut req: Request<Incoming>) -> Response<ResponseBody> {
+async fn route(
+    registry: &Registry,
+    forwarder: &reqwest::Client,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
     let (name, rest) = split_path(req.uri().path());
     if name.is_empty() {
         return host_response(
@@ -170,6 +187,30 @@ async fn route(registry: &Registry, mut req: Request<Incoming>) -> Response<Resp
             "this is a doppel host; services answer at /SERVICE/... (`doppel ls` lists them)",
         );
     }
+    let forwarded = req.headers().contains_key(FORWARDED_BY);
+    let placements = registry.placements();
+    let epoch = match placements.route(name, forwarded) {
+        Route::Local(epoch) => epoch,
+        Route::Forward(targets) => {
+            let limits = registry.get(name).map(|s| s.limits.clone());
+            let max_body = limits
+                .as_ref()
+                .map_or(Limits::default().max_body, |l| l.max_body);
+            let timeout = Duration::from_millis(
+                limits.map_or(Limits::default().timeout_ms, |l| l.timeout_ms) + 5_000,
+            );
+            let req = req.map(|body| Drain(Some(body)));
+            return forward(
+                forwarder,
+                placements.this(),
+                &targets,
+                timeout,
+                max_body,
+                req,
+            )
+            .await;
+        }
+    };
     let Some(service) = registry.get(name) else {
         return host_response(
             StatusCode::NOT_FOUND,
@@ -219,7 +260,7 @@ async fn route(registry: &Registry, mut req: Request<Incoming>) -> Response<Resp
             }
         })
     });
-    invoke(registry.runtime(), registry.store(), service, req).await
+    invoke(registry.runtime(), registry.store(), service, epoch, req).await
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ pub(crate) fn new_store(
     runtime: &Runtime,
     store: &Arc<dyn Store>,
     service: &Service,
+    epoch: Option<u64>,
 ) -> wasmtime::Store<RequestState> {
     let timeout = Duration::from_millis(service.limits.timeout_ms);
     let mut wasi = WasiCtxBuilder::new();
@@ -77,7 +78,12 @@ pub(crate) fn new_store(
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
         hooks: DenyOutbound,
-        kv: KvCtx::new(service.name.clone(), service.limits.clone(), store.clone()),
+        kv: KvCtx::new(
+            service.name.clone(),
+            service.limits.clone(),
+            store.clone(),
+            epoch,
+        ),
         config: service.config.clone(),
         limiter: MemoryLimiter {
             max_memory: usize::try_from(service.limits.max_memory).unwrap_or(usize::MAX),
@@ -108,12 +114,14 @@ enum Failure {
     Trapped(String),
 }
 
-/// Runs `request` through `service` and returns its response. Never fails: whatever the guest
-/// does becomes a response for this request only, and a line in the service's log.
+/// Runs `request` through `service` (writing state with `epoch`) and returns its response. Never
+/// fails: whatever the guest does becomes a response for this request only, and a line in the
+/// service's log.
 pub async fn invoke<B>(
     runtime: &Runtime,
     store: &Arc<dyn Store>,
     service: Arc<Service>,
+    epoch: Option<u64>,
     request: http::Request<B>,
 ) -> Response<ResponseBody>
 where
@@ -121,7 +129,7 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let timeout = Duration::from_millis(service.limits.timeout_ms);
-    let mut wstore = new_store(runtime, store, &service);
+    let mut wstore = new_store(runtime, store, &service, epoch);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let prepared = (|| -> wasmtime::Result<_> {

@@ -32,6 +32,8 @@ mod admin;
 #[doc(hidden)]
 pub mod bench;
 mod cluster;
+mod failover;
+mod forward;
 mod host;
 mod ingress;
 mod invoke;
@@ -39,6 +41,7 @@ mod keyvalue;
 mod linker;
 mod logs;
 mod modules;
+mod placement;
 mod runtime;
 mod services;
 mod state;

@@ -13,6 +13,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::logs::{ServiceLog, now_ms};
 use crate::modules::{self, ModuleCache, ModuleError};
+use crate::placement::{self, Placement, Placements};
 use crate::runtime::{MAX_MEMORY_LIMIT, Runtime};
 use crate::state::RequestState;
 
@@ -111,6 +112,8 @@ pub struct Registry {
     observed: Mutex<HashMap<String, Observed>>,
     /// Deploys and removals one at a time, so that version numbers and module clean-up never race.
     changes: tokio::sync::Mutex<()>,
+    /// Where each service is active.
+    placements: Arc<Placements>,
 }
 
 /// Checks a service name: it is a URL path segment and a bucket namespace.
@@ -124,7 +127,12 @@ pub fn valid_name(name: &str) -> bool {
 
 impl Registry {
     /// A registry over `store`, with precompiled modules under `cache`.
-    pub fn new(runtime: Arc<Runtime>, store: Arc<dyn Store>, cache: ModuleCache) -> Self {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        store: Arc<dyn Store>,
+        cache: ModuleCache,
+        placements: Arc<Placements>,
+    ) -> Self {
         Registry {
             runtime,
             store,
@@ -132,7 +140,13 @@ impl Registry {
             services: RwLock::new(HashMap::new()),
             observed: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
+            placements,
         }
+    }
+
+    /// Where each service is active.
+    pub fn placements(&self) -> &Arc<Placements> {
+        &self.placements
     }
 
     /// The store services keep their state in.
@@ -196,6 +210,7 @@ impl Registry {
                 }
             }
         }
+        self.placements.refresh(self.store.as_ref()).await?;
         Ok(count)
     }
 
@@ -233,20 +248,45 @@ impl Registry {
                 }
             }
         }
-        let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
-        let gone: Vec<String> = services
-            .keys()
-            .filter(|name| !records.iter().any(|r| &r.name == *name))
-            .cloned()
-            .collect();
-        for name in gone {
-            services.remove(&name);
-            tracing::info!(service = %name, "removed through another host");
-            self.log_and_stats(&name)
-                .0
-                .host("removed through another host");
+        {
+            let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<String> = services
+                .keys()
+                .filter(|name| !records.iter().any(|r| &r.name == *name))
+                .cloned()
+                .collect();
+            for name in gone {
+                services.remove(&name);
+                tracing::info!(service = %name, "removed through another host");
+                self.log_and_stats(&name)
+                    .0
+                    .host("removed through another host");
+            }
         }
+        let before = self.placements.all();
+        self.placements.refresh(self.store.as_ref()).await?;
+        self.note_placement_changes(&before);
         Ok(())
+    }
+
+    /// Writes a line in each moved service's log: where it is active now, and why.
+    fn note_placement_changes(&self, before: &HashMap<String, Placement>) {
+        for (name, now) in self.placements.all() {
+            if before.get(&name).is_some_and(|b| b.epoch == now.epoch) {
+                continue;
+            }
+            let hosts: Vec<String> = now
+                .active
+                .iter()
+                .map(|id| self.placements.host_name(*id))
+                .collect();
+            self.log_and_stats(&name).0.host(format!(
+                "active on {} from epoch {} ({})",
+                hosts.join(", "),
+                now.epoch,
+                now.cause
+            ));
+        }
     }
 
     /// Removes modules no service uses: uploads whose deploy never came (the client died between
@@ -448,6 +488,24 @@ impl Registry {
             record.version, record.module
         ));
         self.insert(service);
+        if self
+            .store
+            .get(&Space::placements(), name.as_bytes())
+            .await?
+            .is_none()
+        {
+            let epoch = placement::current_epoch(self.store.as_ref(), name).await?;
+            let this = self.placements.this();
+            placement::place(
+                self.store.as_ref(),
+                name,
+                epoch,
+                vec![this],
+                format!("deployed through {}", self.placements.host_name(this)),
+            )
+            .await?;
+        }
+        self.placements.refresh(self.store.as_ref()).await?;
         if let Some(previous) = previous {
             self.forget_module_if_unused(&previous.module).await?;
         }
@@ -473,6 +531,8 @@ impl Registry {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
+        placement::unplace(self.store.as_ref(), name).await?;
+        self.placements.refresh(self.store.as_ref()).await?;
         if purge {
             self.store
                 .apply(Command::new(Op::PurgeService {
@@ -523,7 +583,15 @@ impl Registry {
             .get(name)
             .ok_or_else(|| DeployError::NoService(name.to_string()))?;
         let record = &service.record;
+        let placement = self.placements.get(name);
         Ok(ServiceInfo {
+            active: placement.as_ref().map_or_else(Vec::new, |p| {
+                p.active
+                    .iter()
+                    .map(|id| self.placements.host_name(*id))
+                    .collect()
+            }),
+            epoch: placement.map_or(0, |p| p.epoch),
             name: record.name.clone(),
             module: record.module.clone(),
             size: record.size,

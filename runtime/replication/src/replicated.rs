@@ -154,6 +154,23 @@ impl ReplicatedStore {
             .map(|n| n.addr.clone())
     }
 
+    /// Whether this host is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == openraft::ServerState::Leader
+    }
+
+    /// Every member: its id and peer address.
+    pub fn members(&self) -> Vec<(NodeId, String)> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect()
+    }
+
     /// How many hosts are members.
     pub fn member_count(&self) -> usize {
         self.raft

@@ -16,12 +16,26 @@ pub struct Command {
     /// The most bytes the owning service may store once the op is applied; `None` for no limit.
     /// Carried in the command (not looked up while applying) so that replay gives the same answer.
     pub quota: Option<u64>,
+    /// The writer's epoch for the owning service: the command is refused if the service has
+    /// since moved to a newer epoch (the writer was deposed). `None` for writes that are not a
+    /// service's (operators, the host's own tables).
+    pub epoch: Option<u64>,
 }
 
 impl Command {
     /// A command without a quota.
     pub fn new(op: Op) -> Self {
-        Command { op, quota: None }
+        Command {
+            op,
+            quota: None,
+            epoch: None,
+        }
+    }
+
+    /// The same command, written by a holder of `epoch` for its service.
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = Some(epoch);
+        self
     }
 
     /// The same command, limited to `quota` bytes for its service.
@@ -89,6 +103,17 @@ pub enum Op {
         /// Whose data.
         service: String,
     },
+    /// Move `service` to `epoch` (which must be exactly one past its current epoch, so that of
+    /// two hosts deciding at once only one wins) and store its new `placement` record, atomically.
+    /// Writes carrying an older epoch are refused from then on.
+    Place {
+        /// Which service.
+        service: String,
+        /// Its new epoch.
+        epoch: u64,
+        /// The placement record (the host's JSON; opaque here).
+        placement: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -102,6 +127,8 @@ impl Op {
             | Op::PutMany { space, .. }
             | Op::DeleteMany { space, .. } => &space.service,
             Op::PurgeService { service } => service,
+            // Placement records live in the host's own tables.
+            Op::Place { .. } => "",
         }
     }
 
@@ -145,4 +172,24 @@ pub enum ApplyError {
     /// `increment` would leave the range of a signed 64-bit integer.
     #[error("incrementing would overflow a 64-bit integer")]
     Overflow,
+    /// The writer holds an epoch the service has moved past: another host is active now.
+    #[error(
+        "refused: this host was deposed for the service (it wrote with epoch {writer}, the service is at epoch {current})"
+    )]
+    Fenced {
+        /// The writer's epoch.
+        writer: u64,
+        /// The service's epoch.
+        current: u64,
+    },
+    /// A placement change that did not start from the current epoch lost a race.
+    #[error(
+        "placement change refused: it was for epoch {proposed}, the service is at epoch {current}"
+    )]
+    StaleEpoch {
+        /// The epoch proposed.
+        proposed: u64,
+        /// The service's epoch.
+        current: u64,
+    },
 }

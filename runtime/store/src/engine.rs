@@ -135,7 +135,10 @@ impl Engine {
         meta: Option<&[u8]>,
     ) -> Result<Result<Outcome, ApplyError>, StoreError> {
         let mut changes = Changes::new();
-        let result = self.plan(&command.op, &mut changes);
+        let result = match self.fenced(command)? {
+            Some(refused) => Ok(Err(refused)),
+            None => self.plan(&command.op, &mut changes),
+        };
         let mut batch = sled::Batch::default();
         if let Some(meta) = meta {
             batch.insert(space::META, meta);
@@ -213,6 +216,28 @@ impl Engine {
         self.checkpoint()
     }
 
+    /// The epoch `service` is at (0 before its first placement).
+    pub fn epoch(&self, service: &str) -> Result<u64, StoreError> {
+        let raw = self
+            .db
+            .get(space::data_key(&Space::epochs(), service.as_bytes()))?;
+        Ok(raw
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// A refusal if `command` carries an epoch its service has moved past.
+    fn fenced(&self, command: &Command) -> Result<Option<ApplyError>, StoreError> {
+        let (Some(writer), service) = (command.epoch, command.op.service()) else {
+            return Ok(None);
+        };
+        if service.is_empty() {
+            return Ok(None);
+        }
+        let current = self.epoch(service)?;
+        Ok((current > writer).then_some(ApplyError::Fenced { writer, current }))
+    }
+
     /// Works out the changes an op makes, without writing.
     fn plan(
         &self,
@@ -277,6 +302,28 @@ impl Engine {
                     let (k, _) = item?;
                     changes.insert(k.to_vec(), None);
                 }
+                Outcome::Done
+            }
+            Op::Place {
+                service,
+                epoch,
+                placement,
+            } => {
+                let current = self.epoch(service)?;
+                if *epoch != current + 1 {
+                    return Ok(Err(ApplyError::StaleEpoch {
+                        proposed: *epoch,
+                        current,
+                    }));
+                }
+                changes.insert(
+                    space::data_key(&Space::epochs(), service.as_bytes()),
+                    Some(epoch.to_string().into_bytes()),
+                );
+                changes.insert(
+                    space::data_key(&Space::placements(), service.as_bytes()),
+                    Some(placement.clone()),
+                );
                 Outcome::Done
             }
         }))

@@ -28,6 +28,16 @@ impl Space {
         Space::bucket("", table)
     }
 
+    /// The table of service placements (written only by [`crate::Op::Place`]).
+    pub fn placements() -> Self {
+        Space::system(PLACEMENTS)
+    }
+
+    /// The table of service epochs (decimal text; written only by [`crate::Op::Place`]).
+    pub fn epochs() -> Self {
+        Space::system(EPOCHS)
+    }
+
     /// Whether this space counts against a service's quota.
     pub fn is_system(&self) -> bool {
         self.service.is_empty()
@@ -37,6 +47,8 @@ impl Space {
 // Layout of the sled tree. Every data key starts with DATA, then the length-prefixed service and
 // bucket, so that one service's keys (and one bucket's) are contiguous and a prefix scan lists them.
 pub(crate) const DATA: u8 = b'd';
+const PLACEMENTS: &str = "placements";
+const EPOCHS: &str = "epochs";
 pub(crate) const USAGE: u8 = b'u';
 pub(crate) const APPLIED: &[u8] = b"a";
 pub(crate) const META: &[u8] = b"m";

@@ -308,3 +308,68 @@ async fn closed_store_refuses_writes() {
     let refused = store.apply(put(&Space::bucket("s", "b"), "k", "v")).await;
     assert!(matches!(refused, Err(StoreError::Closed)));
 }
+
+fn place(service: &str, epoch: u64) -> Command {
+    Command::new(Op::Place {
+        service: service.into(),
+        epoch,
+        placement: format!("active at epoch {epoch}").into_bytes(),
+    })
+}
+
+#[tokio::test]
+async fn epochs_fence_deposed_writers_and_placements_race_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let space = Space::bucket("svc", "default");
+    assert_eq!(store.apply(place("svc", 1)).await.unwrap(), Outcome::Done);
+    store
+        .apply(put(&space, "k", "from epoch 1").with_epoch(1))
+        .await
+        .unwrap();
+    // Another host takes over: epoch 2. Two deciding at once: only the first wins.
+    store.apply(place("svc", 2)).await.unwrap();
+    let lost = store.apply(place("svc", 2)).await;
+    assert!(
+        matches!(
+            lost,
+            Err(StoreError::Rejected(ApplyError::StaleEpoch {
+                proposed: 2,
+                current: 2
+            }))
+        ),
+        "{lost:?}"
+    );
+    assert_eq!(
+        store.get(&Space::placements(), b"svc").await.unwrap(),
+        Some(b"active at epoch 2".to_vec())
+    );
+    // The deposed writer (epoch 1) is refused and changes nothing; the new one writes.
+    let fenced = store
+        .apply(put(&space, "k", "from the deposed host").with_epoch(1))
+        .await;
+    assert!(
+        matches!(
+            fenced,
+            Err(StoreError::Rejected(ApplyError::Fenced {
+                writer: 1,
+                current: 2
+            }))
+        ),
+        "{fenced:?}"
+    );
+    assert_eq!(
+        store.get(&space, b"k").await.unwrap(),
+        Some(b"from epoch 1".to_vec())
+    );
+    store
+        .apply(put(&space, "k", "from epoch 2").with_epoch(2))
+        .await
+        .unwrap();
+    // Other services and unfenced (operator) writes are unaffected.
+    store
+        .apply(put(&Space::bucket("other", "default"), "k", "v").with_epoch(0))
+        .await
+        .unwrap();
+    store.apply(put(&space, "op", "v")).await.unwrap();
+}

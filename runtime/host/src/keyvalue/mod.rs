@@ -100,12 +100,20 @@ pub struct KvCtx {
 
 impl KvCtx {
     /// A context for one request of `service`.
-    pub fn new(service: Arc<str>, limits: Arc<Limits>, store: Arc<dyn Store>) -> Self {
+    /// Writes carry `epoch` (the service's epoch on this host when the request started), so that
+    /// the store refuses them if this host has been replaced meanwhile.
+    pub fn new(
+        service: Arc<str>,
+        limits: Arc<Limits>,
+        store: Arc<dyn Store>,
+        epoch: Option<u64>,
+    ) -> Self {
         KvCtx {
             access: Access {
                 service,
                 limits,
                 store,
+                epoch,
             },
             cursors: Vec::new(),
         }
@@ -187,6 +195,8 @@ pub(crate) struct Access {
     service: Arc<str>,
     limits: Arc<Limits>,
     store: Arc<dyn Store>,
+    /// The service's epoch on this host when the request started.
+    epoch: Option<u64>,
 }
 
 impl KvView<'_> {
@@ -234,7 +244,10 @@ impl Access {
     }
 
     async fn write(&self, op: Op) -> Result<Outcome, KvError> {
-        let command = Command::new(op).with_quota(self.limits.quota);
+        let mut command = Command::new(op).with_quota(self.limits.quota);
+        if let Some(epoch) = self.epoch {
+            command = command.with_epoch(epoch);
+        }
         Ok(self.store.apply(command).await?)
     }
 

@@ -86,6 +86,17 @@ macro_rules! keyvalue_routes {
             let key = param(&params, "k").unwrap_or("").to_string();
             let err = |e: store::Error| format!("error: {e:?}");
             Ok(match path.as_str() {
+                // Says it started (in the service log), waits `ms`, then sets: a write that
+                // lands long after its request began, for the fencing test.
+                "/slow-set" => {
+                    let ms: u64 = param(&params, "ms")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    println!("slow-set {key}: waiting {ms} ms");
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    bucket.set(&key, &read_body(request)?).map_err(err)?;
+                    "ok".into()
+                }
                 "/set" => {
                     bucket.set(&key, &read_body(request)?).map_err(err)?;
                     "ok".into()

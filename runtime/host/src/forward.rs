@@ -1,0 +1,116 @@
+//! Forwarding a request to the host a service is active on, when it is not active here. The
+//! request goes out as it came in (path with the service prefix, method, headers, body), marked
+//! with `x-doppel-forwarded-by` so that the receiving host serves it itself, whatever it thinks
+//! the placement is: a request is forwarded at most once.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+
+use crate::invoke::{ResponseBody, host_response};
+
+/// Marks a forwarded request; its value is the forwarding host's id.
+pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-doppel-forwarded-by");
+
+/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Sends `req` (whose body may be at most `max_body` bytes) to the first of `targets` that
+/// answers; 503 with the reason when none does.
+pub async fn forward<B>(
+    client: &reqwest::Client,
+    this: u64,
+    targets: &[String],
+    timeout: Duration,
+    max_body: u64,
+    req: Request<B>,
+) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return host_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body unreadable or over this service's limit of {max_body} bytes: {e}"
+                ),
+            );
+        }
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut last = String::new();
+    for target in targets {
+        let mut out = client
+            .request(parts.method.clone(), format!("http://{target}{path}"))
+            .timeout(timeout)
+            .header(FORWARDED_BY, this.to_string())
+            .body(body.clone());
+        for (name, value) in &parts.headers {
+            if !HOP_BY_HOP.contains(&name.as_str()) && name != http::header::HOST {
+                out = out.header(name, value);
+            }
+        }
+        match out.send().await {
+            Ok(answer) => return relay(answer).await,
+            Err(e) => last = format!("{target}: {e}"),
+        }
+    }
+    let mut response = host_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the service is active on another host, which does not answer ({last}); \
+             failover will move it, retry shortly"
+        ),
+    );
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    response
+}
+
+/// The answer of the active host, passed back as it came.
+async fn relay(answer: reqwest::Response) -> Response<ResponseBody> {
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let body = match answer.bytes().await {
+        Ok(body) => body,
+        Err(e) => {
+            return host_response(
+                StatusCode::BAD_GATEWAY,
+                format!("the active host's answer was cut off: {e}"),
+            );
+        }
+    };
+    let mut response = Response::new(
+        Full::new(body)
+            .map_err(|e: std::convert::Infallible| match e {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    for (name, value) in &headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) && name != http::header::CONTENT_LENGTH {
+            response.headers_mut().append(name, value.clone());
+        }
+    }
+    response
+}

@@ -1,0 +1,196 @@
+//! Where each service is active, and at which epoch. A service's placement record lists its
+//! active hosts; every other host is a warm standby (the service is loaded and precompiled there
+//! too) that forwards the service's requests to an active host. Every state write a service makes
+//! carries the epoch its host knew when the request started; the store refuses writes from an
+//! older epoch, so a host that was replaced (and does not know it yet) cannot change state.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use doppel_replication::NodeId;
+use doppel_store::{Command, Op, Space, Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::HostRecord;
+use crate::logs::now_ms;
+
+/// A service's placement as the store keeps it (JSON under `placements/NAME`, written only with
+/// [`Op::Place`], which also moves the service's epoch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The epoch this placement started.
+    pub epoch: u64,
+    /// The hosts the service is active on.
+    pub active: Vec<NodeId>,
+    /// Why it changed (`deploy`, `failover: host b stopped answering`…).
+    pub cause: String,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// How a request for a service is served here.
+pub enum Route {
+    /// Here, writing with this epoch (`None`: the service has no placement yet; unfenced).
+    Local(Option<u64>),
+    /// By one of these hosts' service listeners (`HOST:PORT`), in order of preference.
+    Forward(Vec<String>),
+}
+
+/// This host's copy of every placement and of the hosts' service addresses, refreshed whenever
+/// the host's own tables change.
+pub struct Placements {
+    this: NodeId,
+    placements: RwLock<HashMap<String, Placement>>,
+    hosts: RwLock<HashMap<NodeId, HostRecord>>,
+}
+
+impl Placements {
+    /// An empty view for host `this`.
+    pub fn new(this: NodeId) -> Placements {
+        Placements {
+            this,
+            placements: RwLock::default(),
+            hosts: RwLock::default(),
+        }
+    }
+
+    /// This host's id.
+    pub fn this(&self) -> NodeId {
+        self.this
+    }
+
+    /// The placement of `service`.
+    pub fn get(&self, service: &str) -> Option<Placement> {
+        self.placements
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+            .cloned()
+    }
+
+    /// Every placement, by service.
+    pub fn all(&self) -> HashMap<String, Placement> {
+        self.placements
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How to serve a request for `service`. A request another host already forwarded is served
+    /// here whatever the placement says (it moved meanwhile): never a forwarding loop, and the
+    /// store stays linearizable wherever the request runs.
+    pub fn route(&self, service: &str, forwarded: bool) -> Route {
+        let Some(placement) = self.get(service) else {
+            return Route::Local(None);
+        };
+        if forwarded || placement.active.contains(&self.this) {
+            return Route::Local(Some(placement.epoch));
+        }
+        let hosts = self.hosts.read().unwrap_or_else(|e| e.into_inner());
+        let targets: Vec<String> = placement
+            .active
+            .iter()
+            .filter_map(|id| hosts.get(id).map(|h| h.listen.clone()))
+            .collect();
+        if targets.is_empty() {
+            Route::Local(Some(placement.epoch))
+        } else {
+            Route::Forward(targets)
+        }
+    }
+
+    /// Reloads every placement and the hosts' addresses from the store.
+    pub async fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let mut placements = HashMap::new();
+        for (key, bytes) in read_table(store, &Space::placements()).await? {
+            let placement: Placement = serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::Corrupt(format!("placement {}: {e}", String::from_utf8_lossy(&key)))
+            })?;
+            placements.insert(String::from_utf8_lossy(&key).into_owned(), placement);
+        }
+        let hosts = crate::cluster::hosts(store)
+            .await?
+            .into_iter()
+            .map(|h| (h.id, h))
+            .collect();
+        *self.placements.write().unwrap_or_else(|e| e.into_inner()) = placements;
+        *self.hosts.write().unwrap_or_else(|e| e.into_inner()) = hosts;
+        Ok(())
+    }
+
+    /// The name of host `id`, as it registered (its id when it has not).
+    pub fn host_name(&self, id: NodeId) -> String {
+        self.hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map_or_else(|| format!("#{id}"), |h| h.name.clone())
+    }
+}
+
+/// Every key and value of a system table.
+async fn read_table(
+    store: &dyn Store,
+    space: &Space,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let keys = store.list_keys(space, after.as_deref(), 1000).await?;
+        for key in &keys {
+            if let Some(value) = store.get(space, key).await? {
+                out.push((key.clone(), value));
+            }
+        }
+        match keys.last() {
+            Some(last) if keys.len() == 1000 => after = Some(last.clone()),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The epoch `service` is at in the store (0 before its first placement).
+pub async fn current_epoch(store: &dyn Store, service: &str) -> Result<u64, StoreError> {
+    Ok(store
+        .get(&Space::epochs(), service.as_bytes())
+        .await?
+        .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Moves `service` to the next epoch with `active` hosts. Fails with a `StaleEpoch` refusal if
+/// someone else moved it first.
+pub async fn place(
+    store: &dyn Store,
+    service: &str,
+    from_epoch: u64,
+    active: Vec<NodeId>,
+    cause: String,
+) -> Result<Placement, StoreError> {
+    let placement = Placement {
+        epoch: from_epoch + 1,
+        active,
+        cause,
+        at_ms: now_ms(),
+    };
+    store
+        .apply(Command::new(Op::Place {
+            service: service.to_string(),
+            epoch: placement.epoch,
+            placement: serde_json::to_vec(&placement).expect("a placement always encodes"),
+        }))
+        .await?;
+    Ok(placement)
+}
+
+/// Forgets `service`'s placement (it was removed); its epoch stays, so a later deploy of the same
+/// name starts past every write of the old one.
+pub async fn unplace(store: &dyn Store, service: &str) -> Result<(), StoreError> {
+    store
+        .apply(Command::new(Op::Delete {
+            space: Space::placements(),
+            key: service.as_bytes().to_vec(),
+        }))
+        .await?;
+    Ok(())
+}
