@@ -80,7 +80,9 @@ impl Placements {
     /// here whatever the placement says (it moved meanwhile): never a forwarding loop, and the
     /// store stays linearizable wherever the request runs.
     pub fn route(&self, service: &str, forwarded: bool) -> Route {
-        let Some(placement) = self.get(service) else {
+        // On every request: look, don't clone.
+        let placements = self.placements.read().unwrap_or_else(|e| e.into_inner());
+        let Some(placement) = placements.get(service) else {
             return Route::Local(None);
         };
         if forwarded || placement.active.contains(&self.this) {
