@@ -1,6 +1,7 @@
 //! Failover on a 3-host loopback cluster: SIGKILL a host while clients write through every host,
 //! then time from the kill to the first successful answer to a write sent to a surviving host
-//! after the kill. Half the trials kill the raft leader (an election is needed), half a follower.
+//! after the kill. Trials alternate between killing the service's active host and killing the
+//! raft leader; each result is filed under the roles the killed host had (active, leader, both).
 //! After each trial the killed host is restarted, and every acknowledged write is checked on
 //! every host: the count of lost acknowledged writes must be 0.
 //! Run: `cargo bench -p doppel --bench failover` (`FAILOVER_TRIALS=N` per kind, default 50).
@@ -34,10 +35,11 @@ fn main() {
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // Killed host was: active only, leader only, both.
+    let mut times: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let (mut acked_total, mut lost_total) = (0usize, 0usize);
     for trial in 0..2 * trials {
-        let kill_leader = trial % 2 == 0;
+        let kill_active = trial % 2 == 0;
         // Background writers through every host, recording what was acknowledged.
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -67,7 +69,15 @@ fn main() {
             .collect();
         std::thread::sleep(Duration::from_millis(200));
         let lead = leader(&hosts);
-        let victim = if kill_leader { lead } else { (lead + 1) % 3 };
+        let st = support::status(&hosts[lead]);
+        let active_name = st["services"][0]["active"][0].as_str().unwrap().to_string();
+        let active = (0..3).find(|i| name(*i) == active_name).unwrap();
+        let victim = if kill_active { active } else { lead };
+        let roles = match (victim == active, victim == lead) {
+            (true, false) => 0,
+            (false, true) => 1,
+            _ => 2,
+        };
         let survivor = (victim + 1) % 3;
         let url = hosts[survivor].url(&format!("/kv/set?k=probe{trial}"));
         let killed_at = Instant::now();
@@ -83,7 +93,7 @@ fn main() {
                 "no failover within 30 s"
             );
         };
-        times[usize::from(!kill_leader)].push(answered.as_secs_f64() * 1000.0);
+        times[roles].push(answered.as_secs_f64() * 1000.0);
         restart_in_place(&mut hosts[victim], &name(victim));
         stop.store(true, Ordering::Relaxed);
         for w in writers {
@@ -101,7 +111,7 @@ fn main() {
         eprintln!(
             "trial {trial}: killed {} ({}), first answer after {:.0} ms, {} writes acknowledged",
             name(victim),
-            if kill_leader { "leader" } else { "follower" },
+            ["active", "leader", "active and leader"][roles],
             answered.as_secs_f64() * 1000.0,
             acked.len()
         );

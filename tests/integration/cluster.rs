@@ -110,8 +110,8 @@ fn a_wrong_join_token_is_refused() {
     assert_eq!(st["cluster"]["hosts"].as_array().unwrap().len(), 1, "{st}");
 }
 
-/// Writers go through every host while hosts are SIGKILLed — the leader, a follower, the leader
-/// again — and restarted. Every acknowledged write must be readable through every host at the end.
+/// Writers go through every host while hosts are SIGKILLed — the service's active host (at first
+/// also the leader), the leader, the active host, a standby — and restarted. Every acknowledged write must be readable through every host at the end.
 #[test]
 fn acknowledged_writes_survive_killing_hosts() {
     let mut hosts = cluster(3, &[]);
@@ -123,7 +123,11 @@ fn acknowledged_writes_survive_killing_hosts() {
     let count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut total = 0;
-    for (round, victim) in ["leader", "follower", "leader"].into_iter().enumerate() {
+    // The service starts active on a, which also leads: round 0 kills both roles at once.
+    for (round, victim) in ["active host", "leader", "active host", "a follower"]
+        .into_iter()
+        .enumerate()
+    {
         let urls: Vec<String> = hosts.iter().map(|h| h.url("/kv")).collect();
         stop.store(false, Ordering::Relaxed);
         let writers: Vec<_> = (0..6)
@@ -159,10 +163,23 @@ fn acknowledged_writes_survive_killing_hosts() {
             count.load(Ordering::Relaxed) >= before + 100 + 50 * round
         });
         let leader = leader(&hosts);
-        let index = if victim == "leader" {
-            leader
-        } else {
-            (leader + 1) % hosts.len()
+        let active_name = status(&hosts[leader])["services"][0]["active"][0]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let active = (0..3).find(|i| name(*i) == active_name).unwrap();
+        let index = match victim {
+            "active host" => active,
+            "leader" => leader,
+            _ => (0..3)
+                .find(|i| *i != leader && *i != active)
+                .unwrap_or((leader + 1) % 3),
+        };
+        let roles = match (index == active, index == leader) {
+            (true, true) => "active host and leader",
+            (true, false) => "active host",
+            (false, true) => "leader",
+            (false, false) => "standby follower",
         };
         hosts[index].kill();
         let at_kill = count.load(Ordering::Relaxed);
@@ -177,7 +194,7 @@ fn acknowledged_writes_survive_killing_hosts() {
             w.join().unwrap();
         }
         println!(
-            "round {round}: killed the {victim} ({}); {} writes acknowledged so far",
+            "round {round}: killed {} ({roles}); {} writes acknowledged so far",
             name(index),
             count.load(Ordering::Relaxed)
         );
@@ -193,7 +210,7 @@ fn acknowledged_writes_survive_killing_hosts() {
             );
         }
     }
-    println!("{total} acknowledged writes, all readable through each of 3 hosts after 3 SIGKILLs");
+    println!("{total} acknowledged writes, all readable through each of 3 hosts after 4 SIGKILLs");
 }
 
 /// A host down while the others write (and snapshot and drop their log) catches up by snapshot

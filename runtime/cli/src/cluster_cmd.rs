@@ -5,7 +5,7 @@ use doppel_api::{ClusterInfo, HostStatus, ServiceInfo};
 use reqwest::Method;
 
 use crate::client::{Client, Target, segment};
-use crate::commands::{ls_rows, print_json, print_table};
+use crate::commands::{print_json, print_table};
 
 /// `doppel status`: every host, then every service.
 pub async fn status(target: &Target) -> anyhow::Result<()> {
@@ -37,7 +37,7 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
     print_table(&rows);
     let leader = cluster.leader.is_some();
     println!(
-        "{} host(s), term {}{}  (* = the host that answered; every host serves every service)",
+        "{} host(s), term {}{}  (* = the host that answered)",
         cluster.hosts.len(),
         cluster.term,
         if leader {
@@ -50,7 +50,30 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
     if services.is_empty() {
         println!("No services deployed. Deploy one with `doppel deploy FILE.wasm --name NAME`.");
     } else {
-        print_table(&ls_rows(&services));
+        let mut rows = vec![[
+            "SERVICE".to_string(),
+            "VERSION".into(),
+            "ACTIVE ON".into(),
+            "EPOCH".into(),
+            "REQUESTS HERE".into(),
+            "ERRORS HERE".into(),
+        ]];
+        for s in &services {
+            rows.push([
+                s.name.clone(),
+                s.version.to_string(),
+                if s.active.is_empty() {
+                    "every host".into()
+                } else {
+                    s.active.join(", ")
+                },
+                s.epoch.to_string(),
+                s.requests.to_string(),
+                s.errors.to_string(),
+            ]);
+        }
+        print_table(&rows);
+        println!("Hosts a service is not active on forward its requests to one that is.");
     }
     Ok(())
 }

@@ -185,7 +185,7 @@ pub async fn ls(target: &Target) -> anyhow::Result<()> {
 }
 
 /// The table `doppel ls` prints.
-pub fn ls_rows(services: &[ServiceInfo]) -> Vec<[String; 8]> {
+fn ls_rows(services: &[ServiceInfo]) -> Vec<[String; 8]> {
     let mut rows = vec![[
         "NAME".to_string(),
         "VERSION".into(),

@@ -1,4 +1,4 @@
-//! Length- and checksum-framed records in an append-only file, each write `fdatasync`ed.
+//! Length- and checksum-framed records in an append-only file.
 //! A record is `len: u32 LE | crc32(payload): u32 LE | payload`.
 
 use std::fs::{File, OpenOptions};
@@ -45,28 +45,33 @@ pub(crate) fn open<T: DeserializeOwned>(path: &Path) -> std::io::Result<(Vec<T>,
     Ok((records, file, at as u64))
 }
 
-/// Appends `records` and returns once they are on stable storage; the bytes written.
-pub(crate) fn append<T: Serialize>(file: &mut File, records: &[T]) -> std::io::Result<u64> {
-    let mut buf = Vec::new();
+/// Appends the frames of `records` to `buf`.
+pub(crate) fn encode<T: Serialize>(records: &[T], buf: &mut Vec<u8>) -> std::io::Result<()> {
     for record in records {
         let start = buf.len();
         buf.extend_from_slice(&[0; 8]);
-        postcard::to_io(record, &mut buf).map_err(std::io::Error::other)?;
+        postcard::to_io(record, &mut *buf).map_err(std::io::Error::other)?;
         let len = u32::try_from(buf.len() - start - 8).map_err(std::io::Error::other)?;
         let crc = crc32fast::hash(&buf[start + 8..]);
         buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
         buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     }
-    file.write_all(&buf)?;
-    file.sync_data()?;
-    Ok(buf.len() as u64)
+    Ok(())
 }
 
 /// Replaces `path` with a file holding exactly `records` (temp file, fsync, rename, fsync dir).
 pub(crate) fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> std::io::Result<(File, u64)> {
+    let mut frames = Vec::new();
+    encode(records, &mut frames)?;
+    rewrite_frames(path, &frames)
+}
+
+/// [`rewrite`] with the records already framed.
+pub(crate) fn rewrite_frames(path: &Path, frames: &[u8]) -> std::io::Result<(File, u64)> {
     let tmp = path.with_extension("rewrite");
     let mut f = File::create(&tmp)?;
-    let size = append(&mut f, records)?;
+    f.write_all(frames)?;
+    let size = frames.len() as u64;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
