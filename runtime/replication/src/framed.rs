@@ -59,6 +59,21 @@ pub(crate) fn encode<T: Serialize>(records: &[T], buf: &mut Vec<u8>) -> std::io:
     Ok(())
 }
 
+/// Appends `records`; with `sync`, returns only once they are on stable storage. The bytes written.
+pub(crate) fn append<T: Serialize>(
+    file: &mut File,
+    records: &[T],
+    sync: bool,
+) -> std::io::Result<u64> {
+    let mut buf = Vec::new();
+    encode(records, &mut buf)?;
+    file.write_all(&buf)?;
+    if sync {
+        file.sync_data()?;
+    }
+    Ok(buf.len() as u64)
+}
+
 /// Replaces `path` with a file holding exactly `records` (temp file, fsync, rename, fsync dir).
 pub(crate) fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> std::io::Result<(File, u64)> {
     let mut frames = Vec::new();

@@ -41,11 +41,17 @@ use doppel_store::{ApplyError, Command, Outcome};
 /// What applying a command answers: the outcome, or the state machine's deterministic refusal.
 pub type Response = Result<Outcome, ApplyError>;
 
+/// One raft entry's payload: the commands that arrived together, applied in order. Packing
+/// concurrent writes into one entry is how writes share a log sync (openraft 0.9 syncs each
+/// entry it appends before taking the next).
+pub type Batch = Vec<Command>;
+
 openraft::declare_raft_types!(
-    /// doppel's raft types: commands in, outcomes out, hosts numbered by `u64`.
+    /// doppel's raft types: batches of commands in, one answer per command out, hosts numbered
+    /// by `u64`.
     pub TypeConfig:
-        D = Command,
-        R = Response,
+        D = Batch,
+        R = Vec<Response>,
 );
 
 pub use openraft;

@@ -223,11 +223,12 @@ async fn snapshot(State(s): State<Server>, body: Bytes) -> Response {
     .await
 }
 
-/// A write forwarded by a follower: the leader proposes it and answers with its outcome.
+/// A batch of writes forwarded by a follower: the leader proposes it as one entry and answers
+/// with each command's outcome.
 async fn write(State(s): State<Server>, body: Bytes) -> Response {
-    serve(&body, |command: doppel_store::Command| async move {
+    serve(&body, |batch: crate::Batch| async move {
         s.raft
-            .client_write(command)
+            .client_write(batch)
             .await
             .map(|r| r.data)
             .map_err(|e| e.to_string())

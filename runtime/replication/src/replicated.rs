@@ -2,6 +2,7 @@
 //! it durably in their logs and it is applied here; every read is linearizable.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,15 +15,35 @@ use serde::de::DeserializeOwned;
 use crate::membership::{self, ClusterStatus, JoinRequest, Refusal};
 use crate::{NodeId, Response, StateMachine, TypeConfig};
 
+/// Most commands packed into one raft entry, and most bytes of keys and values.
+const MAX_BATCH: usize = 512;
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Entries proposed at once: while one is being synced, the next fills up.
+const IN_FLIGHT: usize = 2;
+
 /// The store of one host in a cluster.
 pub struct ReplicatedStore {
+    core: Arc<Core>,
+    /// Writes waiting to be packed into an entry.
+    queue: tokio::sync::mpsc::UnboundedSender<Pending>,
+}
+
+/// What the store and its batcher share.
+struct Core {
     raft: Raft<TypeConfig>,
     state: StateMachine,
     http: reqwest::Client,
     secret: Arc<str>,
-    /// How long a write or read may wait for agreement before answering "unavailable". A host cut
-    /// off from the majority therefore refuses instead of hanging, and never acknowledges.
-    timeout: Duration,
+    /// How long a write or read may wait for agreement before answering "unavailable", in ms. A
+    /// host cut off from the majority therefore refuses instead of hanging, and never
+    /// acknowledges.
+    timeout_ms: AtomicU64,
+}
+
+/// A write waiting for its entry.
+struct Pending {
+    command: Command,
+    answer: tokio::sync::oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
 fn unavailable(why: impl std::fmt::Display) -> StoreError {
@@ -31,27 +52,154 @@ fn unavailable(why: impl std::fmt::Display) -> StoreError {
 
 impl ReplicatedStore {
     /// A store over `raft` (whose state machine is `state`), forwarding to peers with `secret`.
+    /// Must be called within a tokio runtime: it starts the task that batches writes.
     pub fn new(raft: Raft<TypeConfig>, state: StateMachine, secret: &str) -> ReplicatedStore {
-        ReplicatedStore {
+        let core = Arc::new(Core {
             raft,
             state,
             http: reqwest::Client::new(),
             secret: secret.into(),
-            timeout: Duration::from_secs(5),
-        }
+            timeout_ms: AtomicU64::new(5_000),
+        });
+        let (queue, pending) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batcher(core.clone(), pending));
+        ReplicatedStore { core, queue }
     }
 
     /// The same store with another agreement timeout.
-    pub fn with_timeout(mut self, timeout: Duration) -> ReplicatedStore {
-        self.timeout = timeout;
+    pub fn with_timeout(self, timeout: Duration) -> ReplicatedStore {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.core.timeout_ms.store(ms, Ordering::Relaxed);
         self
+    }
+
+    /// The raft node.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.core.raft
+    }
+
+    /// The state machine (the applied state, and its change notifications).
+    pub fn state(&self) -> &StateMachine {
+        &self.core.state
+    }
+
+    /// The cluster as its leader sees it (with each member's replication progress); this host's
+    /// own view when no leader answers.
+    pub async fn status(&self) -> ClusterStatus {
+        let local = membership::status(&self.core.raft);
+        if local.leader.is_none() || local.leader == Some(local.reported_by) {
+            return local;
+        }
+        self.core.ask_leader("status", &()).await.unwrap_or(local)
+    }
+
+    /// Records that host `id` is now reached at `addr` (it restarted on another address).
+    pub async fn set_address(&self, id: NodeId, addr: &str) -> Result<(), StoreError> {
+        let req = JoinRequest {
+            id,
+            addr: addr.to_string(),
+        };
+        match membership::add_member(&self.core.raft, req.clone()).await {
+            Ok(()) => Ok(()),
+            Err(Refusal::NotLeader(_)) => {
+                self.core
+                    .ask_leader_as::<_, (), Refusal>("join", &req)
+                    .await
+            }
+            Err(Refusal::Failed(why)) => Err(unavailable(why)),
+        }
+    }
+
+    /// The address the membership records for host `id`.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        self.core
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Whether this host is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.core.raft.metrics().borrow().state == openraft::ServerState::Leader
+    }
+
+    /// Every member: its id and peer address.
+    pub fn members(&self) -> Vec<(NodeId, String)> {
+        self.core
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect()
+    }
+
+    /// How many hosts are members.
+    pub fn member_count(&self) -> usize {
+        self.core
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .count()
+    }
+
+    /// Removes host `id` from the cluster for good (through the leader).
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
+        match membership::remove_member(&self.core.raft, id).await {
+            Ok(()) => Ok(()),
+            Err(Refusal::NotLeader(_)) => {
+                self.core
+                    .ask_leader_as::<_, (), Refusal>("remove", &id)
+                    .await
+            }
+            Err(Refusal::Failed(why)) => Err(unavailable(why)),
+        }
+    }
+
+    /// Waits until reading the local state machine is linearizable.
+    async fn read_barrier(&self) -> Result<(), StoreError> {
+        let barrier = async {
+            match self.core.raft.ensure_linearizable().await {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(_)) => {
+                    // Not the leader: ask it how far this host must have applied.
+                    let index: u64 = self.core.ask_leader("read-index", &()).await?;
+                    self.core
+                        .raft
+                        .wait(Some(self.core.timeout()))
+                        .applied_index_at_least(Some(index), "linearizable read")
+                        .await
+                        .map(|_| ())
+                        .map_err(unavailable)
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        };
+        tokio::time::timeout(self.core.timeout(), barrier)
+            .await
+            .map_err(|_| unavailable("no majority confirmed the read in time"))?
+    }
+}
+
+impl Core {
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
     }
 
     /// The leader and its address; during an election, waits (within the timeout) for one.
     async fn leader_addr(&self) -> Result<(NodeId, String), StoreError> {
         let metrics = self
             .raft
-            .wait(Some(self.timeout))
+            .wait(Some(self.timeout()))
             .metrics(|m| m.current_leader.is_some(), "a known leader")
             .await
             .map_err(|_| unavailable("no leader is known"))?;
@@ -90,7 +238,7 @@ impl ReplicatedStore {
             .http
             .post(format!("http://{addr}/raft/v1/{path}"))
             .bearer_auth(&*self.secret)
-            .timeout(self.timeout)
+            .timeout(self.timeout())
             .body(body)
             .send()
             .await
@@ -110,108 +258,82 @@ impl ReplicatedStore {
         answer.map_err(unavailable)
     }
 
-    /// The raft node.
-    pub fn raft(&self) -> &Raft<TypeConfig> {
-        &self.raft
-    }
-
-    /// The state machine (the applied state, and its change notifications).
-    pub fn state(&self) -> &StateMachine {
-        &self.state
-    }
-
-    /// The cluster as its leader sees it (with each member's replication progress); this host's
-    /// own view when no leader answers.
-    pub async fn status(&self) -> ClusterStatus {
-        let local = membership::status(&self.raft);
-        if local.leader.is_none() || local.leader == Some(local.reported_by) {
-            return local;
-        }
-        self.ask_leader("status", &()).await.unwrap_or(local)
-    }
-
-    /// Records that host `id` is now reached at `addr` (it restarted on another address).
-    pub async fn set_address(&self, id: NodeId, addr: &str) -> Result<(), StoreError> {
-        let req = JoinRequest {
-            id,
-            addr: addr.to_string(),
-        };
-        match membership::add_member(&self.raft, req.clone()).await {
-            Ok(()) => Ok(()),
-            Err(Refusal::NotLeader(_)) => self.ask_leader_as::<_, (), Refusal>("join", &req).await,
-            Err(Refusal::Failed(why)) => Err(unavailable(why)),
-        }
-    }
-
-    /// The address the membership records for host `id`.
-    pub fn address_of(&self, id: NodeId) -> Option<String> {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
-    }
-
-    /// Whether this host is the leader now.
-    pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == openraft::ServerState::Leader
-    }
-
-    /// Every member: its id and peer address.
-    pub fn members(&self) -> Vec<(NodeId, String)> {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, node)| (*id, node.addr.clone()))
-            .collect()
-    }
-
-    /// How many hosts are members.
-    pub fn member_count(&self) -> usize {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .count()
-    }
-
-    /// Removes host `id` from the cluster for good (through the leader).
-    pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
-        match membership::remove_member(&self.raft, id).await {
-            Ok(()) => Ok(()),
-            Err(Refusal::NotLeader(_)) => self.ask_leader_as::<_, (), Refusal>("remove", &id).await,
-            Err(Refusal::Failed(why)) => Err(unavailable(why)),
-        }
-    }
-
-    /// Waits until reading the local state machine is linearizable.
-    async fn read_barrier(&self) -> Result<(), StoreError> {
-        let barrier = async {
-            match self.raft.ensure_linearizable().await {
-                Ok(_) => Ok(()),
-                Err(RaftError::APIError(_)) => {
-                    // Not the leader: ask it how far this host must have applied.
-                    let index: u64 = self.ask_leader("read-index", &()).await?;
-                    self.raft
-                        .wait(Some(self.timeout))
-                        .applied_index_at_least(Some(index), "linearizable read")
+    /// Proposes `batch` as one entry (through the leader when this host is not it) and answers
+    /// each write.
+    async fn propose(&self, batch: Vec<Pending>) {
+        let (commands, answers): (Vec<Command>, Vec<_>) =
+            batch.into_iter().map(|p| (p.command, p.answer)).unzip();
+        let written = async {
+            // Keep a copy for forwarding: the leader may change between asking and proposing.
+            match self.raft.client_write(commands.clone()).await {
+                Ok(written) => Ok(written.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    self.ask_leader::<_, Vec<Response>>("write", &commands)
                         .await
-                        .map(|_| ())
-                        .map_err(unavailable)
                 }
                 Err(e) => Err(unavailable(e)),
             }
         };
-        tokio::time::timeout(self.timeout, barrier)
+        let result = tokio::time::timeout(self.timeout(), written)
             .await
-            .map_err(|_| unavailable("no majority confirmed the read in time"))?
+            .unwrap_or_else(|_| {
+                Err(unavailable(
+                    "no majority acknowledged the write in time; it may or may not have happened",
+                ))
+            });
+        match result {
+            Ok(responses) if responses.len() == answers.len() => {
+                for (answer, response) in answers.into_iter().zip(responses) {
+                    let _ = answer.send(outcome(response));
+                }
+            }
+            Ok(responses) => {
+                let why = format!(
+                    "the leader answered {} outcomes for {} writes",
+                    responses.len(),
+                    answers.len()
+                );
+                for answer in answers {
+                    let _ = answer.send(Err(StoreError::Corrupt(why.clone())));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for answer in answers {
+                    let _ = answer.send(Err(StoreError::Unavailable(why.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Packs waiting writes into entries: takes everything queued (within limits) whenever fewer
+/// than `IN_FLIGHT` entries are on their way, so writes that arrive during a sync share the next.
+async fn batcher(core: Arc<Core>, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut bytes = first.command.op.payload_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.command.op.payload_len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let core = core.clone();
+        tokio::spawn(async move {
+            core.propose(batch).await;
+            drop(permit);
+        });
     }
 }
 
@@ -223,7 +345,7 @@ fn outcome(response: Response) -> Result<Outcome, StoreError> {
 impl Store for ReplicatedStore {
     async fn get(&self, space: &Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.read_barrier().await?;
-        self.state.engine().get(space, key)
+        self.core.state.engine().get(space, key)
     }
 
     async fn list_keys(
@@ -233,37 +355,32 @@ impl Store for ReplicatedStore {
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         self.read_barrier().await?;
-        self.state.engine().list_keys(space, after, limit)
+        self.core.state.engine().list_keys(space, after, limit)
     }
 
     async fn buckets(&self, service: &str) -> Result<Vec<String>, StoreError> {
         self.read_barrier().await?;
-        self.state.engine().buckets(service)
+        self.core.state.engine().buckets(service)
     }
 
     async fn usage(&self, service: &str) -> Result<u64, StoreError> {
         self.read_barrier().await?;
-        self.state.engine().usage(service)
+        self.core.state.engine().usage(service)
     }
 
     async fn apply(&self, command: Command) -> Result<Outcome, StoreError> {
-        let write = async {
-            // Keep a copy for forwarding: the leader may change between asking and proposing.
-            match self.raft.client_write(command.clone()).await {
-                Ok(written) => outcome(written.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    let response: Response = self.ask_leader("write", &command).await?;
-                    outcome(response)
-                }
-                Err(e) => Err(unavailable(e)),
-            }
-        };
-        tokio::time::timeout(self.timeout, write)
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.queue
+            .send(Pending { command, answer })
+            .map_err(|_| StoreError::Closed)?;
+        // The batcher answers within the agreement timeout; the margin covers queueing.
+        tokio::time::timeout(self.core.timeout() * 2, answered)
             .await
             .map_err(|_| {
                 unavailable(
                     "no majority acknowledged the write in time; it may or may not have happened",
                 )
             })?
+            .map_err(|_| StoreError::Closed)?
     }
 }

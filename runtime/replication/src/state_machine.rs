@@ -19,6 +19,11 @@ use crate::{NodeId, Response, StorageError, TypeConfig, framed, io_error};
 struct Meta {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
+    /// While an entry's batch is being applied: the entry and how many of its commands are
+    /// applied. Each command is its own atomic sled batch, so after a crash mid-entry openraft
+    /// re-applies the entry and this says which commands to skip (applying one twice would, for
+    /// an increment, count twice).
+    partial: Option<(LogId<NodeId>, u32)>,
 }
 
 /// A snapshot as kept on disk: its metadata and the engine's exported state.
@@ -54,16 +59,45 @@ impl StateMachine {
     pub fn open(dir: &Path) -> Result<StateMachine, StoreError> {
         std::fs::create_dir_all(dir)?;
         let engine = Engine::open(&dir.join("state"))?;
-        let meta = match engine.meta()? {
+        let mut meta: Meta = match engine.meta()? {
             Some(bytes) => postcard::from_bytes(&bytes)
                 .map_err(|e| StoreError::Corrupt(format!("raft state-machine record: {e}")))?,
             None => Meta::default(),
         };
+        let snapshot_path = dir.join("snapshot");
+        // Applies are not synced (openraft re-applies from the log), and a snapshot lets openraft
+        // drop the log before it. So if the applied state on disk is older than the latest
+        // snapshot (a crash lost applies the purged log no longer holds), the snapshot — synced
+        // when it was written — is the state to start from.
+        if snapshot_path.exists() {
+            let (mut files, _, _) = framed::open::<SnapshotFile>(&snapshot_path)?;
+            if let Some(file) = files.pop()
+                && file.meta.last_log_id > meta.last_applied
+            {
+                tracing::warn!(
+                    applied = ?meta.last_applied,
+                    snapshot = ?file.meta.last_log_id,
+                    "the applied state is older than the last snapshot; restoring the snapshot"
+                );
+                let pairs: doppel_store::Pairs = postcard::from_bytes(&file.data)
+                    .map_err(|e| StoreError::Corrupt(format!("raft snapshot: {e}")))?;
+                engine.import(pairs)?;
+                meta = Meta {
+                    last_applied: file.meta.last_log_id,
+                    membership: file.meta.last_membership.clone(),
+                    partial: None,
+                };
+                let bytes =
+                    postcard::to_stdvec(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                engine.advance(meta.last_applied.map_or(0, |id| id.index), &bytes)?;
+                engine.checkpoint()?;
+            }
+        }
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 engine,
                 meta: Mutex::new(meta),
-                snapshot_path: dir.join("snapshot"),
+                snapshot_path,
                 system_changes: tokio::sync::watch::Sender::new(0),
             }),
         })
@@ -99,31 +133,50 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let started = std::time::Instant::now();
+        // One consistent state: taken under the lock that applies hold, which is quick (the
+        // export reads sled's in-memory pages).
         let (meta, pairs) = {
             let meta = self.lock();
-            // The snapshot stands for every entry up to `last_applied`; once openraft purges those
-            // entries from the log, this state must survive a crash, so make it durable now.
-            self.shared.engine.checkpoint().map_err(sm_error)?;
             (meta.clone(), self.shared.engine.export().map_err(sm_error)?)
         };
-        let data = postcard::to_stdvec(&pairs).map_err(sm_error)?;
-        let snapshot_id = match meta.last_applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, data.len()),
-            None => format!("empty-{}", data.len()),
-        };
-        let snapshot_meta = SnapshotMeta {
-            last_log_id: meta.last_applied,
-            last_membership: meta.membership.clone(),
-            snapshot_id,
-        };
-        let file = SnapshotFile {
-            meta: snapshot_meta.clone(),
-            data,
-        };
-        framed::rewrite(&self.shared.snapshot_path, std::slice::from_ref(&file))
-            .map_err(sm_error)?;
+        let exported = started.elapsed();
+        // Everything slow happens off the lock and off the async threads, so writes go on.
+        // Once this returns, openraft may drop the log up to the snapshot, so the state it stands
+        // for must survive a crash: the snapshot file itself is synced, and `open` restores it if
+        // the applied state on disk is older. (Checkpointing sled here instead would stall every
+        // write for the length of a flush, and sled 0.34's flush can deadlock with a concurrent
+        // batch.)
+        let shared = self.shared.clone();
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<SnapshotFile> {
+            let data = postcard::to_stdvec(&pairs).map_err(std::io::Error::other)?;
+            let snapshot_id = match meta.last_applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, data.len()),
+                None => format!("empty-{}", data.len()),
+            };
+            let file = SnapshotFile {
+                meta: SnapshotMeta {
+                    last_log_id: meta.last_applied,
+                    last_membership: meta.membership.clone(),
+                    snapshot_id,
+                },
+                data,
+            };
+            framed::rewrite(&shared.snapshot_path, std::slice::from_ref(&file))?;
+            Ok(file)
+        })
+        .await
+        .map_err(sm_error)?
+        .map_err(sm_error)?;
+        tracing::info!(
+            up_to = file.meta.last_log_id.map_or(0, |id| id.index),
+            bytes = file.data.len(),
+            export_ms = exported.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "built a snapshot (writes go on meanwhile)"
+        );
         Ok(Snapshot {
-            meta: snapshot_meta,
+            meta: file.meta,
             snapshot: Box::new(Cursor::new(file.data)),
         })
     }
@@ -139,7 +192,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((meta.last_applied, meta.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -150,6 +203,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             let mut next = meta.clone();
             next.last_applied = Some(entry.log_id);
+            next.partial = None;
             let index = entry.log_id.index;
             let response = match entry.payload {
                 EntryPayload::Blank => {
@@ -169,22 +223,53 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .map_err(sm_error)?;
                     Ok(Outcome::Done)
                 }
-                EntryPayload::Normal(command) => {
-                    system |= command.op.touches_system();
-                    let bytes = postcard::to_stdvec(&next).map_err(sm_error)?;
-                    self.shared
-                        .engine
-                        .apply_with_meta(index, &command, Some(&bytes))
-                        .map_err(|e| StorageError::IO {
-                            source: StorageIOError::apply(
-                                entry.log_id,
-                                openraft::AnyError::new(&e),
-                            ),
-                        })?
+                EntryPayload::Normal(commands) => {
+                    let done = match meta.partial {
+                        Some((id, n)) if id == entry.log_id => n as usize,
+                        _ => 0,
+                    };
+                    let mut outcomes = Vec::with_capacity(commands.len());
+                    let last = commands.len().saturating_sub(1);
+                    for (i, command) in commands.iter().enumerate() {
+                        system |= command.op.touches_system();
+                        if i < done {
+                            // Applied before a crash; nobody waits for its answer any more.
+                            outcomes.push(Ok(Outcome::Done));
+                            continue;
+                        }
+                        let mut step = meta.clone();
+                        if i == last {
+                            step = next.clone();
+                        } else {
+                            step.partial = Some((entry.log_id, i as u32 + 1));
+                        }
+                        let bytes = postcard::to_stdvec(&step).map_err(sm_error)?;
+                        outcomes.push(
+                            self.shared
+                                .engine
+                                .apply_with_meta(index, command, Some(&bytes))
+                                .map_err(|e| StorageError::IO {
+                                    source: StorageIOError::apply(
+                                        entry.log_id,
+                                        openraft::AnyError::new(&e),
+                                    ),
+                                })?,
+                        );
+                    }
+                    if commands.is_empty() {
+                        let bytes = postcard::to_stdvec(&next).map_err(sm_error)?;
+                        self.shared
+                            .engine
+                            .advance(index, &bytes)
+                            .map_err(sm_error)?;
+                    }
+                    *meta = next;
+                    responses.push(outcomes);
+                    continue;
                 }
             };
             *meta = next;
-            responses.push(response);
+            responses.push(vec![response]);
         }
         drop(meta);
         if system {
@@ -212,6 +297,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let next = Meta {
             last_applied: snapshot_meta.last_log_id,
             membership: snapshot_meta.last_membership.clone(),
+            partial: None,
         };
         self.shared.engine.import(pairs).map_err(sm_error)?;
         // The imported state carries the sender's meta; ours must be exactly the snapshot's.
@@ -243,5 +329,53 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: file.meta,
             snapshot: Box::new(Cursor::new(file.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use doppel_store::{Command, Op, Outcome, Space};
+    use openraft::storage::RaftStateMachine;
+    use openraft::testing::log_id;
+    use openraft::{Entry, EntryPayload};
+
+    use super::{Meta, StateMachine};
+
+    /// A crash after two of an entry's three commands were applied leaves the record "entry 1,
+    /// two done"; openraft then applies the whole entry again, and only the third command runs.
+    #[tokio::test]
+    async fn an_entry_reapplied_after_a_crash_mid_batch_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = Space::bucket("svc", "default");
+        let increment = Command::new(Op::Increment {
+            space: space.clone(),
+            key: b"n".to_vec(),
+            delta: 1,
+        });
+        let id = log_id(1, 1, 1);
+        {
+            // What the first two steps of applying the entry leave on disk.
+            let sm = StateMachine::open(dir.path()).unwrap();
+            let partial = Meta {
+                partial: Some((id, 2)),
+                ..Meta::default()
+            };
+            let bytes = postcard::to_stdvec(&partial).unwrap();
+            for _ in 0..2 {
+                sm.engine()
+                    .apply_with_meta(1, &increment, Some(&bytes))
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let entry = Entry::<crate::TypeConfig> {
+            log_id: id,
+            payload: EntryPayload::Normal(vec![increment.clone(); 3]),
+        };
+        let answers = sm.apply([entry]).await.unwrap();
+        assert_eq!(answers[0][2], Ok(Outcome::Counter(3)));
+        assert_eq!(sm.engine().get(&space, b"n").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(id));
     }
 }

@@ -74,8 +74,12 @@ async fn leader(nodes: &[&Node], not: Option<u64>) -> u64 {
 
 async fn write_and_check(nodes: &[&Node], leader: u64, key: &str) {
     let leader = nodes.iter().find(|n| n.id == leader).unwrap();
-    let response = leader.raft.client_write(put(key, "value")).await.unwrap();
-    assert_eq!(response.data, Ok(Outcome::Done));
+    let response = leader
+        .raft
+        .client_write(vec![put(key, "value")])
+        .await
+        .unwrap();
+    assert_eq!(response.data, vec![Ok(Outcome::Done)]);
     let index = response.log_id.index;
     for n in nodes {
         n.raft

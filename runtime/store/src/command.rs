@@ -132,6 +132,24 @@ impl Op {
         }
     }
 
+    /// Roughly how many bytes of keys and values the op carries (for batching limits).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Op::Put { key, value, .. } => key.len() + value.len(),
+            Op::Delete { key, .. } | Op::Increment { key, .. } => key.len() + 8,
+            Op::CompareAndSwap {
+                key,
+                expected,
+                value,
+                ..
+            } => key.len() + expected.as_ref().map_or(0, Vec::len) + value.len(),
+            Op::PutMany { pairs, .. } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            Op::DeleteMany { keys, .. } => keys.iter().map(Vec::len).sum(),
+            Op::PurgeService { service } => service.len(),
+            Op::Place { placement, .. } => placement.len(),
+        }
+    }
+
     /// Whether this op changes the host's own tables (services, modules, hosts).
     pub fn touches_system(&self) -> bool {
         self.service().is_empty()
