@@ -117,12 +117,20 @@ fn main() {
         );
     }
     println!(
-        "failover on 3 loopback hosts, {trials} trials per kind (time from SIGKILL to the first successful write through a surviving host)"
+        "failover on 3 loopback hosts, {} trials (time from SIGKILL to the first successful write through a surviving host)",
+        2 * trials
     );
-    for (kind, t) in ["leader", "follower"].iter().zip(times.iter_mut()) {
+    for (kind, t) in ["active host", "leader", "active host and leader"]
+        .iter()
+        .zip(times.iter_mut())
+    {
+        if t.is_empty() {
+            continue;
+        }
         t.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(
-            "  kill the {kind:<8}: p50 {:>6.0} ms  p99 {:>6.0} ms  max {:>6.0} ms",
+            "  killed the {kind:<22} ({:>3} trials): p50 {:>5.0} ms  p99 {:>5.0} ms  max {:>5.0} ms",
+            t.len(),
             percentile(t, 0.5),
             percentile(t, 0.99),
             t[t.len() - 1]

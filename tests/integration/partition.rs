@@ -97,31 +97,25 @@ impl Net {
     /// Cuts host `i` off from hosts `others` (both directions: its packets to them vanish, so
     /// neither its requests nor its answers arrive).
     fn cut(&self, i: usize, others: &[usize]) {
-        for j in others {
-            must(&[
-                "netns",
-                "exec",
-                &self.ns(i),
-                "ip",
-                "route",
-                "add",
-                "blackhole",
-                &format!("{}/32", self.addr(*j)),
-            ]);
-        }
+        self.routes("add", i, others);
     }
 
     fn heal(&self, i: usize, others: &[usize]) {
+        self.routes("del", i, others);
+    }
+
+    fn routes(&self, action: &str, i: usize, others: &[usize]) {
         for j in others {
+            let to = format!("{}/32", self.addr(*j));
             must(&[
                 "netns",
                 "exec",
                 &self.ns(i),
                 "ip",
                 "route",
-                "del",
+                action,
                 "blackhole",
-                &format!("{}/32", self.addr(*j)),
+                &to,
             ]);
         }
     }

@@ -4,8 +4,6 @@
 //! `DATA/cluster.json`, owner-only), starting the raft node, creating or joining the cluster, and
 //! the hosts table every member writes its name and addresses to.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,15 +83,7 @@ pub fn create_identity(data: &Path, join: Option<&JoinTarget>) -> anyhow::Result
         id: random_u64()?,
         secret,
     };
-    let path = identity_path(data);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("while creating {}", path.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(&identity)?)?;
-    f.sync_all()?;
+    crate::host::write_private(&identity_path(data), &serde_json::to_vec_pretty(&identity)?)?;
     Ok(identity)
 }
 

@@ -1,7 +1,8 @@
 //! Failover: every host probes every other member several times a second; the raft leader — and
 //! only the leader, so a host cut off from the majority never decides anything — moves a service
 //! whose active host stopped answering to a live standby, in the next epoch. The move is one
-//! command through the store, so it happens once, everywhere, or not at all.
+//! command through the store, so it happens once, everywhere, or not at all. A follower whose
+//! leader stopped answering stands for election at once rather than after its election timer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long without an answer before a host counts as dead. Three probe rounds: one lost packet
 /// or a slow answer does not move a service.
 const DEAD_AFTER: Duration = Duration::from_millis(350);
+/// How long without an answer from the leader before a follower stands for election itself
+/// instead of waiting for its election timer (which openraft starts only after the leader's lease,
+/// then adds 150–300 ms and, for a follower with a shorter log, 600 ms more). Voters still refuse
+/// while the lease (300 ms since the leader's last heartbeat) lasts, so this cannot depose a live
+/// leader that merely answered a probe late.
+const LEADER_DEAD_AFTER: Duration = Duration::from_millis(300);
 
 /// Probes members and, while this host leads, moves services off dead hosts. Runs until aborted.
 pub async fn run(store: Arc<ReplicatedStore>, registry: Arc<Registry>, secret: String) {
@@ -27,6 +34,7 @@ pub async fn run(store: Arc<ReplicatedStore>, registry: Arc<Registry>, secret: S
     let this = registry.placements().this();
     let started = Instant::now();
     let mut last_ok: HashMap<NodeId, Instant> = HashMap::new();
+    let mut last_stood: Option<Instant> = None;
     let mut ticker = tokio::time::interval(PROBE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -57,6 +65,19 @@ pub async fn run(store: Arc<ReplicatedStore>, registry: Arc<Registry>, secret: S
         }
         last_ok.insert(this, now);
         if !store.is_leader() {
+            let leader = store.raft().metrics().borrow().current_leader;
+            if let Some(leader) = leader
+                && leader != this
+                && now.duration_since(*last_ok.get(&leader).unwrap_or(&started)) > LEADER_DEAD_AFTER
+                && last_stood.is_none_or(|t| now.duration_since(t) > LEADER_DEAD_AFTER)
+            {
+                tracing::warn!(
+                    leader,
+                    "the leader stopped answering; standing for election"
+                );
+                last_stood = Some(now);
+                let _ = store.raft().trigger().elect().await;
+            }
             continue;
         }
         let alive = |id: &NodeId| {

@@ -107,18 +107,24 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
             getrandom::fill(&mut raw)
                 .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
             let token = hex::encode(raw);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("while creating {}", path.display()))?;
-            f.write_all(token.as_bytes())?;
-            f.sync_all()?;
+            write_private(&path, token.as_bytes())?;
             Ok(token)
         }
         Err(e) => Err(e).with_context(|| format!("while reading {}", path.display())),
     }
+}
+
+/// Creates `path` (which must not exist) readable by the owner only, with `bytes`, synced.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("while creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn write_endpoint(data_dir: &Path, endpoint: &Endpoint) -> anyhow::Result<()> {

@@ -99,27 +99,41 @@ impl ReplicatedStore {
             id,
             addr: addr.to_string(),
         };
-        match membership::add_member(&self.core.raft, req.clone()).await {
+        let here = membership::add_member(&self.core.raft, req.clone()).await;
+        self.or_through_leader(here, "join", &req).await
+    }
+
+    /// A membership change made here, or — when this host is not the leader — made by the leader
+    /// through its `path` route.
+    async fn or_through_leader<Req: Serialize>(
+        &self,
+        here: Result<(), Refusal>,
+        path: &str,
+        req: &Req,
+    ) -> Result<(), StoreError> {
+        match here {
             Ok(()) => Ok(()),
             Err(Refusal::NotLeader(_)) => {
-                self.core
-                    .ask_leader_as::<_, (), Refusal>("join", &req)
-                    .await
+                self.core.ask_leader_as::<_, (), Refusal>(path, req).await
             }
             Err(Refusal::Failed(why)) => Err(unavailable(why)),
         }
     }
 
-    /// The address the membership records for host `id`.
-    pub fn address_of(&self, id: NodeId) -> Option<String> {
+    /// The membership now.
+    fn membership(&self) -> openraft::Membership<NodeId, openraft::BasicNode> {
         self.core
             .raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
+            .clone()
+    }
+
+    /// The address the membership records for host `id`.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        self.membership().get_node(&id).map(|n| n.addr.clone())
     }
 
     /// Whether this host is the leader now.
@@ -129,12 +143,7 @@ impl ReplicatedStore {
 
     /// Every member: its id and peer address.
     pub fn members(&self) -> Vec<(NodeId, String)> {
-        self.core
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
+        self.membership()
             .nodes()
             .map(|(id, node)| (*id, node.addr.clone()))
             .collect()
@@ -142,27 +151,13 @@ impl ReplicatedStore {
 
     /// How many hosts are members.
     pub fn member_count(&self) -> usize {
-        self.core
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .count()
+        self.membership().nodes().count()
     }
 
     /// Removes host `id` from the cluster for good (through the leader).
     pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
-        match membership::remove_member(&self.core.raft, id).await {
-            Ok(()) => Ok(()),
-            Err(Refusal::NotLeader(_)) => {
-                self.core
-                    .ask_leader_as::<_, (), Refusal>("remove", &id)
-                    .await
-            }
-            Err(Refusal::Failed(why)) => Err(unavailable(why)),
-        }
+        let here = membership::remove_member(&self.core.raft, id).await;
+        self.or_through_leader(here, "remove", &id).await
     }
 
     /// Waits until reading the local state machine is linearizable.
