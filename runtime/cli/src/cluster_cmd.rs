@@ -21,7 +21,7 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
         "HEALTH".into(),
         "BEHIND".into(),
         "ADMIN".into(),
-        "SERVICES".into(),
+        "SERVICE TRAFFIC".into(),
     ]];
     for h in &cluster.hosts {
         let mark = if h.this { " *" } else { "" };
