@@ -3,6 +3,7 @@
 # building wasmtime-cli takes about 13 minutes on 2 cores).
 #   wasmtime serve  — the engine's own HTTP server, same wasmtime version as ours
 #   wrk             — the load generator (Debian package)
+#   etcd            — a 3-member cluster for the replicated-writes bench (Debian's etcd-server)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 tools="$here/.tools"
@@ -14,5 +15,10 @@ fi
 if ! command -v wrk >/dev/null; then
   apt-get update -qq && apt-get install -y -qq wrk
 fi
+# etcd, the peer of the replicated-writes bench (3 members on loopback, started by the bench).
+if ! command -v etcd >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq etcd-server
+fi
 "$tools/bin/wasmtime" --version
 wrk --version 2>&1 | head -1 || true
+etcd --version | head -1

@@ -1,41 +1,197 @@
-//! Replicated durable writes: examples/counter increments (each acknowledged only once a majority
-//! has it fdatasynced) at 1, 16 and 256 concurrent clients, on a 3-host loopback cluster (the
-//! clients talk to the service's active host, which is also the raft leader) next to a single
-//! host in the same run. All hosts share this machine's cores and disk, so the cluster pays three
-//! syncs per group on one disk. Run: `cargo bench -p doppel --bench replicated`.
+//! Replicated durable writes at 1, 16 and 256 concurrent clients, side by side in one run:
+//! - doppel: a 3-host loopback cluster, each write a keyvalue `set` through a guest, sent to the
+//!   service's active host (which also leads), acknowledged once a majority has it fdatasynced;
+//! - etcd: a 3-member loopback cluster (Debian's etcd-server, `benches/install-peers.sh`), each
+//!   write a `put` through its JSON gateway (`POST /v3/kv/put`), sent to the leader;
+//! - one doppel host, for what replication costs.
+//!
+//! Same load generator (wrk), same key written over and over, same machine (2 cores, one disk:
+//! every member's syncs hit the same device). Run: `cargo bench -p doppel --bench replicated`.
 
 mod common;
 #[allow(dead_code)]
 #[path = "../tests/integration/support.rs"]
 mod support;
 
-use common::wrk;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Load, wrk_with};
 use support::{Host, cluster, eventually, leader};
+
+const SECONDS: u32 = 10;
+
+/// A 3-member etcd cluster on loopback; killed on drop.
+struct Etcd {
+    members: Vec<Child>,
+    clients: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    fn start() -> Option<Etcd> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let initial: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("e{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let members = (0..3)
+            .map(|i| {
+                let peer = format!("http://127.0.0.1:{}", peers[i]);
+                let client = format!("http://127.0.0.1:{}", clients[i]);
+                Command::new("etcd")
+                    .args(["--name", &format!("e{i}")])
+                    .arg("--data-dir")
+                    .arg(dir.path().join(format!("e{i}")))
+                    .args(["--listen-peer-urls", &peer])
+                    .args(["--initial-advertise-peer-urls", &peer])
+                    .args(["--listen-client-urls", &client])
+                    .args(["--advertise-client-urls", &client])
+                    .args(["--initial-cluster", &initial.join(",")])
+                    .args(["--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", "doppel-bench"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("cannot start etcd")
+            })
+            .collect();
+        Some(Etcd {
+            members,
+            clients: clients
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
+            _dir: dir,
+        })
+    }
+
+    /// The leader's client URL, once the cluster has one and accepts writes.
+    fn leader(&self) -> String {
+        let http = reqwest::blocking::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "etcd did not elect a leader");
+            for url in &self.clients {
+                let status: Option<serde_json::Value> = http
+                    .post(format!("{url}/v3/maintenance/status"))
+                    .body("{}")
+                    .send()
+                    .ok()
+                    .and_then(|r| r.json().ok());
+                if let Some(s) = status
+                    && s["leader"].is_string()
+                    && s["leader"] == s["header"]["member_id"]
+                    && http
+                        .post(format!("{url}/v3/kv/put"))
+                        .body(PUT)
+                        .send()
+                        .is_ok_and(|r| r.status().is_success())
+                {
+                    return url.clone();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+/// key "counter", value "1", base64 as the gateway wants them.
+const PUT: &str = r#"{"key":"Y291bnRlcg==","value":"MQ=="}"#;
+
+fn post(body: &str, content_type: &str) -> String {
+    format!(
+        "wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"{content_type}\"\n"
+    )
+}
+
+fn cell(load: &Load) -> String {
+    format!(
+        "{:>6.0}/s p50 {:>6.2} ms p99 {:>7.2} ms{}",
+        load.rps,
+        load.p50_ms,
+        load.p99_ms,
+        if load.errors > 0 {
+            format!(" ({} errors)", load.errors)
+        } else {
+            String::new()
+        }
+    )
+}
 
 fn main() {
     let single = Host::start();
-    single.deploy(doppel_guests::COUNTER, "counter", &[]);
+    single.deploy(doppel_guests::KV_DRAFT2, "kv", &[]);
     let hosts = cluster(3, &[]);
     let lead = leader(&hosts);
-    hosts[lead].deploy(doppel_guests::COUNTER, "counter", &[]);
+    hosts[lead].deploy(doppel_guests::KV_DRAFT2, "kv", &[]);
     for h in &hosts {
-        eventually("every host serves counter", || {
-            h.get("/counter/visits").0 == 200
-        });
+        eventually("every host serves kv", || h.get("/kv/get?k=x").0 == 200);
     }
-    println!("replicated durable writes (examples/counter POST), 10 s per run");
+    let etcd = Etcd::start();
+    let etcd_leader = etcd.as_ref().map(Etcd::leader);
+    if etcd.is_none() {
+        println!("etcd is not installed (benches/install-peers.sh): its column is left out");
+    }
+    let doppel_put = post("1", "text/plain");
+    let etcd_put = post(PUT, "application/json");
+    println!("replicated durable writes (a put of one key), {SECONDS} s per run");
     for clients in [1u32, 16, 256] {
-        let one = wrk(&single.url("/counter/visits"), clients, 10, "POST");
-        let three = wrk(&hosts[lead].url("/counter/visits"), clients, 10, "POST");
+        let three = wrk_with(
+            &hosts[lead].url("/kv/set?k=counter"),
+            clients,
+            SECONDS,
+            Some(&doppel_put),
+        );
+        let theirs = etcd_leader.as_ref().map(|url| {
+            wrk_with(
+                &format!("{url}/v3/kv/put"),
+                clients,
+                SECONDS,
+                Some(&etcd_put),
+            )
+        });
+        let one = wrk_with(
+            &single.url("/kv/set?k=counter"),
+            clients,
+            SECONDS,
+            Some(&doppel_put),
+        );
+        println!("  {clients:>3} clients");
+        println!("      doppel, 3 hosts  {}", cell(&three));
+        if let Some(theirs) = &theirs {
+            println!(
+                "      etcd, 3 members  {}   doppel/etcd {:.2}",
+                cell(theirs),
+                three.rps / theirs.rps
+            );
+        }
         println!(
-            "  {clients:>3} clients: 3 hosts {:>6.0}/s (p50 {:>6.2} ms, p99 {:>7.2} ms, errors {})   1 host {:>6.0}/s (p50 {:>6.2} ms, p99 {:>7.2} ms)   ratio {:.2}",
-            three.rps,
-            three.p50_ms,
-            three.p99_ms,
-            three.errors,
-            one.rps,
-            one.p50_ms,
-            one.p99_ms,
+            "      doppel, 1 host   {}   3 hosts/1 host {:.2}",
+            cell(&one),
             three.rps / one.rps
         );
     }

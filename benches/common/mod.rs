@@ -30,6 +30,12 @@ fn parse_ms(text: &str) -> f64 {
 
 /// Runs wrk against `url` with `connections` for `seconds`; `method` GET or POST.
 pub fn wrk(url: &str, connections: u32, seconds: u32, method: &str) -> Load {
+    let script = (method == "POST").then_some("wrk.method = \"POST\"\n");
+    wrk_with(url, connections, seconds, script)
+}
+
+/// Runs wrk with a Lua `script` (request method, body, headers), or plain GETs without one.
+pub fn wrk_with(url: &str, connections: u32, seconds: u32, script: Option<&str>) -> Load {
     let threads = connections.clamp(1, 2).to_string();
     let mut cmd = Command::new("wrk");
     cmd.args([
@@ -41,11 +47,10 @@ pub fn wrk(url: &str, connections: u32, seconds: u32, method: &str) -> Load {
         "-d",
         &format!("{seconds}s"),
     ]);
-    let script;
-    if method == "POST" {
-        script = std::env::temp_dir().join("doppel-wrk-post.lua");
-        std::fs::write(&script, "wrk.method = \"POST\"\n").unwrap();
-        cmd.arg("-s").arg(&script);
+    if let Some(lua) = script {
+        let path = std::env::temp_dir().join(format!("doppel-wrk-{}.lua", std::process::id()));
+        std::fs::write(&path, lua).unwrap();
+        cmd.arg("-s").arg(&path);
     }
     let out = cmd
         .arg(url)
