@@ -100,7 +100,6 @@ pub enum DeployError {
 type Observed = (Arc<ServiceLog>, Arc<Stats>);
 
 const SERVICES: &str = "services";
-const MODULES: &str = "modules";
 
 /// Every service on this host.
 pub struct Registry {
@@ -292,7 +291,7 @@ impl Registry {
     /// Removes modules no service uses: uploads whose deploy never came (the client died between
     /// the two calls). Runs before the admin API opens, so no upload can be in flight.
     async fn drop_orphan_modules(&self, records: &[ServiceRecord]) -> Result<(), StoreError> {
-        let space = Space::system(MODULES);
+        let space = Space::modules();
         let mut orphans = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -363,7 +362,7 @@ impl Registry {
                 tracing::info!(service = %record.name, module = %digest, "compiling (no sound precompiled copy for this engine)");
                 let bytes = self
                     .store
-                    .get(&Space::system(MODULES), digest.as_bytes())
+                    .get(&Space::modules(), digest.as_bytes())
                     .await?
                     .ok_or_else(|| DeployError::NoModule(digest.clone()))?;
                 let checked = tokio::task::spawn_blocking(move || modules::check(&runtime, &bytes))
@@ -415,7 +414,7 @@ impl Registry {
         self.cache
             .store(&digest, &checked.component)
             .map_err(DeployError::Internal)?;
-        let space = Space::system(MODULES);
+        let space = Space::modules();
         if self.store.get(&space, digest.as_bytes()).await?.is_none() {
             self.store
                 .apply(Command::new(Op::Put {
@@ -461,7 +460,7 @@ impl Registry {
         check_limits(&limits)?;
         let bytes = self
             .store
-            .get(&Space::system(MODULES), request.module.as_bytes())
+            .get(&Space::modules(), request.module.as_bytes())
             .await?
             .ok_or_else(|| DeployError::NoModule(request.module.clone()))?;
         let previous = self.stored_record(name).await?;
@@ -569,7 +568,7 @@ impl Registry {
         }
         self.store
             .apply(Command::new(Op::Delete {
-                space: Space::system(MODULES),
+                space: Space::modules(),
                 key: digest.as_bytes().to_vec(),
             }))
             .await?;

@@ -14,6 +14,13 @@ use crate::space::{self, Space};
 /// machine), after the log has made them durable.
 pub struct Engine {
     db: sled::Db,
+    /// Module bytes, apart from everything else. sled writes a page bigger than a quarter
+    /// segment (128 KiB) as a new blob file each time the page changes; a component stored next
+    /// to the hot keys (applied index, counters) made every write create and later delete a
+    /// file. Module writes are idempotent (keys are digests), so they need not share the atomic
+    /// batch of the applied index.
+    modules: sled::Tree,
+    modules_prefix: Vec<u8>,
     path: PathBuf,
 }
 
@@ -34,10 +41,22 @@ impl Engine {
             // write-ahead log, and sled is fsynced at checkpoints.
             .flush_every_ms(Some(1000))
             .open()?;
+        let modules = db.open_tree("modules")?;
         Ok(Engine {
             db,
+            modules,
+            modules_prefix: space::space_prefix(&Space::modules()),
             path: path.to_path_buf(),
         })
+    }
+
+    /// The tree that holds `key` (a full sled key).
+    fn tree(&self, key: &[u8]) -> &sled::Tree {
+        if key.starts_with(&self.modules_prefix) {
+            &self.modules
+        } else {
+            &self.db
+        }
     }
 
     /// The index of the last command whose effect sled holds.
@@ -54,10 +73,8 @@ impl Engine {
 
     /// The value of `key` in `space`.
     pub fn get(&self, space: &Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .db
-            .get(space::data_key(space, key))?
-            .map(|v| v.to_vec()))
+        let k = space::data_key(space, key);
+        Ok(self.tree(&k).get(&k)?.map(|v| v.to_vec()))
     }
 
     /// Up to `limit` keys of `space` after `after`.
@@ -73,7 +90,10 @@ impl Engine {
             None => Bound::Included(prefix.clone()),
         };
         let mut keys = Vec::new();
-        for item in self.db.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+        for item in self
+            .tree(&prefix)
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        {
             let (k, _) = item?;
             if !k.starts_with(&prefix) || keys.len() >= limit {
                 break;
@@ -169,11 +189,24 @@ impl Engine {
                 Err(refused)
             }
         };
+        let mut modules = sled::Batch::default();
+        let mut touches_modules = false;
         for (k, v) in changes {
+            let target = if k.starts_with(&self.modules_prefix) {
+                touches_modules = true;
+                &mut modules
+            } else {
+                &mut batch
+            };
             match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
+                Some(v) => target.insert(k, v),
+                None => target.remove(k),
             }
+        }
+        // Module bytes first: if a crash falls between the two, the command is applied again,
+        // and writing the same digest's bytes again changes nothing.
+        if touches_modules {
+            self.modules.apply_batch(modules)?;
         }
         batch.insert(space::APPLIED, &index.to_be_bytes());
         self.db.apply_batch(batch)?;
@@ -198,7 +231,7 @@ impl Engine {
     /// Every key and value of the state (including the applied index and meta): a snapshot.
     pub fn export(&self) -> Result<Pairs, StoreError> {
         let mut pairs = Vec::new();
-        for item in self.db.iter() {
+        for item in self.db.iter().chain(self.modules.iter()) {
             let (k, v) = item?;
             pairs.push((k.to_vec(), v.to_vec()));
         }
@@ -208,10 +241,17 @@ impl Engine {
     /// Replaces the whole state with `pairs` (from [`Engine::export`]) and makes it durable.
     pub fn import(&self, pairs: Pairs) -> Result<(), StoreError> {
         self.db.clear()?;
+        self.modules.clear()?;
         let mut batch = sled::Batch::default();
+        let mut modules = sled::Batch::default();
         for (k, v) in pairs {
-            batch.insert(k, v);
+            if k.starts_with(&self.modules_prefix) {
+                modules.insert(k, v);
+            } else {
+                batch.insert(k, v);
+            }
         }
+        self.modules.apply_batch(modules)?;
         self.db.apply_batch(batch)?;
         self.checkpoint()
     }
@@ -255,7 +295,7 @@ impl Engine {
             }
             Op::Increment { space, key, delta } => {
                 let k = space::data_key(space, key);
-                let current = match self.db.get(&k)? {
+                let current = match self.tree(&k).get(&k)? {
                     None => 0,
                     Some(v) => match std::str::from_utf8(&v)
                         .ok()
@@ -278,7 +318,7 @@ impl Engine {
                 value,
             } => {
                 let k = space::data_key(space, key);
-                let current = self.db.get(&k)?.map(|v| v.to_vec());
+                let current = self.tree(&k).get(&k)?.map(|v| v.to_vec());
                 if current != *expected {
                     return Ok(Ok(Outcome::Conflict { current }));
                 }
@@ -333,7 +373,7 @@ impl Engine {
     fn size_delta(&self, changes: &Changes) -> Result<i64, StoreError> {
         let mut delta: i64 = 0;
         for (k, new) in changes {
-            let old = self.db.get(k)?.map_or(0, |v| k.len() + v.len());
+            let old = self.tree(k).get(k)?.map_or(0, |v| k.len() + v.len());
             let new = new.as_ref().map_or(0, |v| k.len() + v.len());
             delta += new as i64 - old as i64;
         }

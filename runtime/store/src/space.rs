@@ -28,6 +28,12 @@ impl Space {
         Space::bucket("", table)
     }
 
+    /// The table of module bytes, by digest (kept apart from the rest by the engine: see
+    /// `Engine`).
+    pub fn modules() -> Self {
+        Space::system(MODULES)
+    }
+
     /// The table of service placements (written only by [`crate::Op::Place`]).
     pub fn placements() -> Self {
         Space::system(PLACEMENTS)
@@ -47,6 +53,7 @@ impl Space {
 // Layout of the sled tree. Every data key starts with DATA, then the length-prefixed service and
 // bucket, so that one service's keys (and one bucket's) are contiguous and a prefix scan lists them.
 pub(crate) const DATA: u8 = b'd';
+const MODULES: &str = "modules";
 const PLACEMENTS: &str = "placements";
 const EPOCHS: &str = "epochs";
 pub(crate) const USAGE: u8 = b'u';
