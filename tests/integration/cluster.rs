@@ -108,10 +108,20 @@ fn a_wrong_join_token_is_refused() {
     // The cluster is unchanged.
     let st = status(&first);
     assert_eq!(st["cluster"]["hosts"].as_array().unwrap().len(), 1, "{st}");
+    // The refused start left nothing that stops a corrected retry on the same data directory.
+    let token = first.cli_ok(&["cluster", "token"]).trim().to_string();
+    let url = format!("http://{}", first.admin);
+    let _second = Host::spawn(
+        &dir.path().join("b"),
+        &["--name", "b", "--join", &url, "--token", &token],
+    );
+    let st = status(&first);
+    assert_eq!(st["cluster"]["hosts"].as_array().unwrap().len(), 2, "{st}");
 }
 
 /// Writers go through every host while hosts are SIGKILLed — the service's active host (at first
-/// also the leader), the leader, the active host, a standby — and restarted. Every acknowledged write must be readable through every host at the end.
+/// also the leader), the leader, the active host, a standby — and restarted. Every acknowledged
+/// write must be readable through every host at the end.
 #[test]
 fn acknowledged_writes_survive_killing_hosts() {
     let mut hosts = cluster(3, &[]);

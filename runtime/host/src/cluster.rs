@@ -68,9 +68,11 @@ pub fn read_identity(data: &Path) -> anyhow::Result<Option<Identity>> {
     }
 }
 
-/// Creates this host's identity: a fresh id, and either a fresh secret (a new cluster) or the
-/// join token it was given.
-pub fn create_identity(data: &Path, join: Option<&JoinTarget>) -> anyhow::Result<Identity> {
+/// A new identity for this host: a fresh id, and either a fresh secret (a new cluster) or the
+/// join token it was given. Not yet on disk: [`save_identity`] writes it once the host is a
+/// member, so that a first start that fails (a wrong token, an unreachable cluster) leaves
+/// nothing behind that a corrected retry would trip over.
+pub fn new_identity(join: Option<&JoinTarget>) -> anyhow::Result<Identity> {
     let secret = match join {
         Some(join) => join.token.clone(),
         None => {
@@ -79,12 +81,15 @@ pub fn create_identity(data: &Path, join: Option<&JoinTarget>) -> anyhow::Result
             hex::encode(raw)
         }
     };
-    let identity = Identity {
+    Ok(Identity {
         id: random_u64()?,
         secret,
-    };
-    crate::host::write_private(&identity_path(data), &serde_json::to_vec_pretty(&identity)?)?;
-    Ok(identity)
+    })
+}
+
+/// Writes this host's identity: from now on the data directory belongs to the cluster.
+pub fn save_identity(data: &Path, identity: &Identity) -> anyhow::Result<()> {
+    crate::host::write_private(&identity_path(data), &serde_json::to_vec_pretty(identity)?)
 }
 
 /// Starts this host's raft node from `DATA/raft`, snapshotting every `snapshot_every` entries.

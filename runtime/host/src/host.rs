@@ -168,7 +168,20 @@ pub async fn run(
             }
             (identity, false)
         }
-        None => (cluster::create_identity(data, config.join.as_ref())?, true),
+        None => {
+            // A first start that never finished (no identity was saved) may have left raft
+            // state for an id that no longer exists; start that part afresh.
+            let raft_dir = data.join("raft");
+            if raft_dir.exists() {
+                std::fs::remove_dir_all(&raft_dir).with_context(|| {
+                    format!(
+                        "while clearing an unfinished first start in {}",
+                        raft_dir.display()
+                    )
+                })?;
+            }
+            (cluster::new_identity(config.join.as_ref())?, true)
+        }
     };
     let store = cluster::start(data, &identity, config.snapshot_every).await?;
 
@@ -191,19 +204,20 @@ pub async fn run(
         cache,
         placements.clone(),
     ));
-    let info = Arc::new(std::sync::RwLock::new(HostInfo {
+    let info = Arc::new(HostInfo {
         name: config.name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         listen: listen.to_string(),
         admin: admin_addr.to_string(),
         data_dir: data.display().to_string(),
+        // Filled in per request from the registry.
         services: 0,
-    }));
+    });
     let admin_state = AdminState {
         registry: registry.clone(),
         token: token.into(),
         max_module_size: config.max_module_size,
-        info: info.clone(),
+        info,
         cluster: store.clone(),
         identity: identity.clone(),
     };
@@ -236,6 +250,9 @@ pub async fn run(
         }
         _ => false,
     };
+    if first_start {
+        cluster::save_identity(data, &identity)?;
+    }
     let services = load_when_available(&registry, &store).await?;
     if store.address_of(identity.id).as_deref() != Some(advertise.as_str()) {
         tracing::info!(%advertise, "this host's address changed; telling the cluster");
@@ -255,7 +272,6 @@ pub async fn run(
     )
     .await
     .context("while registering this host in the cluster")?;
-    info.write().unwrap_or_else(|e| e.into_inner()).services = services;
     let syncing = tokio::spawn(follow_deploys(
         registry.clone(),
         store.state().system_changes(),
