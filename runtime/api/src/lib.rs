@@ -15,6 +15,10 @@
 //! | `GET /v1/cluster` | | [`ClusterInfo`] |
 //! | `GET /v1/cluster/token` | | the join token, as text |
 //! | `DELETE /v1/hosts/{name}` | | [`HostStatus`] of the removed host |
+//! | `POST /v1/services/{name}/migrate` | [`MigrateRequest`] | [`Progress`] as JSON lines |
+//! | `POST /v1/hosts/{name}/drain` | [`DrainRequest`] | [`Progress`] as JSON lines |
+//! | `POST /v1/hosts/{name}/undrain` | | [`HostStatus`] |
+//! | `GET /v1/events?service=S&limit=N` | | `[`[`PlacementEvent`]`]`, oldest first |
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
 
@@ -113,6 +117,47 @@ pub struct DeployRequest {
     /// Limits to change from the host's defaults.
     #[serde(default)]
     pub limits: LimitOverrides,
+    /// Where the service may run and on how many hosts at once.
+    #[serde(default)]
+    pub placement: PlacementRules,
+}
+
+/// Where a service may be active, and on how many hosts at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementRules {
+    /// Labels a host must have (every one) for the service to be active on it (`--on KEY=VALUE`).
+    #[serde(default)]
+    pub on: BTreeMap<String, String>,
+    /// How many hosts the service is active on at once (`--replicas N`).
+    #[serde(default = "one")]
+    pub replicas: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for PlacementRules {
+    fn default() -> Self {
+        PlacementRules {
+            on: BTreeMap::new(),
+            replicas: 1,
+        }
+    }
+}
+
+impl std::fmt::Display for PlacementRules {
+    /// `2 replicas on provider=ionos, jurisdiction=de`, or `1 replica on any host`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = if self.replicas == 1 { "" } else { "s" };
+        write!(f, "{} replica{plural} on ", self.replicas)?;
+        if self.on.is_empty() {
+            return f.write_str("any host");
+        }
+        let labels: Vec<String> = self.on.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        f.write_str(&labels.join(", "))
+    }
 }
 
 /// A deployed service as `doppel ls` shows it.
@@ -144,6 +189,104 @@ pub struct ServiceInfo {
     /// Its epoch: bumped whenever its active hosts change.
     #[serde(default)]
     pub epoch: u64,
+    /// Where it may run and on how many hosts at once.
+    #[serde(default)]
+    pub placement: PlacementRules,
+    /// Why its placement rules are not met now, when they are not.
+    #[serde(default)]
+    pub unmet: Option<String>,
+    /// Hosts handing it over (finishing their requests, forwarding new ones).
+    #[serde(default)]
+    pub leaving: Vec<String>,
+}
+
+/// Body of `POST /v1/services/{name}/migrate`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// A host name, or `KEY=VALUE` for the least busy eligible host with that label.
+    pub to: String,
+    /// Which active host to move it off when it has several (default: the first one).
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+/// Body of `POST /v1/hosts/{name}/drain`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Also take the host out of the cluster once no service is active on it.
+    #[serde(default)]
+    pub remove: bool,
+}
+
+/// One line of the progress stream of a migration or a drain (JSON lines).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Progress {
+    /// A step began or ended.
+    Step {
+        /// What happens.
+        text: String,
+    },
+    /// One service moved.
+    Moved(MoveReport),
+    /// The operation failed; nothing further follows.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// The operation finished.
+    Done {
+        /// A one-line summary.
+        text: String,
+    },
+}
+
+/// What one move of a service measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MoveReport {
+    /// The service.
+    pub service: String,
+    /// The host it left.
+    pub from: String,
+    /// The host it is active on now.
+    pub to: String,
+    /// Its epoch once the move is complete.
+    pub epoch: u64,
+    /// Milliseconds to get the target ready (its copy of the module loaded and instantiated).
+    pub warm_ms: u64,
+    /// Milliseconds from the start of the switch until the target was active.
+    pub switch_ms: u64,
+    /// Milliseconds the old host took to finish the requests it was running.
+    pub drain_ms: u64,
+    /// Requests the old host was running when it stopped taking new ones.
+    pub finished: u64,
+    /// Requests the old host forwarded to the target during the move.
+    pub forwarded: u64,
+    /// Requests of the service that failed on the old host during the move.
+    pub errors: u64,
+}
+
+/// One placement change, as `doppel events` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlacementEvent {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The service.
+    pub service: String,
+    /// The epoch it started.
+    pub epoch: u64,
+    /// Hosts active from then on.
+    pub active: Vec<String>,
+    /// Hosts handing it over.
+    pub leaving: Vec<String>,
+    /// Why.
+    pub cause: String,
+    /// Who.
+    pub actor: String,
+    /// Rules not met, if any.
+    pub unmet: Option<String>,
 }
 
 /// One line a service wrote to stdout or stderr, or the host wrote about it.
@@ -220,4 +363,37 @@ pub struct HostStatus {
     pub health: String,
     /// Whether this is the host that answered.
     pub this: bool,
+    /// Its labels (`--label KEY=VALUE` at start).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Whether it is drained: no service becomes active on it until `doppel undrain`.
+    #[serde(default)]
+    pub drained: bool,
+}
+
+/// Checks one label or placement rule, `KEY=VALUE`: keys and values of 1 to 63 characters
+/// `a-z A-Z 0-9 - _ . /`, so that they read the same in flags, JSON and `doppel status`.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(format!(
+            "{text:?} is not KEY=VALUE (for example provider=ionos)"
+        ));
+    };
+    check_label(key, value)?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// See [`parse_label`].
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let ok = |s: &str| {
+        (1..=63).contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+    };
+    if !ok(key) || !ok(value) {
+        return Err(format!(
+            "label {key}={value}: keys and values are 1 to 63 characters a-z, A-Z, 0-9, '-', '_', '.', '/'"
+        ));
+    }
+    Ok(())
 }

@@ -85,11 +85,13 @@ impl Client {
         })
     }
 
-    /// A request to `path` (which starts with `/v1/`).
+    /// A request to `path` (which starts with `/v1/`), saying who asks (for the placement
+    /// history `doppel events` shows).
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
+            .header("x-doppel-actor", actor())
     }
 
     /// Sends, and turns an error answer into an error carrying the host's message.
@@ -119,6 +121,21 @@ impl Client {
             .await
             .context("while reading the host's answer")
     }
+}
+
+/// `user@machine` of whoever runs the CLI.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "someone".into());
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let actor: String = format!("{user}@{machine}")
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .collect();
+    actor
 }
 
 /// Percent-encodes one path segment.

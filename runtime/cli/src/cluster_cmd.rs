@@ -22,16 +22,26 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
         "BEHIND".into(),
         "ADMIN".into(),
         "SERVICE TRAFFIC".into(),
+        "LABELS".into(),
     ]];
     for h in &cluster.hosts {
         let mark = if h.this { " *" } else { "" };
         rows.push([
             format!("{}{mark}", h.name),
             h.role.clone(),
-            h.health.clone(),
+            if h.drained {
+                format!("{}, drained", h.health)
+            } else {
+                h.health.clone()
+            },
             h.behind.map_or_else(|| "?".into(), |b| b.to_string()),
             h.admin.clone(),
             h.listen.clone().unwrap_or_else(|| "-".into()),
+            h.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
         ]);
     }
     print_table(&rows);
@@ -55,6 +65,7 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
             "VERSION".into(),
             "ACTIVE ON".into(),
             "EPOCH".into(),
+            "RULES".into(),
             "REQUESTS HERE".into(),
             "ERRORS HERE".into(),
         ]];
@@ -62,17 +73,31 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
             rows.push([
                 s.name.clone(),
                 s.version.to_string(),
-                if s.active.is_empty() {
-                    "every host".into()
-                } else {
-                    s.active.join(", ")
+                match (s.active.is_empty(), s.leaving.is_empty()) {
+                    (true, _) => "NONE".into(),
+                    (false, true) => s.active.join(", "),
+                    (false, false) => {
+                        format!(
+                            "{} (leaving: {})",
+                            s.active.join(", "),
+                            s.leaving.join(", ")
+                        )
+                    }
                 },
                 s.epoch.to_string(),
+                s.placement.to_string(),
                 s.requests.to_string(),
                 s.errors.to_string(),
             ]);
         }
         print_table(&rows);
+        for s in services.iter().filter(|s| s.unmet.is_some()) {
+            println!(
+                "{}: placement rules not met: {}",
+                s.name,
+                s.unmet.clone().unwrap_or_default()
+            );
+        }
         println!("Hosts a service is not active on forward its requests to one that is.");
     }
     Ok(())

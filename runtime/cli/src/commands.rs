@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use doppel_api::{
-    DeployRequest, HostInfo, KeyPage, LimitOverrides, LogLine, ModuleInfo, ServiceInfo,
+    DeployRequest, HostInfo, KeyPage, LimitOverrides, LogLine, ModuleInfo, PlacementRules,
+    ServiceInfo,
 };
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -48,6 +49,14 @@ pub struct Deploy {
     /// Total bytes the service may store, e.g. 1GiB.
     #[arg(long, value_parser = parse_size)]
     pub quota: Option<u64>,
+    /// Only hosts with this label may run the service, repeatable (every one must match), e.g.
+    /// `--on jurisdiction=de`. Failover honours it: with no such host left, the service answers
+    /// 503 with the reason rather than run elsewhere.
+    #[arg(long = "on", value_name = "KEY=VALUE", value_parser = doppel_api::parse_label)]
+    pub on: Vec<(String, String)>,
+    /// How many hosts the service is active on at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub replicas: u32,
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -138,6 +147,10 @@ impl Deploy {
                 max_value: self.max_value,
                 quota: self.quota,
             },
+            placement: PlacementRules {
+                on: self.on.into_iter().collect(),
+                replicas: self.replicas,
+            },
         };
         let deployed: ServiceInfo = client
             .send(
@@ -161,6 +174,16 @@ impl Deploy {
             short(&module.digest)
         );
         println!("  http://{}/{}/", host.listen, deployed.name);
+        if !deployed.active.is_empty() {
+            println!(
+                "  active on {} ({})",
+                deployed.active.join(", "),
+                deployed.placement
+            );
+        }
+        if let Some(unmet) = &deployed.unmet {
+            println!("  warning: its placement rules are not met: {unmet}");
+        }
         Ok(())
     }
 }

@@ -51,6 +51,10 @@ pub struct HostArgs {
     /// Log entries between snapshots of the store (the log before a snapshot is then dropped).
     #[arg(long, default_value_t = 10_000, hide = true)]
     pub snapshot_every: u64,
+    /// A label placement rules can match (`doppel deploy --on KEY=VALUE`), repeatable, e.g.
+    /// `--label provider=ionos --label jurisdiction=de`.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = doppel_api::parse_label)]
+    pub labels: Vec<(String, String)>,
     /// How long requests in flight may finish after SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_millis)]
     pub grace: u64,
@@ -119,6 +123,12 @@ fn banner(name: &str, data: &std::path::Path, started: &Started) {
 impl HostArgs {
     pub async fn run(self) -> anyhow::Result<()> {
         let name = self.name.unwrap_or_else(hostname);
+        let mut labels = std::collections::BTreeMap::new();
+        for (key, value) in self.labels {
+            if let Some(earlier) = labels.insert(key.clone(), value.clone()) {
+                anyhow::bail!("--label {key} is given twice ({earlier} and {value}); give it once");
+            }
+        }
         let config = HostConfig {
             name: name.clone(),
             data_dir: self.data.clone(),
@@ -143,6 +153,7 @@ impl HostArgs {
             },
             advertise: self.advertise,
             snapshot_every: self.snapshot_every,
+            labels,
         };
         tracing::info!(?config, "starting");
         let data = self.data;

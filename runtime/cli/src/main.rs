@@ -9,6 +9,7 @@ mod client;
 mod cluster_cmd;
 mod commands;
 mod host_cmd;
+mod moves_cmd;
 mod new;
 mod units;
 
@@ -82,6 +83,48 @@ enum Command {
         #[arg(long)]
         tail: Option<usize>,
     },
+    /// Move a service to another host with no failed request: the target gets ready, the switch
+    /// happens, the old host finishes its requests and then forwards. Shows what it measured.
+    Migrate {
+        #[command(flatten)]
+        target: Target,
+        /// The service.
+        name: String,
+        /// A host name, or KEY=VALUE for the least busy eligible host with that label.
+        #[arg(long)]
+        to: String,
+        /// Which active host to move it off, when it runs on several (default: the first).
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Move every service off a host (evacuate it, or a provider host by host); no service
+    /// becomes active there again until `doppel undrain`.
+    Drain {
+        #[command(flatten)]
+        target: Target,
+        /// The host.
+        host: String,
+        /// Then take the host out of the cluster too (hands over its consensus vote).
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Let services be placed on a drained host again.
+    Undrain {
+        #[command(flatten)]
+        target: Target,
+        /// The host.
+        host: String,
+    },
+    /// Show every placement change: deploys, migrations, drains, failovers, with cause and actor.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// Only this service.
+        service: Option<String>,
+        /// Only the last N changes.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Create a new service crate that builds into a deployable component.
     New(NewArgs),
     /// Inspect and change a service's key-value state.
@@ -139,6 +182,23 @@ fn main() -> std::process::ExitCode {
             } => commands::logs(&target, &name, follow, tail).await,
             Command::Kv { target, action } => action.run(&target).await,
             Command::New(args) => args.run(),
+            Command::Migrate {
+                target,
+                name,
+                to,
+                from,
+            } => moves_cmd::migrate(&target, &name, &to, from).await,
+            Command::Drain {
+                target,
+                host,
+                remove,
+            } => moves_cmd::drain(&target, &host, remove).await,
+            Command::Undrain { target, host } => moves_cmd::undrain(&target, &host).await,
+            Command::Events {
+                target,
+                service,
+                limit,
+            } => moves_cmd::events(&target, service.as_deref(), limit).await,
         }
     });
     match result {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +18,8 @@ use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::cluster::{self, Identity, RemoveError};
+use crate::moves::Mover;
+use crate::operator;
 use crate::services::{DeployError, Registry};
 
 /// What the admin handlers share.
@@ -35,10 +37,12 @@ pub struct AdminState {
     pub cluster: Arc<ReplicatedStore>,
     /// This host's id and the cluster secret (the join token).
     pub identity: Identity,
+    /// Moves services between hosts.
+    pub mover: Mover,
 }
 
 /// An error answer: a status and a message for humans.
-pub struct AdminError(StatusCode, String);
+pub struct AdminError(pub StatusCode, pub String);
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
@@ -67,7 +71,7 @@ impl From<StoreError> for AdminError {
     }
 }
 
-type Answer<T> = Result<T, AdminError>;
+pub(crate) type Answer<T> = Result<T, AdminError>;
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
@@ -77,6 +81,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/token", get(join_token))
         .route("/v1/hosts/{name}", axum::routing::delete(remove_host))
+        .route("/v1/hosts/{name}/drain", post(operator::drain))
+        .route("/v1/hosts/{name}/undrain", post(operator::undrain))
+        .route("/v1/services/{name}/migrate", post(operator::migrate))
+        .route("/v1/events", get(operator::events))
         .route(
             "/v1/modules",
             post(upload).layer(DefaultBodyLimit::disable()),
@@ -96,7 +104,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from response times.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -149,6 +157,8 @@ async fn remove_host(
         behind: None,
         health: "removed".into(),
         this: record.id == state.identity.id,
+        labels: record.labels,
+        drained: false,
     }))
 }
 
@@ -181,11 +191,27 @@ async fn show(State(state): State<AdminState>, Path(name): Path<String>) -> Answ
 async fn deploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Answer<Response> {
     let request: DeployRequest = serde_json::from_slice(&body)
         .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("bad deploy request: {e}")))?;
-    Ok(Json(state.registry.deploy(&name, request).await?).into_response())
+    let actor = actor(&state, &headers);
+    Ok(Json(state.registry.deploy(&name, request, &actor).await?).into_response())
+}
+
+/// Who is asking, for the placement history: the CLI's `x-doppel-actor` (user@machine), and
+/// the host the request came through.
+pub(crate) fn actor(state: &AdminState, headers: &HeaderMap) -> String {
+    let who: String = headers
+        .get("x-doppel-actor")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("an operator")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    format!("{who} via {}", state.info.name)
 }
 
 #[derive(Deserialize)]

@@ -73,6 +73,7 @@ impl Instantiation {
                     module: module.digest,
                     ..DeployRequest::default()
                 },
+                "bench",
             )
             .await?;
         let service = registry

@@ -4,6 +4,7 @@
 //! `DATA/cluster.json`, owner-only), starting the raft node, creating or joining the cluster, and
 //! the hosts table every member writes its name and addresses to.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,6 +154,38 @@ pub struct HostRecord {
     pub admin: String,
     /// Service traffic address.
     pub listen: String,
+    /// Labels given at start (`--label provider=ionos`), which placement rules match.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+const DRAINED: &str = "drained";
+
+/// Every drained host: no service may become active on one until it is undrained.
+pub async fn drained(store: &dyn Store) -> Result<HashSet<NodeId>, StoreError> {
+    Ok(store
+        .list_keys(&Space::system(DRAINED), None, 10_000)
+        .await?
+        .iter()
+        .filter_map(|k| std::str::from_utf8(k).ok()?.parse().ok())
+        .collect())
+}
+
+/// Marks host `id` drained (`true`) or not.
+pub async fn set_drained(store: &dyn Store, id: NodeId, drained: bool) -> Result<(), StoreError> {
+    let space = Space::system(DRAINED);
+    let key = id.to_string().into_bytes();
+    let op = if drained {
+        Op::Put {
+            space,
+            key,
+            value: b"drained".to_vec(),
+        }
+    } else {
+        Op::Delete { space, key }
+    };
+    store.apply(Command::new(op)).await?;
+    Ok(())
 }
 
 /// Writes (or updates) this host's entry in the hosts table.
@@ -202,6 +235,7 @@ pub async fn info(
     let status = store.status().await;
     // The hosts table needs a majority to read; without one, show what raft knows.
     let records = hosts(store).await.unwrap_or_default();
+    let drained = drained(store).await.unwrap_or_default();
     let leader_log = status
         .members
         .iter()
@@ -238,6 +272,8 @@ pub async fn info(
                 },
                 health: if alive { "up" } else { "down" }.to_string(),
                 this: m.id == this,
+                labels: record.map(|r| r.labels.clone()).unwrap_or_default(),
+                drained: drained.contains(&m.id),
             }
         })
         .collect();

@@ -1,18 +1,21 @@
-//! Failover: every host probes every other member several times a second; the raft leader — and
-//! only the leader, so a host cut off from the majority never decides anything — moves a service
-//! whose active host stopped answering to a live standby, in the next epoch. The move is one
-//! command through the store, so it happens once, everywhere, or not at all. A follower whose
+//! Failover and the scheduler: every host probes every other member several times a second; the
+//! raft leader — and only the leader, so a host cut off from the majority never decides anything —
+//! keeps every service placed as its rules say: a service whose active host stopped answering
+//! moves to a live eligible standby in the next epoch (the dead host fenced), missing replicas
+//! are added, and a service on a drained host is handed over. Each change is one command through
+//! the store, so it happens once, everywhere, or not at all. A follower whose
 //! leader stopped answering stands for election at once rather than after its election timer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use doppel_replication::{NodeId, ReplicatedStore};
 use doppel_store::{ApplyError, StoreError};
 
-use crate::placement;
-use crate::services::Registry;
+use crate::moves::Mover;
+use crate::placement::{self, Change, Placement};
+use crate::schedule::{self, HostView};
 
 /// How often members are probed.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
@@ -28,9 +31,13 @@ const DEAD_AFTER: Duration = Duration::from_millis(350);
 /// leader that merely answered a probe late.
 const LEADER_DEAD_AFTER: Duration = Duration::from_millis(300);
 
-/// Probes members and, while this host leads, moves services off dead hosts. Runs until aborted.
-pub async fn run(store: Arc<ReplicatedStore>, registry: Arc<Registry>, secret: String) {
-    let http = reqwest::Client::new();
+/// Probes members and, while this host leads, keeps every service placed by its rules: off dead
+/// hosts at once, off drained ones by hand-over. Runs until aborted.
+pub async fn run(mover: Mover) {
+    let (store, registry) = (mover.store.clone(), mover.registry.clone());
+    let secret = mover.secret.to_string();
+    let http = mover.http.clone();
+    let handing_over = Arc::new(std::sync::Mutex::new(HashSet::new()));
     let this = registry.placements().this();
     let started = Instant::now();
     let mut last_ok: HashMap<NodeId, Instant> = HashMap::new();
@@ -84,68 +91,165 @@ pub async fn run(store: Arc<ReplicatedStore>, registry: Arc<Registry>, secret: S
             members.iter().any(|(m, _)| m == id)
                 && now.duration_since(*last_ok.get(id).unwrap_or(&started)) < DEAD_AFTER
         };
-        if let Err(e) = move_off_dead_hosts(&store, &registry, &members, &alive).await {
-            tracing::warn!(error = %e, "failover: cannot move services yet");
+        if let Err(e) = keep_rules(&mover, &members, &alive, &handing_over).await {
+            tracing::warn!(error = %e, "scheduler: cannot place services yet");
         }
     }
 }
 
-/// One pass: every service with a dead active host gets a live one instead.
-async fn move_off_dead_hosts(
-    store: &ReplicatedStore,
-    registry: &Registry,
+/// How long a host may stay leaving a service before the scheduler deposes it anyway, on top of
+/// the service's request time limit (the hand-over's coordinator died, say).
+const LEAVING_GRACE_MS: u64 = 5_000;
+
+/// One pass of the scheduler: every service placed as its rules say, given who is alive now.
+/// Dead hosts are dropped at once; moves off live hosts are hand-overs, finished in the
+/// background.
+async fn keep_rules(
+    mover: &Mover,
     members: &[(NodeId, String)],
     alive: &impl Fn(&NodeId) -> bool,
+    handing_over: &Arc<std::sync::Mutex<HashSet<String>>>,
 ) -> Result<(), StoreError> {
+    let store = mover.store.as_ref();
+    let registry = &mover.registry;
     let placements = registry.placements();
+    let hosts = placements.hosts();
+    let views: Vec<HostView> = members
+        .iter()
+        .map(|(id, _)| {
+            let record = hosts.get(id);
+            HostView {
+                id: *id,
+                name: record.map_or("(unregistered)", |h| h.name.as_str()),
+                labels: record.map_or(&NO_LABELS, |h| &h.labels),
+                alive: alive(id),
+                drained: placements.is_drained(*id),
+            }
+        })
+        .collect();
+    let mut load = placements.load();
     let all = placements.all();
-    // How many services each host is active for, to spread the moved ones.
-    let mut load: HashMap<NodeId, usize> = HashMap::new();
-    for p in all.values() {
-        for id in &p.active {
-            *load.entry(*id).or_default() += 1;
-        }
-    }
     let mut names: Vec<&String> = all.keys().collect();
     names.sort();
+    let actor = format!("scheduler on {}", placements.host_name(placements.this()));
     let mut moved = false;
     for name in names {
         let placement = &all[name];
-        let (live, dead): (Vec<NodeId>, Vec<NodeId>) =
-            placement.active.iter().partition(|id| alive(id));
-        if dead.is_empty() {
+        if handing_over
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+        {
             continue;
         }
-        let mut candidates: Vec<NodeId> = members
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| alive(id) && !placement.active.contains(id))
-            .collect();
-        candidates.sort_by_key(|id| (load.get(id).copied().unwrap_or(0), *id));
-        let mut active = live;
-        for replacement in candidates.into_iter().take(dead.len()) {
-            *load.entry(replacement).or_default() += 1;
-            active.push(replacement);
-        }
-        if active.is_empty() {
-            // No live host to move to: nothing to gain from a new epoch.
+        let Some(service) = registry.get(name) else {
             continue;
-        }
-        let dead_names: Vec<String> = dead.iter().map(|id| placements.host_name(*id)).collect();
-        let cause = format!("failover: {} stopped answering", dead_names.join(", "));
-        match placement::place(store, name, placement.epoch, active.clone(), cause).await {
-            Ok(p) => {
-                moved = true;
-                let to: Vec<String> = active.iter().map(|id| placements.host_name(*id)).collect();
-                tracing::warn!(service = %name, from = ?dead_names, to = ?to, epoch = p.epoch, "failover");
+        };
+        let rules = &service.record.placement;
+        if !placement.leaving.is_empty() {
+            // A hand-over under way; depose the leaving hosts if its coordinator vanished.
+            let grace = service.limits.timeout_ms + LEAVING_GRACE_MS;
+            if crate::logs::now_ms().saturating_sub(placement.at_ms) > grace {
+                let change = Change {
+                    active: placement.active.clone(),
+                    deposed: placement.leaving.clone(),
+                    cause: "hand-over timed out".into(),
+                    actor: actor.clone(),
+                    unmet: placement.unmet.clone(),
+                    ..Change::default()
+                };
+                moved |= try_place(store, name, placement.epoch, change)
+                    .await?
+                    .is_some();
             }
-            // Someone moved it first (a previous leader's last act): the next pass sees it.
-            Err(StoreError::Rejected(ApplyError::StaleEpoch { .. })) => moved = true,
-            Err(e) => return Err(e),
+            continue;
+        }
+        let plan = schedule::plan(rules, &placement.active, &views, &load, None);
+        if plan.active == placement.active
+            && plan.leaving.is_empty()
+            && plan.deposed.is_empty()
+            && plan.unmet == placement.unmet
+        {
+            continue;
+        }
+        let name_of = |ids: &[NodeId]| -> String {
+            ids.iter()
+                .map(|id| placements.host_name(*id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let cause = if !plan.deposed.is_empty() {
+            format!("failover: {} stopped answering", name_of(&plan.deposed))
+        } else if !plan.leaving.is_empty() {
+            let why: Vec<String> = plan
+                .leaving
+                .iter()
+                .filter_map(|id| views.iter().find(|v| v.id == *id))
+                .filter_map(|v| schedule::why_not(rules, v))
+                .collect();
+            format!("moving off: {}", why.join("; "))
+        } else if plan.active.len() > placement.active.len() {
+            format!("{rules}: now active on {}", name_of(&plan.active))
+        } else {
+            "placement rules cannot be met".to_string()
+        };
+        for id in &plan.active {
+            if !placement.active.contains(id) {
+                *load.entry(*id).or_default() += 1;
+            }
+        }
+        let leaving = !plan.leaving.is_empty();
+        let change = Change {
+            active: plan.active,
+            leaving: plan.leaving,
+            deposed: plan.deposed,
+            cause,
+            actor: actor.clone(),
+            unmet: plan.unmet,
+        };
+        if let Some(placed) = try_place(store, name, placement.epoch, change).await? {
+            moved = true;
+            tracing::warn!(service = %name, active = %name_of(&placed.active), epoch = placed.epoch, cause = %placed.cause, "placement changed");
+            if leaving {
+                handing_over
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.clone());
+                let (mover, name, actor, handing_over) = (
+                    mover.clone(),
+                    name.clone(),
+                    actor.clone(),
+                    handing_over.clone(),
+                );
+                tokio::spawn(async move {
+                    mover.finish_leaving(&name, placed, &actor).await;
+                    handing_over
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&name);
+                });
+            }
         }
     }
     if moved {
         placements.refresh(store).await?;
     }
     Ok(())
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+/// Writes a placement change; `None` when someone moved the service first (a previous leader's
+/// last act, a migration): the next pass sees it.
+async fn try_place(
+    store: &ReplicatedStore,
+    name: &str,
+    epoch: u64,
+    change: Change,
+) -> Result<Option<Placement>, StoreError> {
+    match placement::place(store, name, epoch, change).await {
+        Ok(p) => Ok(Some(p)),
+        Err(StoreError::Rejected(ApplyError::StaleEpoch { .. })) => Ok(None),
+        Err(e) => Err(e),
+    }
 }

@@ -1,5 +1,6 @@
 //! Starting and stopping a host: data directory, admin token, store, services, both servers.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -19,6 +20,7 @@ use crate::cluster::{self, HostRecord, JoinTarget};
 use crate::failover;
 use crate::ingress::{self, IngressLimits};
 use crate::modules::ModuleCache;
+use crate::moves::{self, Mover};
 use crate::placement::Placements;
 use crate::runtime::Runtime;
 use crate::services::Registry;
@@ -46,6 +48,8 @@ pub struct HostConfig {
     pub advertise: Option<String>,
     /// Log entries between snapshots (after which the log before them is dropped).
     pub snapshot_every: u64,
+    /// Labels placement rules match (`--label provider=ionos`).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a started host tells whoever started it.
@@ -213,7 +217,14 @@ pub async fn run(
         // Filled in per request from the registry.
         services: 0,
     });
+    let mover = Mover {
+        store: store.clone(),
+        registry: registry.clone(),
+        secret: identity.secret.as_str().into(),
+        http: reqwest::Client::new(),
+    };
     let admin_state = AdminState {
+        mover: mover.clone(),
         registry: registry.clone(),
         token: token.into(),
         max_module_size: config.max_module_size,
@@ -230,10 +241,12 @@ pub async fn run(
     let admin = tokio::spawn(
         axum::serve(
             admin_listener,
-            router(admin_state).merge(doppel_replication::router(
-                store.raft().clone(),
-                &identity.secret,
-            )),
+            router(admin_state)
+                .merge(doppel_replication::router(
+                    store.raft().clone(),
+                    &identity.secret,
+                ))
+                .merge(moves::peer_router(mover.clone())),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future(),
@@ -268,6 +281,7 @@ pub async fn run(
             name: config.name.clone(),
             admin: advertise.clone(),
             listen: listen.to_string(),
+            labels: config.labels.clone(),
         },
     )
     .await
@@ -276,11 +290,7 @@ pub async fn run(
         registry.clone(),
         store.state().system_changes(),
     ));
-    let failing_over = tokio::spawn(failover::run(
-        store.clone(),
-        registry.clone(),
-        identity.secret.clone(),
-    ));
+    let failing_over = tokio::spawn(failover::run(mover));
 
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,

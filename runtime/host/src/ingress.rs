@@ -2,6 +2,7 @@
 //! as its path and the prefix in `x-forwarded-prefix` (design §4.4).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
@@ -13,9 +14,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use doppel_api::Limits;
+use doppel_store::Writer;
 
 use crate::forward::{FORWARDED_BY, forward};
-use crate::invoke::{ResponseBody, host_response, invoke};
+use crate::invoke::{InFlight, ResponseBody, host_response, invoke};
 use crate::placement::Route;
 use crate::services::Registry;
 
@@ -189,9 +191,25 @@ async fn route(
     }
     let forwarded = req.headers().contains_key(FORWARDED_BY);
     let placements = registry.placements();
+    let service = registry.get(name);
+    let in_flight = service.as_ref().map(|s| InFlight::start(&s.stats));
     let epoch = match placements.route(name, forwarded) {
         Route::Local(epoch) => epoch,
+        Route::Unavailable(reason) => {
+            let mut response = host_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the service {name:?} cannot run now: {reason}"),
+            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return response;
+        }
         Route::Forward(targets) => {
+            drop(in_flight);
+            if let Some(service) = &service {
+                service.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            }
             let limits = registry.get(name).map(|s| s.limits.clone());
             let max_body = limits
                 .as_ref()
@@ -211,7 +229,7 @@ async fn route(
             .await;
         }
     };
-    let Some(service) = registry.get(name) else {
+    let (Some(service), Some(in_flight)) = (service, in_flight) else {
         return host_response(
             StatusCode::NOT_FOUND,
             format!("no service named {name:?} is deployed here"),
@@ -260,7 +278,19 @@ async fn route(
             }
         })
     });
-    invoke(registry.runtime(), registry.store(), service, epoch, req).await
+    let writer = epoch.map(|epoch| Writer {
+        host: placements.this(),
+        epoch,
+    });
+    invoke(
+        registry.runtime(),
+        registry.store(),
+        service,
+        writer,
+        in_flight,
+        req,
+    )
+    .await
 }
 
 #[cfg(test)]

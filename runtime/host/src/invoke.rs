@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use doppel_store::Store;
+use doppel_store::{Store, Writer};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use wasmtime::UpdateDeadline;
@@ -19,7 +19,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 use crate::keyvalue::KvCtx;
 use crate::logs::LogStream;
 use crate::runtime::Runtime;
-use crate::services::Service;
+use crate::services::{Service, Stats};
 use crate::state::{DenyOutbound, MemoryLimiter, RequestState};
 
 /// The body type of every response the ingress sends.
@@ -62,7 +62,7 @@ pub(crate) fn new_store(
     runtime: &Runtime,
     store: &Arc<dyn Store>,
     service: &Service,
-    epoch: Option<u64>,
+    writer: Option<Writer>,
 ) -> wasmtime::Store<RequestState> {
     let timeout = Duration::from_millis(service.limits.timeout_ms);
     let mut wasi = WasiCtxBuilder::new();
@@ -82,7 +82,7 @@ pub(crate) fn new_store(
             service.name.clone(),
             service.limits.clone(),
             store.clone(),
-            epoch,
+            writer,
         ),
         config: service.config.clone(),
         limiter: MemoryLimiter {
@@ -107,6 +107,25 @@ pub(crate) fn new_store(
     wstore
 }
 
+/// One request about to run or running in a guest, counted in its service's `in_flight` while
+/// it lives. Taken before the request's route is decided, so that a host handing a service over
+/// never misses a request that saw the old placement.
+pub(crate) struct InFlight(Arc<Stats>);
+
+impl InFlight {
+    /// Counts one request of the service with these `stats`.
+    pub(crate) fn start(stats: &Arc<Stats>) -> InFlight {
+        stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(stats.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// How a guest's run ended when it produced no response.
 enum Failure {
     TimedOut,
@@ -114,14 +133,15 @@ enum Failure {
     Trapped(String),
 }
 
-/// Runs `request` through `service` (writing state with `epoch`) and returns its response. Never
+/// Runs `request` through `service` (writing state as `writer`) and returns its response. Never
 /// fails: whatever the guest does becomes a response for this request only, and a line in the
 /// service's log.
 pub async fn invoke<B>(
     runtime: &Runtime,
     store: &Arc<dyn Store>,
     service: Arc<Service>,
-    epoch: Option<u64>,
+    writer: Option<Writer>,
+    in_flight: InFlight,
     request: http::Request<B>,
 ) -> Response<ResponseBody>
 where
@@ -129,7 +149,7 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let timeout = Duration::from_millis(service.limits.timeout_ms);
-    let mut wstore = new_store(runtime, store, &service, epoch);
+    let mut wstore = new_store(runtime, store, &service, writer);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let prepared = (|| -> wasmtime::Result<_> {
@@ -148,7 +168,10 @@ where
 
     let task = {
         let service = service.clone();
+        // Counted until the guest is done, body included: a host handing the service over waits
+        // for this to reach zero before it lets itself be fenced.
         tokio::spawn(async move {
+            let _in_flight = in_flight;
             let run = async {
                 let proxy = service.pre.instantiate_async(&mut wstore).await?;
                 proxy

@@ -20,6 +20,7 @@
 //!     join: None,
 //!     advertise: None,
 //!     snapshot_every: 10_000,
+//!     labels: Default::default(),
 //! };
 //! doppel_host::run(config, |started| println!("serving on {}", started.listen), async {
 //!     let _ = tokio::signal::ctrl_c().await;
@@ -41,8 +42,11 @@ mod keyvalue;
 mod linker;
 mod logs;
 mod modules;
+mod moves;
+mod operator;
 mod placement;
 mod runtime;
+mod schedule;
 mod services;
 mod state;
 

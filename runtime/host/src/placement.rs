@@ -4,7 +4,7 @@
 //! carries the epoch its host knew when the request started; the store refuses writes from an
 //! older epoch, so a host that was replaced (and does not know it yet) cannot change state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use doppel_replication::NodeId;
@@ -15,17 +15,46 @@ use crate::cluster::HostRecord;
 use crate::logs::now_ms;
 
 /// A service's placement as the store keeps it (JSON under `placements/NAME`, written only with
-/// [`Op::Place`], which also moves the service's epoch).
+/// [`Op::Place`], which also moves the service's epoch and keeps the record in the service's
+/// placement history, which `doppel events` shows).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     /// The epoch this placement started.
     pub epoch: u64,
     /// The hosts the service is active on.
     pub active: Vec<NodeId>,
-    /// Why it changed (`deploy`, `failover: host b stopped answering`…).
+    /// Hosts handing the service over: they finish the requests they are running and forward
+    /// new ones to the active hosts; once done they are deposed (fenced) in the next epoch.
+    #[serde(default)]
+    pub leaving: Vec<NodeId>,
+    /// Why it changed (`deployed through a`, `failover: b stopped answering`…).
     pub cause: String,
+    /// Who changed it (`alice via a`, `scheduler on c`).
+    #[serde(default)]
+    pub actor: String,
     /// When, ms since the Unix epoch.
     pub at_ms: u64,
+    /// Why the service's placement rules are not met, when they are not (too few eligible
+    /// hosts). With no active host at all, requests get this as their 503 reason.
+    #[serde(default)]
+    pub unmet: Option<String>,
+}
+
+/// A placement to write: the next one after the current.
+#[derive(Clone, Debug, Default)]
+pub struct Change {
+    /// See [`Placement::active`].
+    pub active: Vec<NodeId>,
+    /// See [`Placement::leaving`].
+    pub leaving: Vec<NodeId>,
+    /// Hosts whose writes for the service are refused from now on (their requests must be done).
+    pub deposed: Vec<NodeId>,
+    /// See [`Placement::cause`].
+    pub cause: String,
+    /// See [`Placement::actor`].
+    pub actor: String,
+    /// See [`Placement::unmet`].
+    pub unmet: Option<String>,
 }
 
 /// How a request for a service is served here.
@@ -34,6 +63,8 @@ pub enum Route {
     Local(Option<u64>),
     /// By one of these hosts' service listeners (`HOST:PORT`), in order of preference.
     Forward(Vec<String>),
+    /// Nowhere: no host may run it now; the reason.
+    Unavailable(String),
 }
 
 /// This host's copy of every placement and of the hosts' service addresses, refreshed whenever
@@ -42,6 +73,7 @@ pub struct Placements {
     this: NodeId,
     placements: RwLock<HashMap<String, Placement>>,
     hosts: RwLock<HashMap<NodeId, HostRecord>>,
+    drained: RwLock<HashSet<NodeId>>,
 }
 
 impl Placements {
@@ -51,6 +83,7 @@ impl Placements {
             this,
             placements: RwLock::default(),
             hosts: RwLock::default(),
+            drained: RwLock::default(),
         }
     }
 
@@ -78,7 +111,8 @@ impl Placements {
 
     /// How to serve a request for `service`. A request another host already forwarded is served
     /// here whatever the placement says (it moved meanwhile): never a forwarding loop, and the
-    /// store stays linearizable wherever the request runs.
+    /// store stays linearizable wherever the request runs. A host leaving the service forwards
+    /// new requests like a standby.
     pub fn route(&self, service: &str, forwarded: bool) -> Route {
         // On every request: look, don't clone.
         let placements = self.placements.read().unwrap_or_else(|e| e.into_inner());
@@ -87,6 +121,13 @@ impl Placements {
         };
         if forwarded || placement.active.contains(&self.this) {
             return Route::Local(Some(placement.epoch));
+        }
+        if placement.active.is_empty() {
+            return Route::Unavailable(
+                placement.unmet.clone().unwrap_or_else(|| {
+                    format!("the service {service:?} is not active on any host")
+                }),
+            );
         }
         let hosts = self.hosts.read().unwrap_or_else(|e| e.into_inner());
         let targets: Vec<String> = placement
@@ -115,9 +156,40 @@ impl Placements {
             .into_iter()
             .map(|h| (h.id, h))
             .collect();
+        let drained = crate::cluster::drained(store).await?;
         *self.placements.write().unwrap_or_else(|e| e.into_inner()) = placements;
         *self.hosts.write().unwrap_or_else(|e| e.into_inner()) = hosts;
+        *self.drained.write().unwrap_or_else(|e| e.into_inner()) = drained;
         Ok(())
+    }
+
+    /// Every registered host, by id.
+    pub fn hosts(&self) -> HashMap<NodeId, HostRecord> {
+        self.hosts.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many services each host is active for.
+    pub fn load(&self) -> HashMap<NodeId, usize> {
+        let mut load = HashMap::new();
+        for p in self
+            .placements
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            for id in &p.active {
+                *load.entry(*id).or_default() += 1;
+            }
+        }
+        load
+    }
+
+    /// Whether host `id` is drained (no service may become active on it).
+    pub fn is_drained(&self, id: NodeId) -> bool {
+        self.drained
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
     }
 
     /// The name of host `id`, as it registered (its id when it has not).
@@ -160,29 +232,57 @@ pub async fn current_epoch(store: &dyn Store, service: &str) -> Result<u64, Stor
         .unwrap_or(0))
 }
 
-/// Moves `service` to the next epoch with `active` hosts. Fails with a `StaleEpoch` refusal if
-/// someone else moved it first.
+/// Moves `service` from `from_epoch` to the next epoch with `change`. Fails with a `StaleEpoch`
+/// refusal if someone else moved it first.
 pub async fn place(
     store: &dyn Store,
     service: &str,
     from_epoch: u64,
-    active: Vec<NodeId>,
-    cause: String,
+    change: Change,
 ) -> Result<Placement, StoreError> {
     let placement = Placement {
         epoch: from_epoch + 1,
-        active,
-        cause,
+        active: change.active,
+        leaving: change.leaving,
+        cause: change.cause,
+        actor: change.actor,
         at_ms: now_ms(),
+        unmet: change.unmet,
     };
     store
         .apply(Command::new(Op::Place {
             service: service.to_string(),
             epoch: placement.epoch,
             placement: serde_json::to_vec(&placement).expect("a placement always encodes"),
+            deposed: change.deposed,
         }))
         .await?;
     Ok(placement)
+}
+
+/// Every placement every service has had (`doppel events`), oldest first; at most `limit`, the
+/// newest ones.
+pub async fn history(
+    store: &dyn Store,
+    service: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, Placement)>, StoreError> {
+    let mut out = Vec::new();
+    for (key, bytes) in read_table(store, &Space::placement_history()).await? {
+        let key = String::from_utf8_lossy(&key).into_owned();
+        let Some((name, _)) = key.rsplit_once('/') else {
+            continue;
+        };
+        if service.is_some_and(|s| s != name) {
+            continue;
+        }
+        let placement: Placement = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("placement history {key}: {e}")))?;
+        out.push((name.to_string(), placement));
+    }
+    out.sort_by_key(|(name, p)| (p.at_ms, name.clone(), p.epoch));
+    let skip = out.len().saturating_sub(limit);
+    Ok(out.split_off(skip))
 }
 
 /// Forgets `service`'s placement (it was removed); its epoch stays, so a later deploy of the same

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use doppel_api::{DeployRequest, Limits, ModuleInfo, ServiceInfo};
+use doppel_api::{DeployRequest, Limits, ModuleInfo, PlacementRules, ServiceInfo};
 use doppel_store::{Command, Op, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use wasmtime_wasi_config::WasiConfigVariables;
@@ -13,8 +13,9 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::logs::{ServiceLog, now_ms};
 use crate::modules::{self, ModuleCache, ModuleError};
-use crate::placement::{self, Placement, Placements};
+use crate::placement::{self, Change, Placement, Placements};
 use crate::runtime::{MAX_MEMORY_LIMIT, Runtime};
+use crate::schedule::{self, HostView};
 use crate::state::RequestState;
 
 /// A deployed service as the store keeps it (JSON under `services/NAME`).
@@ -35,6 +36,9 @@ pub struct ServiceRecord {
     pub config: BTreeMap<String, String>,
     /// Limits in force.
     pub limits: Limits,
+    /// Where it may be active, and on how many hosts at once.
+    #[serde(default)]
+    pub placement: PlacementRules,
 }
 
 /// Counters of one service name on this host.
@@ -44,6 +48,10 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Requests that failed in the guest or the host.
     pub errors: AtomicU64,
+    /// Requests this host sent on to an active host.
+    pub forwarded: AtomicU64,
+    /// Requests running in a guest here now.
+    pub in_flight: AtomicU64,
 }
 
 /// A service ready to serve: one pre-instantiated component; a fresh instance per request.
@@ -85,7 +93,7 @@ pub enum DeployError {
     /// The module is unusable.
     #[error(transparent)]
     Module(#[from] ModuleError),
-    /// A limit is out of range.
+    /// A limit or a placement rule is out of range.
     #[error("{0}")]
     BadLimit(String),
     /// The store failed.
@@ -437,10 +445,11 @@ impl Registry {
         &self,
         name: &str,
         request: DeployRequest,
+        actor: &str,
     ) -> Result<ServiceInfo, DeployError> {
         let _guard = self.changes.lock().await;
         let module = request.module.clone();
-        let result = self.deploy_locked(name, request).await;
+        let result = self.deploy_locked(name, request, actor).await;
         if result.is_err() {
             // An upload whose deploy failed must not linger in the store.
             self.forget_module_if_unused(&module).await?;
@@ -452,12 +461,14 @@ impl Registry {
         &self,
         name: &str,
         request: DeployRequest,
+        actor: &str,
     ) -> Result<ServiceInfo, DeployError> {
         if !valid_name(name) {
             return Err(DeployError::BadName(name.to_string()));
         }
         let limits = request.limits.apply_to(Limits::default());
         check_limits(&limits)?;
+        check_rules(&request.placement)?;
         let bytes = self
             .store
             .get(&Space::modules(), request.module.as_bytes())
@@ -472,6 +483,7 @@ impl Registry {
             deployed_at_ms: now_ms(),
             config: request.config,
             limits,
+            placement: request.placement,
         };
         drop(bytes);
         let service = self.load(record.clone()).await?;
@@ -493,14 +505,39 @@ impl Registry {
             .await?
             .is_none()
         {
+            // First deploy of this name: active where the rules allow, preferring this host.
+            // Health is the leader's to judge; its scheduler corrects this within a moment.
             let epoch = placement::current_epoch(self.store.as_ref(), name).await?;
             let this = self.placements.this();
+            let hosts = self.placements.hosts();
+            let views: Vec<HostView> = hosts
+                .values()
+                .map(|h| HostView {
+                    id: h.id,
+                    name: &h.name,
+                    labels: &h.labels,
+                    alive: true,
+                    drained: self.placements.is_drained(h.id),
+                })
+                .collect();
+            let plan = schedule::plan(
+                &record.placement,
+                &[],
+                &views,
+                &self.placements.load(),
+                Some(this),
+            );
             placement::place(
                 self.store.as_ref(),
                 name,
                 epoch,
-                vec![this],
-                format!("deployed through {}", self.placements.host_name(this)),
+                Change {
+                    active: plan.active,
+                    cause: format!("deployed through {}", self.placements.host_name(this)),
+                    actor: actor.to_string(),
+                    unmet: plan.unmet,
+                    ..Change::default()
+                },
             )
             .await?;
         }
@@ -583,13 +620,20 @@ impl Registry {
             .ok_or_else(|| DeployError::NoService(name.to_string()))?;
         let record = &service.record;
         let placement = self.placements.get(name);
+        let names = |ids: &[u64]| -> Vec<String> {
+            ids.iter()
+                .map(|id| self.placements.host_name(*id))
+                .collect()
+        };
         Ok(ServiceInfo {
-            active: placement.as_ref().map_or_else(Vec::new, |p| {
-                p.active
-                    .iter()
-                    .map(|id| self.placements.host_name(*id))
-                    .collect()
-            }),
+            active: placement
+                .as_ref()
+                .map_or_else(Vec::new, |p| names(&p.active)),
+            leaving: placement
+                .as_ref()
+                .map_or_else(Vec::new, |p| names(&p.leaving)),
+            unmet: placement.as_ref().and_then(|p| p.unmet.clone()),
+            placement: record.placement.clone(),
             epoch: placement.map_or(0, |p| p.epoch),
             name: record.name.clone(),
             module: record.module.clone(),
@@ -623,6 +667,18 @@ impl Registry {
         }
         Ok(out)
     }
+}
+
+fn check_rules(rules: &PlacementRules) -> Result<(), DeployError> {
+    for (key, value) in &rules.on {
+        doppel_api::check_label(key, value).map_err(DeployError::BadLimit)?;
+    }
+    if !(1..=100).contains(&rules.replicas) {
+        return Err(DeployError::BadLimit(
+            "--replicas must be between 1 and 100".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_limits(limits: &Limits) -> Result<(), DeployError> {

@@ -16,10 +16,20 @@ pub struct Command {
     /// The most bytes the owning service may store once the op is applied; `None` for no limit.
     /// Carried in the command (not looked up while applying) so that replay gives the same answer.
     pub quota: Option<u64>,
-    /// The writer's epoch for the owning service: the command is refused if the service has
-    /// since moved to a newer epoch (the writer was deposed). `None` for writes that are not a
-    /// service's (operators, the host's own tables).
-    pub epoch: Option<u64>,
+    /// Which host writes for the owning service, and the service's epoch as that host knew it
+    /// when the request started: the command is refused if the service has since been taken away
+    /// from that host (see [`Op::Place`]'s `deposed`). `None` for writes that are not a service's
+    /// (operators, the host's own tables).
+    pub writer: Option<Writer>,
+}
+
+/// A host writing on behalf of a service, at the epoch it knew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writer {
+    /// The host (its raft id).
+    pub host: u64,
+    /// The service's epoch as the host knew it when the request started.
+    pub epoch: u64,
 }
 
 impl Command {
@@ -28,13 +38,13 @@ impl Command {
         Command {
             op,
             quota: None,
-            epoch: None,
+            writer: None,
         }
     }
 
-    /// The same command, written by a holder of `epoch` for its service.
-    pub fn with_epoch(mut self, epoch: u64) -> Self {
-        self.epoch = Some(epoch);
+    /// The same command, written by `host` for its service, which it knew at `epoch`.
+    pub fn written_by(mut self, host: u64, epoch: u64) -> Self {
+        self.writer = Some(Writer { host, epoch });
         self
     }
 
@@ -104,8 +114,11 @@ pub enum Op {
         service: String,
     },
     /// Move `service` to `epoch` (which must be exactly one past its current epoch, so that of
-    /// two hosts deciding at once only one wins) and store its new `placement` record, atomically.
-    /// Writes carrying an older epoch are refused from then on.
+    /// two hosts deciding at once only one wins) and store its new `placement` record, atomically,
+    /// also under the service's placement history. Writes by a `deposed` host carrying an epoch
+    /// older than this one are refused from then on; hosts that stay active are not disturbed, so
+    /// adding a host, or handing a service over after the old host finished its requests, fails
+    /// no request.
     Place {
         /// Which service.
         service: String,
@@ -113,6 +126,8 @@ pub enum Op {
         epoch: u64,
         /// The placement record (the host's JSON; opaque here).
         placement: Vec<u8>,
+        /// Hosts whose writes for the service must stop (their raft ids).
+        deposed: Vec<u64>,
     },
 }
 
@@ -190,15 +205,16 @@ pub enum ApplyError {
     /// `increment` would leave the range of a signed 64-bit integer.
     #[error("incrementing would overflow a 64-bit integer")]
     Overflow,
-    /// The writer holds an epoch the service has moved past: another host is active now.
+    /// The writer was deposed for the service after its request started: another host is
+    /// active now.
     #[error(
-        "refused: this host was deposed for the service (it wrote with epoch {writer}, the service is at epoch {current})"
+        "refused: this host was deposed for the service at epoch {deposed_at} (it wrote with epoch {writer})"
     )]
     Fenced {
         /// The writer's epoch.
         writer: u64,
-        /// The service's epoch.
-        current: u64,
+        /// The epoch that deposed it.
+        deposed_at: u64,
     },
     /// A placement change that did not start from the current epoch lost a race.
     #[error(

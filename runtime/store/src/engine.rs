@@ -266,16 +266,25 @@ impl Engine {
             .unwrap_or(0))
     }
 
-    /// A refusal if `command` carries an epoch its service has moved past.
+    /// A refusal if `command`'s writer was deposed for its service after its request started.
     fn fenced(&self, command: &Command) -> Result<Option<ApplyError>, StoreError> {
-        let (Some(writer), service) = (command.epoch, command.op.service()) else {
+        let (Some(writer), service) = (command.writer, command.op.service()) else {
             return Ok(None);
         };
         if service.is_empty() {
             return Ok(None);
         }
-        let current = self.epoch(service)?;
-        Ok((current > writer).then_some(ApplyError::Fenced { writer, current }))
+        let raw = self.db.get(space::data_key(
+            &Space::fences(),
+            &space::fence_key(service, writer.host),
+        ))?;
+        let deposed_at: u64 = raw
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0);
+        Ok((deposed_at > writer.epoch).then_some(ApplyError::Fenced {
+            writer: writer.epoch,
+            deposed_at,
+        }))
     }
 
     /// Works out the changes an op makes, without writing.
@@ -348,6 +357,7 @@ impl Engine {
                 service,
                 epoch,
                 placement,
+                deposed,
             } => {
                 let current = self.epoch(service)?;
                 if *epoch != current + 1 {
@@ -364,6 +374,19 @@ impl Engine {
                     space::data_key(&Space::placements(), service.as_bytes()),
                     Some(placement.clone()),
                 );
+                changes.insert(
+                    space::data_key(
+                        &Space::placement_history(),
+                        &space::history_key(service, *epoch),
+                    ),
+                    Some(placement.clone()),
+                );
+                for host in deposed {
+                    changes.insert(
+                        space::data_key(&Space::fences(), &space::fence_key(service, *host)),
+                        Some(epoch.to_string().into_bytes()),
+                    );
+                }
                 Outcome::Done
             }
         }))

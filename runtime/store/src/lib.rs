@@ -26,10 +26,10 @@ mod local;
 mod space;
 mod wal;
 
-pub use command::{ApplyError, Command, Op, Outcome};
+pub use command::{ApplyError, Command, Op, Outcome, Writer};
 pub use engine::{Engine, Pairs};
 pub use local::LocalStore;
-pub use space::Space;
+pub use space::{Space, fence_key, history_key};
 
 use async_trait::async_trait;
 

@@ -44,6 +44,18 @@ impl Space {
         Space::system(EPOCHS)
     }
 
+    /// The table of deposed hosts: `SERVICE/HOST` holds the epoch (decimal text) that deposed
+    /// `HOST` for `SERVICE` (written only by [`crate::Op::Place`]).
+    pub fn fences() -> Self {
+        Space::system(FENCES)
+    }
+
+    /// Every placement a service had: `SERVICE/EPOCH` (epoch as 20 digits, so keys sort by it)
+    /// holds the placement record (written only by [`crate::Op::Place`]).
+    pub fn placement_history() -> Self {
+        Space::system(HISTORY)
+    }
+
     /// Whether this space counts against a service's quota.
     pub fn is_system(&self) -> bool {
         self.service.is_empty()
@@ -56,6 +68,8 @@ pub(crate) const DATA: u8 = b'd';
 const MODULES: &str = "modules";
 const PLACEMENTS: &str = "placements";
 const EPOCHS: &str = "epochs";
+const FENCES: &str = "fences";
+const HISTORY: &str = "placement-history";
 pub(crate) const USAGE: u8 = b'u';
 pub(crate) const APPLIED: &[u8] = b"a";
 pub(crate) const META: &[u8] = b"m";
@@ -66,6 +80,16 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
     let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
+}
+
+/// The key of `host`'s fence for `service` in [`Space::fences`].
+pub fn fence_key(service: &str, host: u64) -> Vec<u8> {
+    format!("{service}/{host}").into_bytes()
+}
+
+/// The key of `service`'s placement at `epoch` in [`Space::placement_history`].
+pub fn history_key(service: &str, epoch: u64) -> Vec<u8> {
+    format!("{service}/{epoch:020}").into_bytes()
 }
 
 /// The prefix shared by every key of `service` (all its buckets).

@@ -309,66 +309,94 @@ async fn closed_store_refuses_writes() {
     assert!(matches!(refused, Err(StoreError::Closed)));
 }
 
-fn place(service: &str, epoch: u64) -> Command {
+fn place(service: &str, epoch: u64, deposed: &[u64]) -> Command {
     Command::new(Op::Place {
         service: service.into(),
         epoch,
         placement: format!("active at epoch {epoch}").into_bytes(),
+        deposed: deposed.to_vec(),
     })
 }
 
+// Hosts in this test: A (id 1) active first, B (id 2) added, then A deposed.
+const A: u64 = 1;
+const B: u64 = 2;
+
 #[tokio::test]
-async fn epochs_fence_deposed_writers_and_placements_race_safely() {
+async fn deposed_writers_are_fenced_and_placements_race_safely() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path()).unwrap();
     let space = Space::bucket("svc", "default");
-    assert_eq!(store.apply(place("svc", 1)).await.unwrap(), Outcome::Done);
+    assert_eq!(
+        store.apply(place("svc", 1, &[])).await.unwrap(),
+        Outcome::Done
+    );
     store
-        .apply(put(&space, "k", "from epoch 1").with_epoch(1))
+        .apply(put(&space, "k", "A at epoch 1").written_by(A, 1))
         .await
         .unwrap();
-    // Another host takes over: epoch 2. Two deciding at once: only the first wins.
-    store.apply(place("svc", 2)).await.unwrap();
-    let lost = store.apply(place("svc", 2)).await;
+    // B is added (epoch 2) and nobody is deposed: A's request that started at epoch 1 still writes.
+    store.apply(place("svc", 2, &[])).await.unwrap();
+    store
+        .apply(put(&space, "k", "A still at epoch 1").written_by(A, 1))
+        .await
+        .unwrap();
+    // A is deposed at epoch 3. Two deciding at once: only the first wins.
+    store.apply(place("svc", 3, &[A])).await.unwrap();
+    let lost = store.apply(place("svc", 3, &[B])).await;
     assert!(
         matches!(
             lost,
             Err(StoreError::Rejected(ApplyError::StaleEpoch {
-                proposed: 2,
-                current: 2
+                proposed: 3,
+                current: 3
             }))
         ),
         "{lost:?}"
     );
     assert_eq!(
         store.get(&Space::placements(), b"svc").await.unwrap(),
-        Some(b"active at epoch 2".to_vec())
+        Some(b"active at epoch 3".to_vec())
     );
-    // The deposed writer (epoch 1) is refused and changes nothing; the new one writes.
+    // The deposed writer (A, epoch 2) is refused and changes nothing; B, which stayed, writes
+    // with the epoch its request started at.
     let fenced = store
-        .apply(put(&space, "k", "from the deposed host").with_epoch(1))
+        .apply(put(&space, "k", "from the deposed host").written_by(A, 2))
         .await;
     assert!(
         matches!(
             fenced,
             Err(StoreError::Rejected(ApplyError::Fenced {
-                writer: 1,
-                current: 2
+                writer: 2,
+                deposed_at: 3
             }))
         ),
         "{fenced:?}"
     );
     assert_eq!(
         store.get(&space, b"k").await.unwrap(),
-        Some(b"from epoch 1".to_vec())
+        Some(b"A still at epoch 1".to_vec())
     );
     store
-        .apply(put(&space, "k", "from epoch 2").with_epoch(2))
+        .apply(put(&space, "k", "B at epoch 2").written_by(B, 2))
         .await
         .unwrap();
+    // A taken back later writes again from the epoch that brought it back.
+    store.apply(place("svc", 4, &[])).await.unwrap();
+    store
+        .apply(put(&space, "k", "A at epoch 4").written_by(A, 4))
+        .await
+        .unwrap();
+    // Every placement is kept in the history, in epoch order.
+    let history = store
+        .list_keys(&Space::placement_history(), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 4, "{history:?}");
+    assert!(history.windows(2).all(|w| w[0] < w[1]));
     // Other services and unfenced (operator) writes are unaffected.
     store
-        .apply(put(&Space::bucket("other", "default"), "k", "v").with_epoch(0))
+        .apply(put(&Space::bucket("other", "default"), "k", "v").written_by(A, 0))
         .await
         .unwrap();
     store.apply(put(&space, "op", "v")).await.unwrap();

@@ -82,7 +82,7 @@ mod draft2;
 use std::sync::Arc;
 
 use doppel_api::Limits;
-use doppel_store::{ApplyError, Command, Op, Outcome, Space, Store, StoreError};
+use doppel_store::{ApplyError, Command, Op, Outcome, Space, Store, StoreError, Writer};
 use wasmtime::component::{HasData, Linker, ResourceTable};
 
 /// How many keys one `list-keys` call returns.
@@ -100,20 +100,20 @@ pub struct KvCtx {
 
 impl KvCtx {
     /// A context for one request of `service`.
-    /// Writes carry `epoch` (the service's epoch on this host when the request started), so that
-    /// the store refuses them if this host has been replaced meanwhile.
+    /// Writes carry `writer` (this host and the service's epoch here when the request started),
+    /// so that the store refuses them if this host has been deposed for the service meanwhile.
     pub fn new(
         service: Arc<str>,
         limits: Arc<Limits>,
         store: Arc<dyn Store>,
-        epoch: Option<u64>,
+        writer: Option<Writer>,
     ) -> Self {
         KvCtx {
             access: Access {
                 service,
                 limits,
                 store,
-                epoch,
+                writer,
             },
             cursors: Vec::new(),
         }
@@ -195,8 +195,8 @@ pub(crate) struct Access {
     service: Arc<str>,
     limits: Arc<Limits>,
     store: Arc<dyn Store>,
-    /// The service's epoch on this host when the request started.
-    epoch: Option<u64>,
+    /// This host and the service's epoch here when the request started.
+    writer: Option<Writer>,
 }
 
 impl KvView<'_> {
@@ -245,9 +245,7 @@ impl Access {
 
     async fn write(&self, op: Op) -> Result<Outcome, KvError> {
         let mut command = Command::new(op).with_quota(self.limits.quota);
-        if let Some(epoch) = self.epoch {
-            command = command.with_epoch(epoch);
-        }
+        command.writer = self.writer;
         Ok(self.store.apply(command).await?)
     }
 
