@@ -7,6 +7,7 @@ mod interfaces;
 mod limits;
 mod operator;
 mod partition;
+mod placement;
 mod redeploy;
 mod services;
 mod support;

@@ -4,6 +4,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One `doppel host` process with its own data directory.
@@ -256,19 +258,125 @@ pub fn eventually_within(limit: Duration, what: &str, mut check: impl FnMut() ->
 /// Starts `n` hosts named a, b, c…: the first creates the cluster, the others join it. `extra`
 /// goes to every host.
 pub fn cluster(n: usize, extra: &[&str]) -> Vec<Host> {
+    cluster_each(&vec![extra; n])
+}
+
+/// Starts one host per entry of `extra` (its own flags), named a, b, c…, in one cluster.
+pub fn cluster_each(extra: &[&[&str]]) -> Vec<Host> {
     let mut first_args = vec!["--name", "a"];
-    first_args.extend_from_slice(extra);
+    first_args.extend_from_slice(extra[0]);
     let first = Host::start_with(&first_args);
     let token = first.cli_ok(&["cluster", "token"]).trim().to_string();
     let url = format!("http://{}", first.admin);
     let mut hosts = vec![first];
-    for i in 1..n {
+    for (i, own) in extra.iter().enumerate().skip(1) {
         let name = name(i);
         let mut args = vec!["--name", &name, "--join", &url, "--token", &token];
-        args.extend_from_slice(extra);
+        args.extend_from_slice(own);
         hosts.push(Host::start_with(&args));
     }
     hosts
+}
+
+/// Steady writes through a service's `/set` on several hosts, from several threads, counting
+/// what was acknowledged and what failed (any answer but 200, or no answer).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+    failed: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `threads` writers, each cycling through `bases` (URLs of a service, e.g.
+    /// `http://127.0.0.1:8080/kv`), writing keys tagged `tag`.
+    pub fn start(bases: &[String], threads: usize, tag: &str) -> Load {
+        let load = Load {
+            stop: Arc::default(),
+            count: Arc::default(),
+            acked: Arc::default(),
+            failed: Arc::default(),
+            threads: Vec::new(),
+        };
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, count) = (load.stop.clone(), load.count.clone());
+                let (acked, failed) = (load.acked.clone(), load.failed.clone());
+                let bases = bases.to_vec();
+                let tag = tag.to_string();
+                std::thread::spawn(move || {
+                    let client = reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(30))
+                        .build()
+                        .unwrap();
+                    for i in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let key = format!("{tag}-t{t}-{i}");
+                        let base = &bases[(t + i) % bases.len()];
+                        let answer = client
+                            .post(format!("{base}/set?k={key}"))
+                            .body(key.clone())
+                            .send();
+                        match answer {
+                            Ok(r) if r.status().as_u16() == 200 => {
+                                acked.lock().unwrap().push((base.clone(), key));
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => failed.lock().unwrap().push(format!(
+                                "{base} {key}: {} {}",
+                                r.status(),
+                                r.text().unwrap_or_default()
+                            )),
+                            Err(e) => failed.lock().unwrap().push(format!("{base} {key}: {e}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { threads, ..load }
+    }
+
+    /// Writes acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more writes are acknowledged.
+    pub fn wait_for(&self, n: usize) {
+        let target = self.acknowledged() + n;
+        eventually_within(Duration::from_secs(60), "writes are acknowledged", || {
+            self.acknowledged() >= target
+        });
+    }
+
+    /// Stops the writers; returns the acknowledged writes (service URL, key) and the failures.
+    pub fn stop(self) -> (Vec<(String, String)>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        let failed = std::mem::take(&mut *self.failed.lock().unwrap());
+        (acked, failed)
+    }
+}
+
+/// Checks every acknowledged write (service URL base and key, value = key) is readable through
+/// `host`'s service listener, for a service at the same path.
+pub fn assert_all_readable(host: &Host, acked: &[(String, String)]) {
+    let client = http();
+    for (base, key) in acked {
+        let path = base.rsplit_once('/').map_or("", |(_, p)| p);
+        let url = host.url(&format!("/{path}/get?k={key}"));
+        let got = client.get(url).send().unwrap().text().unwrap();
+        assert_eq!(
+            &got, key,
+            "acknowledged write {key} (through {base}) is missing"
+        );
+    }
 }
 
 /// This host's raft id, from its data directory.

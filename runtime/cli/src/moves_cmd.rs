@@ -15,7 +15,7 @@ use crate::units::human_time;
 
 /// Reads a stream of progress lines, showing each step on a spinner; returns every line.
 async fn follow(response: reqwest::Response, json: bool) -> anyhow::Result<Vec<Progress>> {
-    let spinner = if json {
+    let spinner = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::hidden()
     } else {
         let bar = ProgressBar::new_spinner().with_style(
@@ -35,10 +35,12 @@ async fn follow(response: reqwest::Response, json: bool) -> anyhow::Result<Vec<P
             let progress: Progress = serde_json::from_slice(&line)
                 .with_context(|| "the host sent a progress line this CLI does not understand")?;
             match &progress {
-                Progress::Step { text } => {
-                    spinner.println(format!("  {text}"));
+                // Steps go to stdout, above the spinner (which only a terminal shows).
+                Progress::Step { text } if !json => {
+                    spinner.suspend(|| println!("  {text}"));
                     spinner.set_message(text.clone());
                 }
+                Progress::Step { .. } => {}
                 Progress::Moved(_) | Progress::Done { .. } | Progress::Failed { .. } => {}
             }
             lines.push(progress);

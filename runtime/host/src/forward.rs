@@ -1,7 +1,8 @@
 //! Forwarding a request to the host a service is active on, when it is not active here. The
 //! request goes out as it came in (path with the service prefix, method, headers, body), marked
-//! with `x-doppel-forwarded-by` so that the receiving host serves it itself, whatever it thinks
-//! the placement is: a request is forwarded at most once.
+//! with one more `x-doppel-forwarded-by` (each forwarding host adds its id), so that the
+//! receiving host serves it itself unless it is handing the service over; a request is forwarded
+//! at most twice.
 
 use std::time::Duration;
 

@@ -189,11 +189,19 @@ async fn route(
             "this is a doppel host; services answer at /SERVICE/... (`doppel ls` lists them)",
         );
     }
-    let forwarded = req.headers().contains_key(FORWARDED_BY);
+    // Each host a request passes through adds itself; see `Placements::route`.
+    let hops = req.headers().get_all(FORWARDED_BY).iter().count();
     let placements = registry.placements();
-    let service = registry.get(name);
+    let mut service = registry.get(name);
+    if service.is_none() && (hops > 0 || placements.get(name).is_some()) {
+        // Deployed, but not loaded here yet: a deploy through another host moments ago.
+        if let Err(e) = registry.sync().await {
+            tracing::warn!(service = name, error = %e, "cannot load a service deployed elsewhere");
+        }
+        service = registry.get(name);
+    }
     let in_flight = service.as_ref().map(|s| InFlight::start(&s.stats));
-    let epoch = match placements.route(name, forwarded) {
+    let epoch = match placements.route(name, hops) {
         Route::Local(epoch) => epoch,
         Route::Unavailable(reason) => {
             let mut response = host_response(

@@ -109,17 +109,20 @@ impl Placements {
             .clone()
     }
 
-    /// How to serve a request for `service`. A request another host already forwarded is served
-    /// here whatever the placement says (it moved meanwhile): never a forwarding loop, and the
-    /// store stays linearizable wherever the request runs. A host leaving the service forwards
-    /// new requests like a standby.
-    pub fn route(&self, service: &str, forwarded: bool) -> Route {
+    /// How to serve a request for `service` that came through `hops` other hosts. A host
+    /// leaving the service forwards new requests like a standby — also those a host with an
+    /// older view forwarded to it, since its own requests must be over before it is deposed.
+    /// Otherwise a forwarded request is served here whatever the placement says (it moved
+    /// meanwhile): the store is linearizable wherever the request runs, and after two hops
+    /// nothing is forwarded again, so views that disagree cannot make a loop.
+    pub fn route(&self, service: &str, hops: usize) -> Route {
         // On every request: look, don't clone.
         let placements = self.placements.read().unwrap_or_else(|e| e.into_inner());
         let Some(placement) = placements.get(service) else {
             return Route::Local(None);
         };
-        if forwarded || placement.active.contains(&self.this) {
+        let leaving = placement.leaving.contains(&self.this);
+        if placement.active.contains(&self.this) || (hops > 0 && !leaving) || hops >= 2 {
             return Route::Local(Some(placement.epoch));
         }
         if placement.active.is_empty() {

@@ -195,7 +195,14 @@ impl Core {
         let metrics = self
             .raft
             .wait(Some(self.timeout()))
-            .metrics(|m| m.current_leader.is_some(), "a known leader")
+            // A leader just removed from the cluster is no leader to ask: wait for the next.
+            .metrics(
+                |m| {
+                    m.current_leader
+                        .is_some_and(|l| m.membership_config.membership().get_node(&l).is_some())
+                },
+                "a known leader that is a member",
+            )
             .await
             .map_err(|_| unavailable("no leader is known"))?;
         let leader = metrics
