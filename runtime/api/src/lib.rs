@@ -182,7 +182,8 @@ pub struct ServiceInfo {
     /// The limits in force.
     pub limits: Limits,
     /// Bytes the service stores.
-    pub storage_bytes: u64,
+    /// (`None` when the store could not say, e.g. during an election.)
+    pub storage_bytes: Option<u64>,
     /// The hosts the service is active on (the others forward to them).
     #[serde(default)]
     pub active: Vec<String>,

@@ -228,7 +228,7 @@ fn ls_rows(services: &[ServiceInfo]) -> Vec<[String; 8]> {
             human_time(s.deployed_at_ms),
             s.requests.to_string(),
             s.errors.to_string(),
-            human_size(s.storage_bytes),
+            s.storage_bytes.map_or_else(|| "?".into(), human_size),
         ]);
     }
     rows
@@ -269,7 +269,7 @@ pub async fn rm(target: &Target, name: &str, purge: bool) -> anyhow::Result<()> 
         println!(
             "Removed {}. Its data ({}) is kept; deploy the name again to use it, or `doppel rm {} --purge` to delete it.",
             removed.name,
-            human_size(removed.storage_bytes),
+            removed.storage_bytes.map_or_else(|| "?".into(), human_size),
             removed.name
         );
     }

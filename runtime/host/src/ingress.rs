@@ -177,6 +177,8 @@ pub(crate) fn split_path(path: &str) -> (&str, &str) {
     }
 }
 
+static NO_RULES: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+
 async fn route(
     registry: &Registry,
     forwarder: &reqwest::Client,
@@ -201,7 +203,8 @@ async fn route(
         service = registry.get(name);
     }
     let in_flight = service.as_ref().map(|s| InFlight::start(&s.stats));
-    let epoch = match placements.route(name, hops) {
+    let on = service.as_ref().map(|s| &s.record.placement.on);
+    let epoch = match placements.route(name, hops, on.unwrap_or(&NO_RULES)) {
         Route::Local(epoch) => epoch,
         Route::Unavailable(reason) => {
             let mut response = host_response(

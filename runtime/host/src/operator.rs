@@ -165,7 +165,7 @@ pub async fn drain(
             // Placement changes reach this host's view as they commit; a read of its own now and
             // then is only a safety net (every read asks the leader).
             rounds += 1;
-            if rounds % 25 == 0
+            if rounds.is_multiple_of(25)
                 && let Err(e) = placements.refresh(state.cluster.as_ref()).await
             {
                 tracing::warn!(error = %e, "drain: cannot read placements yet");

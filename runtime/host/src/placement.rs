@@ -4,7 +4,7 @@
 //! carries the epoch its host knew when the request started; the store refuses writes from an
 //! older epoch, so a host that was replaced (and does not know it yet) cannot change state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::RwLock;
 
 use doppel_replication::NodeId;
@@ -114,16 +114,34 @@ impl Placements {
     /// older view forwarded to it, since its own requests must be over before it is deposed.
     /// Otherwise a forwarded request is served here whatever the placement says (it moved
     /// meanwhile): the store is linearizable wherever the request runs, and after two hops
-    /// nothing is forwarded again, so views that disagree cannot make a loop.
-    pub fn route(&self, service: &str, hops: usize) -> Route {
+    /// nothing is forwarded again, so views that disagree cannot make a loop. Whatever the hops,
+    /// a host whose labels the service's rules (`on`) exclude never serves it.
+    pub fn route(&self, service: &str, hops: usize, on: &BTreeMap<String, String>) -> Route {
         // On every request: look, don't clone.
         let placements = self.placements.read().unwrap_or_else(|e| e.into_inner());
         let Some(placement) = placements.get(service) else {
             return Route::Local(None);
         };
-        let leaving = placement.leaving.contains(&self.this);
-        if placement.active.contains(&self.this) || (hops > 0 && !leaving) || hops >= 2 {
+        if placement.active.contains(&self.this) {
             return Route::Local(Some(placement.epoch));
+        }
+        let leaving = placement.leaving.contains(&self.this);
+        let allowed = || {
+            on.is_empty()
+                || self
+                    .hosts
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&self.this)
+                    .is_some_and(|h| on.iter().all(|(k, v)| h.labels.get(k) == Some(v)))
+        };
+        if ((hops > 0 && !leaving) || hops >= 2) && allowed() {
+            return Route::Local(Some(placement.epoch));
+        }
+        if hops >= 3 {
+            return Route::Unavailable(format!(
+                "this host may not run {service:?} and the request was already forwarded {hops} times"
+            ));
         }
         if placement.active.is_empty() {
             return Route::Unavailable(
@@ -139,7 +157,13 @@ impl Placements {
             .filter_map(|id| hosts.get(id).map(|h| h.listen.clone()))
             .collect();
         if targets.is_empty() {
-            Route::Local(Some(placement.epoch))
+            if allowed() {
+                Route::Local(Some(placement.epoch))
+            } else {
+                Route::Unavailable(format!(
+                    "the hosts {service:?} is active on have not registered their addresses yet"
+                ))
+            }
         } else {
             Route::Forward(targets)
         }

@@ -161,18 +161,27 @@ mod tests {
         }
     }
 
-    struct Hosts(Vec<(NodeId, String, BTreeMap<String, String>, bool, bool)>);
+    /// A host as the tests own it; `views` lends it to the planner.
+    struct Owned {
+        id: NodeId,
+        name: &'static str,
+        labels: BTreeMap<String, String>,
+        alive: bool,
+        drained: bool,
+    }
+
+    struct Hosts(Vec<Owned>);
 
     impl Hosts {
         fn views(&self) -> Vec<HostView<'_>> {
             self.0
                 .iter()
-                .map(|(id, name, labels, alive, drained)| HostView {
-                    id: *id,
-                    name,
-                    labels,
-                    alive: *alive,
-                    drained: *drained,
+                .map(|h| HostView {
+                    id: h.id,
+                    name: h.name,
+                    labels: &h.labels,
+                    alive: h.alive,
+                    drained: h.drained,
                 })
                 .collect()
         }
@@ -180,10 +189,17 @@ mod tests {
 
     /// a (de), b (de), c (fr); `alive` and `drained` per host.
     fn three(alive: [bool; 3], drained: [bool; 3]) -> Hosts {
+        let host = |i: usize, name, j| Owned {
+            id: i as NodeId + 1,
+            name,
+            labels: labels(&[("j", j)]),
+            alive: alive[i],
+            drained: drained[i],
+        };
         Hosts(vec![
-            (1, "a".into(), labels(&[("j", "de")]), alive[0], drained[0]),
-            (2, "b".into(), labels(&[("j", "de")]), alive[1], drained[1]),
-            (3, "c".into(), labels(&[("j", "fr")]), alive[2], drained[2]),
+            host(0, "a", "de"),
+            host(1, "b", "de"),
+            host(2, "c", "fr"),
         ])
     }
 

@@ -644,7 +644,9 @@ impl Registry {
             errors: service.stats.errors.load(Ordering::Relaxed),
             config_keys: record.config.keys().cloned().collect(),
             limits: record.limits.clone(),
-            storage_bytes: self.store.usage(name).await?,
+            // Everything else here is this host's own knowledge; only this needs the store,
+            // and a listing must not lose a service because the store is between leaders.
+            storage_bytes: self.store.usage(name).await.ok(),
         })
     }
 
