@@ -371,3 +371,57 @@ fn a_deposed_hosts_late_write_is_refused() {
     });
     assert_eq!(hosts[other].get("/kv/get?k=k").1, "v");
 }
+
+/// Deploys of one name through two hosts at once never become the same version: each race has
+/// one winner (the other is told to retry and changes nothing), or both land one after the
+/// other; the final version counts exactly the deploys that succeeded. The deploy calls go to the
+/// admin API directly, released together, to make them overlap — though on a 2-core loopback
+/// machine one usually finishes its read-load-write before the other reads, so this checks the
+/// invariant more than it provokes the race.
+#[test]
+fn concurrent_deploys_through_two_hosts_never_share_a_version() {
+    let hosts = cluster(3, &[]);
+    hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    let digest = serde_json::from_str::<serde_json::Value>(&hosts[0].cli_ok(&["ls", "--json"]))
+        .unwrap()[0]["module"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (mut succeeded, mut refused) = (1, 0);
+    for _ in 0..20 {
+        let barrier = std::sync::Barrier::new(2);
+        let statuses: Vec<(u16, String)> = std::thread::scope(|s| {
+            let runs: Vec<_> = hosts[..2]
+                .iter()
+                .map(|h| {
+                    let (barrier, digest) = (&barrier, &digest);
+                    s.spawn(move || {
+                        let request = http()
+                            .put(format!("http://{}/v1/services/kv", h.admin))
+                            .bearer_auth(h.token().trim())
+                            .json(&serde_json::json!({ "module": digest }));
+                        barrier.wait();
+                        let r = request.send().unwrap();
+                        (r.status().as_u16(), r.text().unwrap())
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        for (code, body) in statuses {
+            match code {
+                200 => succeeded += 1,
+                409 => {
+                    assert!(body.contains("another deploy of \"kv\""), "{body}");
+                    refused += 1;
+                }
+                _ => panic!("deploy answered {code}: {body}"),
+            }
+        }
+    }
+    let services: serde_json::Value =
+        serde_json::from_str(&hosts[2].cli_ok(&["ls", "--json"])).unwrap();
+    assert_eq!(services[0]["version"], succeeded, "{services}");
+    println!("41 deploys, 40 of them in concurrent pairs: {succeeded} landed, {refused} refused");
+    assert_eq!(hosts[2].post("/kv/set?k=a", "1").0, 200);
+}

@@ -57,6 +57,7 @@ impl From<DeployError> for AdminError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             DeployError::NoModule(_) | DeployError::NoService(_) => StatusCode::NOT_FOUND,
+            DeployError::Conflict(_) => StatusCode::CONFLICT,
             DeployError::Store(StoreError::Rejected(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             DeployError::Store(_) | DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use doppel_api::{DeployRequest, Limits, ModuleInfo, PlacementRules, ServiceInfo};
-use doppel_store::{Command, Op, Space, Store, StoreError};
+use doppel_store::{ApplyError, Command, Op, Outcome, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -96,6 +96,11 @@ pub enum DeployError {
     /// A limit or a placement rule is out of range.
     #[error("{0}")]
     BadLimit(String),
+    /// Another deploy of the same name won a race with this one.
+    #[error(
+        "another deploy of {0:?} (through another host) happened while this one was loading; nothing was changed by this one — retry to deploy over it"
+    )]
+    Conflict(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -474,7 +479,17 @@ impl Registry {
             .get(&Space::modules(), request.module.as_bytes())
             .await?
             .ok_or_else(|| DeployError::NoModule(request.module.clone()))?;
-        let previous = self.stored_record(name).await?;
+        // Read as bytes too: the record is replaced only if it is still this one, so that two
+        // deploys of one name through two hosts at once cannot both become the same version.
+        let stored = self
+            .store
+            .get(&Space::system(SERVICES), name.as_bytes())
+            .await?;
+        let previous: Option<ServiceRecord> = stored
+            .as_deref()
+            .map(serde_json::from_slice)
+            .transpose()
+            .map_err(|e| DeployError::Internal(e.into()))?;
         let record = ServiceRecord {
             name: name.to_string(),
             module: request.module.clone(),
@@ -487,13 +502,18 @@ impl Registry {
         };
         drop(bytes);
         let service = self.load(record.clone()).await?;
-        self.store
-            .apply(Command::new(Op::Put {
+        let swapped = self
+            .store
+            .apply(Command::new(Op::CompareAndSwap {
                 space: Space::system(SERVICES),
                 key: name.as_bytes().to_vec(),
+                expected: stored,
                 value: serde_json::to_vec(&record).map_err(|e| DeployError::Internal(e.into()))?,
             }))
             .await?;
+        if let Outcome::Conflict { .. } = swapped {
+            return Err(DeployError::Conflict(name.to_string()));
+        }
         service.log.host(format!(
             "deployed version {} ({})",
             record.version, record.module
@@ -527,7 +547,7 @@ impl Registry {
                 &self.placements.load(),
                 Some(this),
             );
-            placement::place(
+            let placed = placement::place(
                 self.store.as_ref(),
                 name,
                 epoch,
@@ -539,7 +559,12 @@ impl Registry {
                     ..Change::default()
                 },
             )
-            .await?;
+            .await;
+            match placed {
+                // A deploy of the same name through another host placed it first: it is placed.
+                Ok(_) | Err(StoreError::Rejected(ApplyError::StaleEpoch { .. })) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         self.placements.refresh(self.store.as_ref()).await?;
         if let Some(previous) = previous {
