@@ -2,6 +2,7 @@
 //! driven over HTTP and through the CLI.
 
 mod cluster;
+mod crashes;
 mod durability;
 mod interfaces;
 mod limits;

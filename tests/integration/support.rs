@@ -56,6 +56,31 @@ impl Host {
 
     /// Like `spawn`, run under `wrapper` (e.g. `ip netns exec NS`), which must exec the host.
     pub fn spawn_under(wrapper: &[&str], data: &Path, extra: &[&str]) -> Host {
+        match Host::try_spawn_under(wrapper, data, extra, &[]) {
+            Ok(host) => host,
+            Err(status) => panic!(
+                "host exited ({status}) before it was ready; log:\n{}",
+                std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Like `spawn`, with `env` set; `Err` with its exit status if the process ended before it
+    /// was ready (a crash test's host may).
+    pub fn try_spawn(
+        data: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Host, std::process::ExitStatus> {
+        Host::try_spawn_under(&[], data, extra, env)
+    }
+
+    fn try_spawn_under(
+        wrapper: &[&str],
+        data: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Host, std::process::ExitStatus> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -84,6 +109,7 @@ impl Host {
             .arg(data)
             .args(extra)
             .env("DOPPEL_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -101,22 +127,49 @@ impl Host {
                 }
             }
         });
-        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
-            let _ = child.kill();
-            panic!(
-                "host did not start; log:\n{}",
-                std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
-            );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(()) => break,
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(status);
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        panic!(
+                            "host did not start; log:\n{}",
+                            std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+                        );
+                    }
+                }
+            }
         }
         let endpoint: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(data.join("host.json")).unwrap())
                 .unwrap();
-        Host {
+        Ok(Host {
             child: Some(child),
             data: data.to_path_buf(),
             listen: endpoint["listen"].as_str().unwrap().parse().unwrap(),
             admin: endpoint["admin"].as_str().unwrap().parse().unwrap(),
             _dir: None,
+        })
+    }
+
+    /// Waits (up to `limit`) for the process to end on its own; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::Path;
 
+use doppel_store::crash;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -59,37 +60,61 @@ pub(crate) fn encode<T: Serialize>(records: &[T], buf: &mut Vec<u8>) -> std::io:
     Ok(())
 }
 
-/// Appends `records`; with `sync`, returns only once they are on stable storage. The bytes written.
+/// Appends `records`; with `sync`, returns only once they are on stable storage. The bytes
+/// written. `point` names the step for crash tests ([`crash::point`]).
 pub(crate) fn append<T: Serialize>(
     file: &mut File,
     records: &[T],
     sync: bool,
+    point: &str,
 ) -> std::io::Result<u64> {
     let mut buf = Vec::new();
     encode(records, &mut buf)?;
     file.write_all(&buf)?;
+    crash::point(point, "unsynced", || {
+        // A power cut now loses the bytes not yet synced.
+        if let Ok(meta) = file.metadata() {
+            let _ = file.set_len(meta.len().saturating_sub(buf.len() as u64));
+            let _ = file.sync_all();
+        }
+    });
     if sync {
         file.sync_data()?;
+        crash::point(point, "synced", || {});
     }
     Ok(buf.len() as u64)
 }
 
 /// Replaces `path` with a file holding exactly `records` (temp file, fsync, rename, fsync dir).
-pub(crate) fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> std::io::Result<(File, u64)> {
+/// `point` names the step for crash tests.
+pub(crate) fn rewrite<T: Serialize>(
+    path: &Path,
+    records: &[T],
+    point: &str,
+) -> std::io::Result<(File, u64)> {
     let mut frames = Vec::new();
     encode(records, &mut frames)?;
-    rewrite_frames(path, &frames)
+    rewrite_frames(path, &frames, point)
 }
 
 /// [`rewrite`] with the records already framed.
-pub(crate) fn rewrite_frames(path: &Path, frames: &[u8]) -> std::io::Result<(File, u64)> {
+pub(crate) fn rewrite_frames(
+    path: &Path,
+    frames: &[u8],
+    point: &str,
+) -> std::io::Result<(File, u64)> {
     let tmp = path.with_extension("rewrite");
     let mut f = File::create(&tmp)?;
     f.write_all(frames)?;
+    // A power cut before the sync leaves a temp file of any length, or none.
+    crash::point(point, "unsynced", || {
+        let _ = std::fs::remove_file(&tmp);
+    });
     let size = frames.len() as u64;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
+    crash::point(point, "renamed", || {});
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
     }

@@ -60,7 +60,14 @@ impl Inner {
 
     /// Appends `record` (synced before returning, unless `sync` is false) and applies it.
     fn write_with(&mut self, record: Record, sync: bool) -> std::io::Result<()> {
-        self.size += framed::append(&mut self.file, std::slice::from_ref(&record), sync)?;
+        let point = match record {
+            Record::Append(_) => "log-append",
+            Record::Vote(_) => "log-vote",
+            Record::Committed(_) => "log-committed",
+            Record::Truncate(_) => "log-truncate",
+            Record::Purge(_) => "log-purge",
+        };
+        self.size += framed::append(&mut self.file, std::slice::from_ref(&record), sync, point)?;
         self.replay(record);
         Ok(())
     }
@@ -221,7 +228,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Keep the file from growing without bound: rewrite it with only what it must hold.
         if inner.size > REWRITE_SLACK {
             let records = inner.state_records();
-            let (file, size) = framed::rewrite(&inner.path, &records)
+            let (file, size) = framed::rewrite(&inner.path, &records, "log-rewrite")
                 .map_err(|e| io_error(StorageIOError::write_logs, e))?;
             inner.file = file;
             inner.size = size;

@@ -4,7 +4,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use doppel_store::{Engine, Outcome, StoreError};
+use doppel_store::{Engine, Outcome, StoreError, crash};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
@@ -162,12 +162,18 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 },
                 data,
             };
-            framed::rewrite(&shared.snapshot_path, std::slice::from_ref(&file))?;
+            framed::rewrite(
+                &shared.snapshot_path,
+                std::slice::from_ref(&file),
+                "snapshot-file",
+            )?;
             Ok(file)
         })
         .await
         .map_err(sm_error)?
         .map_err(sm_error)?;
+        // Built and synced, but openraft does not know yet (so has not purged the log).
+        crash::point("snapshot", "built", || {});
         tracing::info!(
             up_to = file.meta.last_log_id.map_or(0, |id| id.index),
             bytes = file.data.len(),
@@ -255,6 +261,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     ),
                                 })?,
                         );
+                        if i < last {
+                            crash::point("apply", "mid-batch", || {});
+                        }
                     }
                     if commands.is_empty() {
                         let bytes = postcard::to_stdvec(&next).map_err(sm_error)?;
@@ -300,6 +309,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             partial: None,
         };
         self.shared.engine.import(pairs).map_err(sm_error)?;
+        crash::point("install", "imported", || {});
         // The imported state carries the sender's meta; ours must be exactly the snapshot's.
         let bytes = postcard::to_stdvec(&next).map_err(sm_error)?;
         let index = next.last_applied.map_or(0, |id| id.index);
@@ -313,8 +323,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: snapshot_meta.clone(),
             data,
         };
-        framed::rewrite(&self.shared.snapshot_path, std::slice::from_ref(&file))
-            .map_err(sm_error)?;
+        framed::rewrite(
+            &self.shared.snapshot_path,
+            std::slice::from_ref(&file),
+            "snapshot-file",
+        )
+        .map_err(sm_error)?;
         drop(meta);
         tracing::info!(up_to = index, "installed a snapshot from the leader");
         self.note_system_change();

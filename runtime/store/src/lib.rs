@@ -21,6 +21,7 @@
 //! ```
 
 mod command;
+pub mod crash;
 mod engine;
 mod local;
 mod space;
