@@ -18,18 +18,47 @@ use crate::placement::{self, Change, Placement};
 use crate::schedule::{self, HostView};
 
 /// How often members are probed.
-const PROBE_EVERY: Duration = Duration::from_millis(100);
+const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// How long a probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
-/// How long without an answer before a host counts as dead. Three probe rounds: one lost packet
+/// How long without an answer before a host counts as dead. Several probe rounds: one lost packet
 /// or a slow answer does not move a service.
 const DEAD_AFTER: Duration = Duration::from_millis(350);
+/// Consecutive probes *refused* (the host's machine answered that nothing listens on the port:
+/// the process is gone) after which a host counts as dead without waiting for `DEAD_AFTER`. A
+/// refusal is an answer, not a silence, so it cannot come from a slow or overloaded host.
+const REFUSED_DEAD: u32 = 2;
 /// How long without an answer from the leader before a follower stands for election itself
 /// instead of waiting for its election timer (which openraft starts only after the leader's lease,
 /// then adds 150–300 ms and, for a follower with a shorter log, 600 ms more). Voters still refuse
 /// while the lease (300 ms since the leader's last heartbeat) lasts, so this cannot depose a live
 /// leader that merely answered a probe late.
 const LEADER_DEAD_AFTER: Duration = Duration::from_millis(300);
+/// How often a follower stands again while the dead leader's lease keeps voters refusing.
+const STAND_AGAIN: Duration = Duration::from_millis(60);
+
+/// What one probe of a member found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Answered,
+    /// Connection refused: nothing listens there any more.
+    Refused,
+    /// No answer in time, or an error answer.
+    Silent,
+}
+
+fn refused(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
 
 /// Probes members and, while this host leads, keeps every service placed by its rules: off dead
 /// hosts at once, off drained ones by hand-over. Runs until aborted.
@@ -42,6 +71,7 @@ pub async fn run(mover: Mover) {
     let started = Instant::now();
     let mut last_ok: HashMap<NodeId, Instant> = HashMap::new();
     let mut last_stood: Option<Instant> = None;
+    let mut refusals: HashMap<NodeId, u32> = HashMap::new();
     let mut ticker = tokio::time::interval(PROBE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -54,43 +84,65 @@ pub async fn run(mover: Mover) {
                 let http = http.clone();
                 let secret = secret.clone();
                 async move {
-                    let ok = http
+                    let probe = match http
                         .post(format!("http://{addr}/raft/v1/ping"))
                         .bearer_auth(&secret)
                         .timeout(PROBE_TIMEOUT)
                         .send()
                         .await
-                        .is_ok_and(|r| r.status().is_success());
-                    (*id, ok)
+                    {
+                        Ok(r) if r.status().is_success() => Probe::Answered,
+                        Err(e) if refused(&e) => Probe::Refused,
+                        _ => Probe::Silent,
+                    };
+                    (*id, probe)
                 }
             });
         let now = Instant::now();
-        for (id, ok) in futures::future::join_all(probes).await {
-            if ok {
-                last_ok.insert(id, now);
+        for (id, probe) in futures::future::join_all(probes).await {
+            match probe {
+                Probe::Answered => {
+                    last_ok.insert(id, now);
+                    refusals.remove(&id);
+                }
+                Probe::Refused => *refusals.entry(id).or_default() += 1,
+                Probe::Silent => {
+                    refusals.remove(&id);
+                }
             }
         }
         last_ok.insert(this, now);
+        let alive = |id: &NodeId| {
+            members.iter().any(|(m, _)| m == id)
+                && now.duration_since(*last_ok.get(id).unwrap_or(&started)) < DEAD_AFTER
+                && refusals.get(id).copied().unwrap_or(0) < REFUSED_DEAD
+        };
         if !store.is_leader() {
             let leader = store.raft().metrics().borrow().current_leader;
+            // Of the followers that see the leader gone, the one with the lowest id stands (and
+            // stands again until the lease runs out), so two do not split the vote.
             if let Some(leader) = leader
                 && leader != this
-                && now.duration_since(*last_ok.get(&leader).unwrap_or(&started)) > LEADER_DEAD_AFTER
-                && last_stood.is_none_or(|t| now.duration_since(t) > LEADER_DEAD_AFTER)
+                && (!alive(&leader)
+                    || now.duration_since(*last_ok.get(&leader).unwrap_or(&started))
+                        > LEADER_DEAD_AFTER)
+                && members
+                    .iter()
+                    .filter(|(id, _)| *id != leader && alive(id))
+                    .all(|(id, _)| *id >= this)
+                && last_stood.is_none_or(|t| now.duration_since(t) > STAND_AGAIN)
             {
-                tracing::warn!(
-                    leader,
-                    "the leader stopped answering; standing for election"
-                );
+                if last_stood.is_none_or(|t| now.duration_since(t) > LEADER_DEAD_AFTER) {
+                    tracing::warn!(
+                        leader,
+                        "the leader stopped answering; standing for election"
+                    );
+                }
                 last_stood = Some(now);
                 let _ = store.raft().trigger().elect().await;
             }
             continue;
         }
-        let alive = |id: &NodeId| {
-            members.iter().any(|(m, _)| m == id)
-                && now.duration_since(*last_ok.get(id).unwrap_or(&started)) < DEAD_AFTER
-        };
         if let Err(e) = keep_rules(&mover, &members, &alive, &handing_over).await {
             tracing::warn!(error = %e, "scheduler: cannot place services yet");
         }
