@@ -34,6 +34,8 @@ const REFUSED_DEAD: u32 = 2;
 /// while the lease (300 ms since the leader's last heartbeat) lasts, so this cannot depose a live
 /// leader that merely answered a probe late.
 const LEADER_DEAD_AFTER: Duration = Duration::from_millis(300);
+/// How much later each further follower stands (see `run`).
+const STAND_IN_TURN: Duration = Duration::from_millis(100);
 
 /// What one probe of a member found.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -119,12 +121,18 @@ pub async fn run(mover: Mover) {
             let leader = store.raft().metrics().borrow().current_leader;
             // The dead leader's lease keeps voters refusing for 300 ms after its last heartbeat
             // whatever we know, so a follower stands once the leader has been silent that long
-            // (a refused probe does not make that sooner). Standing again sooner, or letting only
-            // one follower stand, was tried: the one standing may hold the shorter log, and its
-            // rising terms then delay the one that can win (leader kills reached p99 1.3 s).
+            // (a refused probe does not make that sooner). Followers stand in turn, the lowest
+            // id first and each next one 100 ms later: two standing in the same probe round
+            // split the vote and both wait out an election timeout (seen as 1.2–1.5 s leader
+            // kills). The first may hold the shorter log and lose; the next then wins.
+            let rank = members
+                .iter()
+                .filter(|(id, _)| Some(*id) != leader && *id < this && alive(id))
+                .count() as u32;
             if let Some(leader) = leader
                 && leader != this
-                && now.duration_since(*last_ok.get(&leader).unwrap_or(&started)) > LEADER_DEAD_AFTER
+                && now.duration_since(*last_ok.get(&leader).unwrap_or(&started))
+                    > LEADER_DEAD_AFTER + STAND_IN_TURN * rank
                 && last_stood.is_none_or(|t| now.duration_since(t) > LEADER_DEAD_AFTER)
             {
                 tracing::warn!(
