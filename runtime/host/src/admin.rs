@@ -105,27 +105,32 @@ pub fn router(state: AdminState) -> Router {
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from response times.
-pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn authenticate(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let presented = request
+/// Whether `request` carries `Authorization: Bearer SECRET` (compared in constant time).
+pub(crate) fn bears(request: &Request, secret: &str) -> bool {
+    request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if same(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
-        // Never echo what was presented: a mistyped token is often one character from the real one.
-        _ => AdminError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong admin token; pass --token (or DOPPEL_TOKEN), or run on the host \
-             with --data pointing at its data directory"
-                .into(),
-        )
-        .into_response(),
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| same(token.as_bytes(), secret.as_bytes()))
+}
+
+async fn authenticate(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if bears(&request, &state.token) {
+        return next.run(request).await;
     }
+    // Never echo what was presented: a mistyped token is often one character from the real one.
+    AdminError(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong admin token; pass --token (or DOPPEL_TOKEN), or run on the host \
+         with --data pointing at its data directory"
+            .into(),
+    )
+    .into_response()
 }
 
 async fn cluster_status(State(state): State<AdminState>) -> Answer<Json<ClusterInfo>> {

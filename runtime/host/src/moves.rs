@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -108,16 +108,10 @@ pub fn peer_router(mover: Mover) -> Router {
 }
 
 async fn peer_only(State(mover): State<Mover>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(secret) if crate::admin::same(secret.as_bytes(), mover.secret.as_bytes()) => {
-            next.run(request).await
-        }
-        _ => (StatusCode::UNAUTHORIZED, "not a member of this cluster").into_response(),
+    if crate::admin::bears(&request, &mover.secret) {
+        next.run(request).await
+    } else {
+        (StatusCode::UNAUTHORIZED, "not a member of this cluster").into_response()
     }
 }
 
