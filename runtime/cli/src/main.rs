@@ -83,8 +83,10 @@ enum Command {
         #[arg(long)]
         tail: Option<usize>,
     },
-    /// Move a service to another host with no failed request: the target gets ready, the switch
-    /// happens, the old host finishes its requests and then forwards. Shows what it measured.
+    /// Move a service to another host with no failed request.
+    ///
+    /// The target gets ready, the switch happens, the old host finishes its requests and then
+    /// forwards. Shows each step and what it measured.
     Migrate {
         #[command(flatten)]
         target: Target,
@@ -97,8 +99,9 @@ enum Command {
         #[arg(long)]
         from: Option<String>,
     },
-    /// Move every service off a host (evacuate it, or a provider host by host); no service
-    /// becomes active there again until `doppel undrain`.
+    /// Move every service off a host (evacuate it, or a provider host by host).
+    ///
+    /// No service becomes active there again until `doppel undrain`.
     Drain {
         #[command(flatten)]
         target: Target,
@@ -115,7 +118,7 @@ enum Command {
         /// The host.
         host: String,
     },
-    /// Show every placement change: deploys, migrations, drains, failovers, with cause and actor.
+    /// Show every placement change (deploys, migrations, drains, failovers), with cause and actor.
     Events {
         #[command(flatten)]
         target: Target,

@@ -157,6 +157,10 @@ pub struct HostRecord {
     /// Labels given at start (`--label provider=ionos`), which placement rules match.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Removed from the cluster for good; the record stays so that the placement history can
+    /// still name it.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 const DRAINED: &str = "drained";
@@ -287,17 +291,13 @@ pub async fn info(
 /// Removes the host called `name` (or with that id) from the cluster for good.
 pub async fn remove(store: &ReplicatedStore, name: &str) -> Result<HostRecord, RemoveError> {
     let records = hosts(store).await?;
-    let record = records
+    let mut record = records
         .into_iter()
-        .find(|r| r.name == name || r.id.to_string() == name)
+        .find(|r| !r.removed && (r.name == name || r.id.to_string() == name))
         .ok_or_else(|| RemoveError::NoHost(name.to_string()))?;
     store.remove_member(record.id).await?;
-    store
-        .apply(Command::new(Op::Delete {
-            space: Space::system(HOSTS),
-            key: record.id.to_string().into_bytes(),
-        }))
-        .await?;
+    record.removed = true;
+    register(store, &record).await?;
     Ok(record)
 }
 

@@ -26,33 +26,40 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Sends `req` (whose body may be at most `max_body` bytes) to the first of `targets` that
-/// answers; 503 with the reason when none does.
-pub async fn forward<B>(
-    client: &reqwest::Client,
-    this: u64,
-    targets: &[String],
-    timeout: Duration,
-    max_body: u64,
+/// Reads a request to forward: its head and its whole body, which may be at most `max_body`
+/// bytes (a 413 answer otherwise). Buffered, so that it can go to a second host if the first
+/// does not answer.
+pub async fn buffer<B>(
     req: Request<B>,
-) -> Response<ResponseBody>
+    max_body: u64,
+) -> Result<(http::request::Parts, Bytes), Response<ResponseBody>>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = req.into_parts();
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            return host_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body unreadable or over this service's limit of {max_body} bytes: {e}"
-                ),
-            );
-        }
-    };
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(e) => Err(host_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body unreadable or over this service's limit of {max_body} bytes: {e}"
+            ),
+        )),
+    }
+}
+
+/// Sends the request to the first of `targets` that answers, and relays its answer; `Err` with
+/// the last failure when none answers.
+pub async fn send(
+    client: &reqwest::Client,
+    this: u64,
+    targets: &[String],
+    timeout: Duration,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Result<Response<ResponseBody>, String> {
     let path = parts
         .uri
         .path_and_query()
@@ -71,14 +78,19 @@ where
             }
         }
         match out.send().await {
-            Ok(answer) => return relay(answer).await,
+            Ok(answer) => return Ok(relay(answer).await),
             Err(e) => last = format!("{target}: {e}"),
         }
     }
+    Err(last)
+}
+
+/// The answer when no active host answers.
+pub fn unavailable(why: &str) -> Response<ResponseBody> {
     let mut response = host_response(
         StatusCode::SERVICE_UNAVAILABLE,
         format!(
-            "the service is active on another host, which does not answer ({last}); \
+            "the service is active on another host, which does not answer ({why}); \
              failover will move it, retry shortly"
         ),
     );

@@ -282,6 +282,7 @@ pub async fn run(
             admin: advertise.clone(),
             listen: listen.to_string(),
             labels: config.labels.clone(),
+            removed: false,
         },
     )
     .await

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -16,10 +17,10 @@ use tokio::sync::Semaphore;
 use doppel_api::Limits;
 use doppel_store::Writer;
 
-use crate::forward::{FORWARDED_BY, forward};
+use crate::forward::{self, FORWARDED_BY};
 use crate::invoke::{InFlight, ResponseBody, host_response, invoke};
 use crate::placement::Route;
-use crate::services::Registry;
+use crate::services::{Registry, Service};
 
 /// Limits that keep slow or hostile clients from tying the host up.
 #[derive(Clone, Debug)]
@@ -182,9 +183,11 @@ static NO_RULES: std::collections::BTreeMap<String, String> = std::collections::
 async fn route(
     registry: &Registry,
     forwarder: &reqwest::Client,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let (name, rest) = split_path(req.uri().path());
+    // Owned: the request moves on (to a guest or another host) while the name is still needed.
+    let path = req.uri().path().to_string();
+    let (name, rest) = split_path(&path);
     if name.is_empty() {
         return host_response(
             StatusCode::NOT_FOUND,
@@ -221,23 +224,47 @@ async fn route(
             if let Some(service) = &service {
                 service.stats.forwarded.fetch_add(1, Ordering::Relaxed);
             }
-            let limits = registry.get(name).map(|s| s.limits.clone());
+            let limits = service.as_ref().map(|s| s.limits.clone());
             let max_body = limits
                 .as_ref()
                 .map_or(Limits::default().max_body, |l| l.max_body);
             let timeout = Duration::from_millis(
                 limits.map_or(Limits::default().timeout_ms, |l| l.timeout_ms) + 5_000,
             );
-            let req = req.map(|body| Drain(Some(body)));
-            return forward(
-                forwarder,
-                placements.this(),
-                &targets,
-                timeout,
-                max_body,
-                req,
-            )
-            .await;
+            let (parts, body) =
+                match forward::buffer(req.map(|body| Drain(Some(body))), max_body).await {
+                    Ok(buffered) => buffered,
+                    Err(response) => return response,
+                };
+            let this = placements.this();
+            let why = match forward::send(forwarder, this, &targets, timeout, &parts, &body).await {
+                Ok(response) => return response,
+                Err(why) => why,
+            };
+            // This host's view may be behind (the service moved from a dead host a moment
+            // ago): look again once before giving up.
+            if let Err(e) = placements.refresh(registry.store().as_ref()).await {
+                tracing::debug!(error = %e, "cannot refresh placements");
+                return forward::unavailable(&why);
+            }
+            let on = service.as_ref().map(|s| &s.record.placement.on);
+            return match placements.route(name, hops, on.unwrap_or(&NO_RULES)) {
+                Route::Forward(again) if again != targets => {
+                    match forward::send(forwarder, this, &again, timeout, &parts, &body).await {
+                        Ok(response) => response,
+                        Err(why) => forward::unavailable(&why),
+                    }
+                }
+                Route::Local(epoch) => match service {
+                    Some(service) => {
+                        let in_flight = InFlight::start(&service.stats);
+                        let req = Request::from_parts(parts, Full::new(body));
+                        serve_here(registry, service, name, rest, epoch, in_flight, req).await
+                    }
+                    None => forward::unavailable(&why),
+                },
+                _ => forward::unavailable(&why),
+            };
         }
     };
     let (Some(service), Some(in_flight)) = (service, in_flight) else {
@@ -246,6 +273,32 @@ async fn route(
             format!("no service named {name:?} is deployed here"),
         );
     };
+    serve_here(
+        registry,
+        service,
+        name,
+        rest,
+        epoch,
+        in_flight,
+        req.map(|body| Drain(Some(body))),
+    )
+    .await
+}
+
+/// Runs a request for `service` here, its writes carrying `epoch`.
+async fn serve_here<B>(
+    registry: &Registry,
+    service: Arc<Service>,
+    name: &str,
+    rest: &str,
+    epoch: Option<u64>,
+    in_flight: InFlight,
+    mut req: Request<B>,
+) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let prefix = format!("/{name}");
     let path_and_query = match req.uri().query() {
         Some(q) => format!("{rest}?{q}"),
@@ -272,7 +325,7 @@ async fn route(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max_body) {
-        drop(Drain(Some(req.into_body())));
+        drop(req.into_body());
         return host_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body is over this service's limit of {max_body} bytes"),
@@ -281,7 +334,7 @@ async fn route(
     // A body without a declared length is cut off at the limit; the guest sees a read error.
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let req = req.map(|body| {
-        Limited::new(Drain(Some(body)), limit).map_err(move |e| {
+        Limited::new(body, limit).map_err(move |e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max_body))
             } else {
@@ -290,7 +343,7 @@ async fn route(
         })
     });
     let writer = epoch.map(|epoch| Writer {
-        host: placements.this(),
+        host: registry.placements().this(),
         epoch,
     });
     invoke(

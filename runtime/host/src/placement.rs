@@ -190,9 +190,15 @@ impl Placements {
         Ok(())
     }
 
-    /// Every registered host, by id.
+    /// Every registered host that is still in the cluster, by id.
     pub fn hosts(&self) -> HashMap<NodeId, HostRecord> {
-        self.hosts.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, h)| !h.removed)
+            .map(|(id, h)| (*id, h.clone()))
+            .collect()
     }
 
     /// How many services each host is active for.

@@ -121,7 +121,9 @@ pub fn plan(
         .filter(|id| view(id).is_some_and(|h| why_not(rules, h).is_none()))
         .count();
     let unmet = (fine < wanted).then(|| {
-        let reasons: Vec<String> = hosts.iter().filter_map(|h| why_not(rules, h)).collect();
+        // Sorted, so the same situation always reads the same (and is not recorded twice).
+        let mut reasons: Vec<String> = hosts.iter().filter_map(|h| why_not(rules, h)).collect();
+        reasons.sort();
         let eligible = hosts.iter().filter(|h| why_not(rules, h).is_none()).count();
         format!(
             "it needs {rules}; {eligible} eligible host{} up ({})",
