@@ -36,8 +36,10 @@ fn three_hosts_serve_one_state() {
         "{human}"
     );
 
-    // Deploy through one host: every host serves it, on one state.
+    // Deploy through one host: every host serves it, on one state — at once: a host that has not
+    // loaded it yet asks the store and loads it rather than answering 404.
     hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    assert_eq!(hosts[2].get("/kv/get?k=none").0, 200);
     for h in &hosts {
         eventually("every host serves the deployed service", || {
             h.get("/kv/get?k=none").0 == 200

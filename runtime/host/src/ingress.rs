@@ -198,12 +198,9 @@ async fn route(
     let hops = req.headers().get_all(FORWARDED_BY).iter().count();
     let placements = registry.placements();
     let mut service = registry.get(name);
-    if service.is_none() && (hops > 0 || placements.get(name).is_some()) {
-        // Deployed, but not loaded here yet: a deploy through another host moments ago.
-        if let Err(e) = registry.sync().await {
-            tracing::warn!(service = name, error = %e, "cannot load a service deployed elsewhere");
-        }
-        service = registry.get(name);
+    if service.is_none() {
+        // Perhaps deployed through another host a moment ago and not loaded here yet.
+        service = registry.load_if_deployed(name).await;
     }
     let in_flight = service.as_ref().map(|s| InFlight::start(&s.stats));
     let on = service.as_ref().map(|s| &s.record.placement.on);

@@ -126,7 +126,13 @@ pub struct Registry {
     changes: tokio::sync::Mutex<()>,
     /// Where each service is active.
     placements: Arc<Placements>,
+    /// Names recently found not deployed, and when: a burst of requests for a name that does
+    /// not exist asks the store once, not once each.
+    absent: Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// How long a name found not deployed is taken as not deployed without asking the store again.
+const ABSENT_FOR: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Checks a service name: it is a URL path segment and a bucket namespace.
 pub fn valid_name(name: &str) -> bool {
@@ -153,6 +159,7 @@ impl Registry {
             observed: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             placements,
+            absent: Mutex::new(HashMap::new()),
         }
     }
 
@@ -178,6 +185,46 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// The service `name` when it is deployed but this host has not loaded it yet (a deploy
+    /// through another host a moment ago): asks the store (linearizably, so a deploy that was
+    /// acknowledged is seen) and loads it. `None` when it is not deployed.
+    pub async fn load_if_deployed(&self, name: &str) -> Option<Arc<Service>> {
+        if !valid_name(name) {
+            return None;
+        }
+        {
+            let mut absent = self.absent.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if absent
+                .get(name)
+                .is_some_and(|t| now.duration_since(*t) < ABSENT_FOR)
+            {
+                return None;
+            }
+            if absent.len() > 1024 {
+                absent.retain(|_, t| now.duration_since(*t) < ABSENT_FOR);
+            }
+        }
+        let deployed = self
+            .store
+            .get(&Space::system(SERVICES), name.as_bytes())
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        if !deployed {
+            self.absent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.to_string(), std::time::Instant::now());
+            return None;
+        }
+        if let Err(e) = self.sync().await {
+            tracing::warn!(service = name, error = %e, "cannot load a service deployed elsewhere");
+        }
+        self.get(name)
     }
 
     /// How many services run.
