@@ -546,10 +546,11 @@ impl Mover {
 
     /// For the scheduler: finishes the hand-over from every host `switched` made leaving.
     pub async fn finish_leaving(&self, service: &str, switched: Placement, actor: &str) {
+        let cause = switched.cause.clone();
         let mut current = switched;
         for leaving in current.leaving.clone() {
             match self
-                .finish_handover(service, &current, leaving, actor, &current.cause.clone())
+                .finish_handover(service, &current, leaving, actor, &cause)
                 .await
             {
                 Ok(_) => match self.registry.placements().get(service) {
