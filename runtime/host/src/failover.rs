@@ -30,12 +30,16 @@ const DEAD_AFTER: Duration = Duration::from_millis(350);
 const REFUSED_DEAD: u32 = 2;
 /// How long without an answer from the leader before a follower stands for election itself
 /// instead of waiting for its election timer (which openraft starts only after the leader's lease,
-/// then adds 150–300 ms and, for a follower with a shorter log, 600 ms more). Voters still refuse
-/// while the lease (300 ms since the leader's last heartbeat) lasts, so this cannot depose a live
-/// leader that merely answered a probe late.
+/// then adds 120–180 ms and, for a follower with a shorter log, 360 ms more) when the leader is
+/// merely silent: a slow leader is not a dead one, and voters refuse while their lease lasts anyway.
 const LEADER_DEAD_AFTER: Duration = Duration::from_millis(300);
+/// When the leader's process is gone (its probes are refused), a follower stands as soon as the
+/// voters' lease has run out: this long after the leader last answered a probe. Heartbeats and
+/// probes leave the leader together, so the lease (counted from the last heartbeat) is over by
+/// then or within a probe round; a vote refused for the lease is asked again the next round.
+const STAND_AFTER_REFUSED: Duration = doppel_replication::LEADER_LEASE;
 /// How much later each further follower stands (see `run`).
-const STAND_IN_TURN: Duration = Duration::from_millis(100);
+const STAND_IN_TURN: Duration = Duration::from_millis(60);
 
 /// What one probe of a member found.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -74,8 +78,25 @@ pub async fn run(mover: Mover) {
     let mut refusals: HashMap<NodeId, u32> = HashMap::new();
     let mut ticker = tokio::time::interval(PROBE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut metrics = store.raft().metrics();
+    let mut leading = false;
+    let mut last_leader: Option<NodeId> = None;
     loop {
-        ticker.tick().await;
+        // A host that has just won an election places services at once rather than at the next
+        // tick: when it was elected because the leader died, the leader's services wait for it.
+        tokio::select! {
+            _ = ticker.tick() => {}
+            Ok(()) = metrics.changed() => {
+                let now_leading = store.is_leader();
+                let won = now_leading && !leading;
+                leading = now_leading;
+                if !won {
+                    continue;
+                }
+                ticker.reset();
+            }
+        }
+        leading = store.is_leader();
         let members = store.members();
         let probes = members
             .iter()
@@ -118,29 +139,43 @@ pub async fn run(mover: Mover) {
                 && refusals.get(id).copied().unwrap_or(0) < REFUSED_DEAD
         };
         if !store.is_leader() {
-            let leader = store.raft().metrics().borrow().current_leader;
-            // The dead leader's lease keeps voters refusing for 300 ms after its last heartbeat
-            // whatever we know, so a follower stands once the leader has been silent that long
-            // (a refused probe does not make that sooner). Followers stand in turn, the lowest
-            // id first and each next one 100 ms later: two standing in the same probe round
-            // split the vote and both wait out an election timeout (seen as 1.2–1.5 s leader
-            // kills). The first may hold the shorter log and lose; the next then wins.
+            // A candidate knows no leader; it remembers the one it lost so it can stand again.
+            if let Some(l) = store.raft().metrics().borrow().current_leader {
+                last_leader = Some(l);
+            }
+            let leader = last_leader;
+            // Voters refuse a new leader until their lease on the old one runs out, whatever we
+            // know. When the leader's process is gone (refused probes) a follower stands as soon
+            // as that lease is over, and again each round until someone wins; when it is only
+            // silent, after `LEADER_DEAD_AFTER`. Followers stand in turn, the lowest id first and
+            // each next one `STAND_IN_TURN` later: two standing in the same probe round split
+            // the vote and both wait out an election timeout (seen as 1.2–1.5 s leader kills).
+            // The first may hold the shorter log and lose; the next then wins.
             let rank = members
                 .iter()
                 .filter(|(id, _)| Some(*id) != leader && *id < this && alive(id))
                 .count() as u32;
             if let Some(leader) = leader
                 && leader != this
-                && now.duration_since(*last_ok.get(&leader).unwrap_or(&started))
-                    > LEADER_DEAD_AFTER + STAND_IN_TURN * rank
-                && last_stood.is_none_or(|t| now.duration_since(t) > LEADER_DEAD_AFTER)
             {
-                tracing::warn!(
-                    leader,
-                    "the leader stopped answering; standing for election"
-                );
-                last_stood = Some(now);
-                let _ = store.raft().trigger().elect().await;
+                let gone = refusals.get(&leader).copied().unwrap_or(0) >= REFUSED_DEAD;
+                let (wait, again) = if gone {
+                    (STAND_AFTER_REFUSED, PROBE_EVERY)
+                } else {
+                    (LEADER_DEAD_AFTER, LEADER_DEAD_AFTER)
+                };
+                let silent = now.duration_since(*last_ok.get(&leader).unwrap_or(&started));
+                if silent > wait + STAND_IN_TURN * rank
+                    && last_stood.is_none_or(|t| now.duration_since(t) >= again)
+                {
+                    tracing::warn!(
+                        leader,
+                        gone,
+                        "the leader stopped answering; standing for election"
+                    );
+                    last_stood = Some(now);
+                    let _ = store.raft().trigger().elect().await;
+                }
             }
             continue;
         }

@@ -71,15 +71,19 @@ fn io_error(
     }
 }
 
-/// Raft timing: heartbeats every 50 ms, elections after 150–300 ms of silence. openraft 0.9 also
-/// keeps a leader lease of `election_timeout_max` before a follower may stand, so a dead leader is
-/// replaced 450–600 ms after its last heartbeat (a follower with a shorter log waits a further
-/// 2 × `election_timeout_max`, leaving the election to the one with the longer log).
+/// How long a voter refuses to vote for anyone after its last heartbeat from a live leader:
+/// openraft 0.9's leader lease, which it takes from `election_timeout_max`. No leader can be
+/// replaced sooner, so this bounds failover when the leader dies (see `doppel_host::failover`).
+pub const LEADER_LEASE: std::time::Duration = std::time::Duration::from_millis(180);
+
+/// Raft timing: heartbeats every 40 ms (four or more per lease, so one late heartbeat does not
+/// open an election), openraft's own election timer after 120–180 ms beyond the lease. Hosts do not
+/// wait for that timer when a leader's process is gone: they stand as soon as the lease allows.
 pub fn config() -> openraft::Config {
     openraft::Config {
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
+        heartbeat_interval: 40,
+        election_timeout_min: 120,
+        election_timeout_max: LEADER_LEASE.as_millis() as u64,
         ..openraft::Config::default()
     }
 }
