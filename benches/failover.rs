@@ -80,6 +80,7 @@ fn main() {
         };
         let survivor = (victim + 1) % 3;
         let url = hosts[survivor].url(&format!("/kv/set?k=probe{trial}"));
+        let logged: Vec<usize> = hosts.iter().map(|h| h.log().len()).collect();
         let killed_at = Instant::now();
         hosts[victim].kill();
         let answered = loop {
@@ -94,6 +95,17 @@ fn main() {
             );
         };
         times[roles].push(answered.as_secs_f64() * 1000.0);
+        if answered > Duration::from_secs(1) {
+            // A slow failover is the one to understand: show what the survivors logged.
+            for (i, h) in hosts.iter().enumerate().filter(|(i, _)| *i != victim) {
+                let log = h.log();
+                eprintln!(
+                    "--- {} logged after the kill:\n{}",
+                    name(i),
+                    log.get(logged[i]..).unwrap_or_default()
+                );
+            }
+        }
         restart_in_place(&mut hosts[victim], &name(victim));
         stop.store(true, Ordering::Relaxed);
         for w in writers {

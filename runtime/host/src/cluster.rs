@@ -105,16 +105,12 @@ pub async fn start(
         max_in_snapshot_log_to_keep: (snapshot_every / 5).max(1),
         ..doppel_replication::config()
     };
-    let (raft, state) =
+    let node =
         doppel_replication::start_with(identity.id, &data.join("raft"), &identity.secret, config)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("while opening the store in {}", data.display()))?;
-    Ok(Arc::new(ReplicatedStore::new(
-        raft,
-        state,
-        &identity.secret,
-    )))
+    Ok(Arc::new(ReplicatedStore::new(node, &identity.secret)))
 }
 
 /// Makes a brand-new host the only member of a new cluster.

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use doppel_replication::{NodeId, ReplicatedStore};
+use doppel_replication::{LogReach, NodeId, ReplicatedStore};
 use doppel_store::{ApplyError, StoreError};
 
 use crate::moves::Mover;
@@ -38,13 +38,12 @@ const LEADER_DEAD_AFTER: Duration = Duration::from_millis(300);
 /// probes leave the leader together, so the lease (counted from the last heartbeat) is over by
 /// then or within a probe round; a vote refused for the lease is asked again the next round.
 const STAND_AFTER_REFUSED: Duration = doppel_replication::LEADER_LEASE;
-/// How much later each further follower stands (see `run`).
-const STAND_IN_TURN: Duration = Duration::from_millis(60);
 
 /// What one probe of a member found.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Probe {
-    Answered,
+    /// It answered, with how far its raft log reaches.
+    Answered(Option<LogReach>),
     /// Connection refused: nothing listens there any more.
     Refused,
     /// No answer in time, or an error answer.
@@ -76,6 +75,7 @@ pub async fn run(mover: Mover) {
     let mut last_ok: HashMap<NodeId, Instant> = HashMap::new();
     let mut last_stood: Option<Instant> = None;
     let mut refusals: HashMap<NodeId, u32> = HashMap::new();
+    let mut reach: HashMap<NodeId, LogReach> = HashMap::new();
     let mut ticker = tokio::time::interval(PROBE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut metrics = store.raft().metrics();
@@ -112,7 +112,10 @@ pub async fn run(mover: Mover) {
                         .send()
                         .await
                     {
-                        Ok(r) if r.status().is_success() => Probe::Answered,
+                        Ok(r) if r.status().is_success() => {
+                            let body = r.bytes().await.unwrap_or_default();
+                            Probe::Answered(LogReach::from_ping(&body))
+                        }
                         Err(e) if refused(&e) => Probe::Refused,
                         _ => Probe::Silent,
                     };
@@ -122,9 +125,10 @@ pub async fn run(mover: Mover) {
         let now = Instant::now();
         for (id, probe) in futures::future::join_all(probes).await {
             match probe {
-                Probe::Answered => {
+                Probe::Answered(r) => {
                     last_ok.insert(id, now);
                     refusals.remove(&id);
+                    reach.insert(id, r.unwrap_or_default());
                 }
                 Probe::Refused => *refusals.entry(id).or_default() += 1,
                 Probe::Silent => {
@@ -147,16 +151,19 @@ pub async fn run(mover: Mover) {
             // Voters refuse a new leader until their lease on the old one runs out, whatever we
             // know. When the leader's process is gone (refused probes) a follower stands as soon
             // as that lease is over, and again each round until someone wins; when it is only
-            // silent, after `LEADER_DEAD_AFTER`. Followers stand in turn, the lowest id first and
-            // each next one `STAND_IN_TURN` later: two standing in the same probe round split
-            // the vote and both wait out an election timeout (seen as 1.2–1.5 s leader kills).
-            // The first may hold the shorter log and lose; the next then wins.
-            let rank = members
+            // silent, after `LEADER_DEAD_AFTER`. Only the live follower whose log reaches
+            // furthest stands (the lowest id among equals): raft would refuse the others, and a
+            // follower standing again and again with a shorter log bumps the term each time and
+            // deposes whoever won (seen as 2–5 s leader kills). Two standing at once split the
+            // vote. If the one we pick cannot win, openraft's own timer still elects someone.
+            let rivals = members
                 .iter()
-                .filter(|(id, _)| Some(*id) != leader && *id < this && alive(id))
-                .count() as u32;
+                .filter(|(id, _)| Some(*id) != leader && *id != this && alive(id))
+                .map(|(id, _)| (*id, reach.get(id).copied().unwrap_or_default()));
+            let furthest = reaches_furthest((this, store.log().reach()), rivals);
             if let Some(leader) = leader
                 && leader != this
+                && furthest
             {
                 let gone = refusals.get(&leader).copied().unwrap_or(0) >= REFUSED_DEAD;
                 let (wait, again) = if gone {
@@ -165,9 +172,7 @@ pub async fn run(mover: Mover) {
                     (LEADER_DEAD_AFTER, LEADER_DEAD_AFTER)
                 };
                 let silent = now.duration_since(*last_ok.get(&leader).unwrap_or(&started));
-                if silent > wait + STAND_IN_TURN * rank
-                    && last_stood.is_none_or(|t| now.duration_since(t) >= again)
-                {
+                if silent > wait && last_stood.is_none_or(|t| now.duration_since(t) >= again) {
                     tracing::warn!(
                         leader,
                         gone,
@@ -183,6 +188,16 @@ pub async fn run(mover: Mover) {
             tracing::warn!(error = %e, "scheduler: cannot place services yet");
         }
     }
+}
+
+/// Whether `me` (id, how far its log reaches) should stand rather than any of the live `rivals`:
+/// its log reaches further than each of theirs, or as far and its id is lower.
+fn reaches_furthest(
+    me: (NodeId, LogReach),
+    mut rivals: impl Iterator<Item = (NodeId, LogReach)>,
+) -> bool {
+    let rank = |(id, reach): (NodeId, LogReach)| (reach, std::cmp::Reverse(id));
+    rivals.all(|rival| rank(rival) < rank(me))
 }
 
 /// How long a host may stay leaving a service before the scheduler deposes it anyway, on top of
@@ -339,5 +354,42 @@ async fn try_place(
         Ok(p) => Ok(Some(p)),
         Err(StoreError::Rejected(ApplyError::StaleEpoch { .. })) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(term: u64, index: u64) -> LogReach {
+        LogReach { term, index }
+    }
+
+    #[test]
+    fn only_the_follower_whose_log_reaches_furthest_stands() {
+        // A longer log in the same term wins; a later term wins over a longer log.
+        assert!(reaches_furthest(
+            (2, at(5, 100)),
+            [(1, at(5, 99))].into_iter()
+        ));
+        assert!(!reaches_furthest(
+            (1, at(5, 99)),
+            [(2, at(5, 100))].into_iter()
+        ));
+        assert!(reaches_furthest(
+            (3, at(6, 10)),
+            [(1, at(5, 99))].into_iter()
+        ));
+        // Equal logs: the lowest id stands, and only it.
+        assert!(reaches_furthest(
+            (1, at(5, 100)),
+            [(2, at(5, 100))].into_iter()
+        ));
+        assert!(!reaches_furthest(
+            (2, at(5, 100)),
+            [(1, at(5, 100))].into_iter()
+        ));
+        // Alone (every rival dead), a follower stands.
+        assert!(reaches_furthest((7, at(1, 1)), std::iter::empty()));
     }
 }

@@ -244,6 +244,7 @@ pub async fn run(
             router(admin_state)
                 .merge(doppel_replication::router(
                     store.raft().clone(),
+                    store.log().clone(),
                     &identity.secret,
                 ))
                 .merge(moves::peer_router(mover.clone())),

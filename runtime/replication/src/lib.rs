@@ -30,7 +30,7 @@ mod state_machine;
 
 pub use log_store::LogStore;
 pub use membership::{ClusterStatus, JoinError, JoinRequest, MemberStatus, Refusal, join};
-pub use network::{Network, router};
+pub use network::{LogReach, Network, router};
 pub use replicated::ReplicatedStore;
 pub use state_machine::StateMachine;
 
@@ -88,13 +88,23 @@ pub fn config() -> openraft::Config {
     }
 }
 
+/// A running raft node and the storage it was started on.
+#[derive(Clone)]
+pub struct Node {
+    /// The node.
+    pub raft: openraft::Raft<TypeConfig>,
+    /// The applied state, for reads.
+    pub state: StateMachine,
+    /// The log, for how far it reaches (liveness probes answer it; see [`LogReach`]).
+    pub log: LogStore,
+}
+
 /// Starts raft node `id` with its log and state machine in `dir`, talking to peers with `secret`.
-/// Returns the node and its state machine (for reads).
 pub async fn start(
     id: NodeId,
     dir: &std::path::Path,
     secret: &str,
-) -> Result<(openraft::Raft<TypeConfig>, StateMachine), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
     start_with(id, dir, secret, config()).await
 }
 
@@ -104,10 +114,11 @@ pub async fn start_with(
     dir: &std::path::Path,
     secret: &str,
     config: openraft::Config,
-) -> Result<(openraft::Raft<TypeConfig>, StateMachine), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
     let config = std::sync::Arc::new(config.validate()?);
     let log = LogStore::open(&dir.join("log"))?;
     let state = StateMachine::open(&dir.join("sm"))?;
-    let raft = openraft::Raft::new(id, config, Network::new(secret), log, state.clone()).await?;
-    Ok((raft, state))
+    let raft =
+        openraft::Raft::new(id, config, Network::new(secret), log.clone(), state.clone()).await?;
+    Ok(Node { raft, state, log })
 }

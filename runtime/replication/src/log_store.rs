@@ -120,6 +120,21 @@ impl LogStore {
         })
     }
 
+    /// How far the log reaches: its last entry's term and index (or the last purged one's).
+    pub fn reach(&self) -> crate::LogReach {
+        let inner = self.lock();
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(inner.last_purged);
+        last.map_or_else(crate::LogReach::default, |id| crate::LogReach {
+            term: id.leader_id.term,
+            index: id.index,
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -19,11 +19,11 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Raft};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::membership::{self, JoinRequest};
-use crate::{NodeId, TypeConfig};
+use crate::{LogStore, NodeId, TypeConfig};
 
 /// Largest raft RPC accepted (an append carrying a module upload, a snapshot chunk).
 const MAX_RPC: usize = 256 << 20;
@@ -141,13 +141,15 @@ impl RaftNetwork<TypeConfig> for Peer {
 #[derive(Clone)]
 struct Server {
     raft: Raft<TypeConfig>,
+    log: LogStore,
     secret: Arc<str>,
 }
 
-/// The routes a host serves to its peers, for `raft`.
-pub fn router(raft: Raft<TypeConfig>, secret: &str) -> axum::Router {
+/// The routes a host serves to its peers, for the raft node `raft` whose log is `log`.
+pub fn router(raft: Raft<TypeConfig>, log: LogStore, secret: &str) -> axum::Router {
     let server = Server {
         raft,
+        log,
         secret: secret.into(),
     };
     axum::Router::new()
@@ -274,7 +276,27 @@ async fn status(State(s): State<Server>, body: Bytes) -> Response {
     .await
 }
 
-/// A liveness probe from a member (it proved it has the secret).
-async fn ping() -> StatusCode {
-    StatusCode::OK
+/// How far a member's log reaches: its last entry's term, then index. Raft elects only a
+/// candidate whose log reaches at least as far as a majority's, so when the leader dies the
+/// follower reaching furthest (the lowest id among equals) is the one that should stand: a
+/// follower with a shorter log standing again and again only bumps the term and deposes whoever
+/// did win. Liveness probes answer it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LogReach {
+    /// The term of the last entry.
+    pub term: u64,
+    /// The index of the last entry.
+    pub index: u64,
+}
+
+impl LogReach {
+    /// Reads a probe's answer; `None` if it carries none (a host of an older version).
+    pub fn from_ping(body: &[u8]) -> Option<LogReach> {
+        postcard::from_bytes(body).ok()
+    }
+}
+
+/// A liveness probe from a member (it proved it has the secret): answers how far our log reaches.
+async fn ping(State(server): State<Server>) -> Vec<u8> {
+    postcard::to_stdvec(&server.log.reach()).unwrap_or_default()
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::membership::{self, ClusterStatus, JoinRequest, Refusal};
-use crate::{NodeId, Response, StateMachine, TypeConfig};
+use crate::{LogStore, Node, NodeId, Response, StateMachine, TypeConfig};
 
 /// Most commands packed into one raft entry, and most bytes of keys and values.
 const MAX_BATCH: usize = 512;
@@ -32,6 +32,7 @@ pub struct ReplicatedStore {
 struct Core {
     raft: Raft<TypeConfig>,
     state: StateMachine,
+    log: LogStore,
     http: reqwest::Client,
     secret: Arc<str>,
     /// How long a write or read may wait for agreement before answering "unavailable", in ms. A
@@ -51,12 +52,14 @@ fn unavailable(why: impl std::fmt::Display) -> StoreError {
 }
 
 impl ReplicatedStore {
-    /// A store over `raft` (whose state machine is `state`), forwarding to peers with `secret`.
+    /// A store over the raft `node`, forwarding to peers with `secret`.
     /// Must be called within a tokio runtime: it starts the task that batches writes.
-    pub fn new(raft: Raft<TypeConfig>, state: StateMachine, secret: &str) -> ReplicatedStore {
+    pub fn new(node: Node, secret: &str) -> ReplicatedStore {
+        let Node { raft, state, log } = node;
         let core = Arc::new(Core {
             raft,
             state,
+            log,
             http: reqwest::Client::new(),
             secret: secret.into(),
             timeout_ms: AtomicU64::new(5_000),
@@ -76,6 +79,11 @@ impl ReplicatedStore {
     /// The raft node.
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.core.raft
+    }
+
+    /// The raft log of this host.
+    pub fn log(&self) -> &LogStore {
+        &self.core.log
     }
 
     /// The state machine (the applied state, and its change notifications).

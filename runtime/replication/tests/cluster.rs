@@ -14,6 +14,7 @@ struct Node {
     id: u64,
     raft: Raft<TypeConfig>,
     state: StateMachine,
+    log: doppel_replication::LogStore,
     addr: std::net::SocketAddr,
     server: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -21,12 +22,13 @@ struct Node {
 
 async fn node(id: u64) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let (raft, state) = doppel_replication::start(id, dir.path(), SECRET)
-        .await
-        .unwrap();
+    let doppel_replication::Node { raft, state, log } =
+        doppel_replication::start(id, dir.path(), SECRET)
+            .await
+            .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = doppel_replication::router(raft.clone(), SECRET);
+    let app = doppel_replication::router(raft.clone(), log.clone(), SECRET);
     let server = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
@@ -34,6 +36,7 @@ async fn node(id: u64) -> Node {
         id,
         raft,
         state,
+        log,
         addr,
         server,
         _dir: dir,
@@ -167,7 +170,12 @@ async fn cluster() -> Vec<Node> {
 }
 
 fn store(n: &Node) -> doppel_replication::ReplicatedStore {
-    doppel_replication::ReplicatedStore::new(n.raft.clone(), n.state.clone(), SECRET)
+    let node = doppel_replication::Node {
+        raft: n.raft.clone(),
+        state: n.state.clone(),
+        log: n.log.clone(),
+    };
+    doppel_replication::ReplicatedStore::new(node, SECRET)
 }
 
 /// Every host answers reads and writes, linearizably: a write through one follower is seen by a
