@@ -120,3 +120,35 @@ pub(crate) fn rewrite_frames(
     }
     Ok((OpenOptions::new().append(true).open(path)?, size))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(record: &str) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode(&[record.to_string()], &mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn nothing_behind_a_torn_record_reappears_after_later_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let (_, mut file, _) = open::<String>(&path).unwrap();
+        append(&mut file, &["kept".to_string()], true, "test").unwrap();
+        // A crash left a torn record, and behind it a whole one that was never synced.
+        let mut torn = frame("a record cut short");
+        torn.truncate(torn.len() - 3);
+        torn.extend(frame("stale"));
+        file.write_all(&torn).unwrap();
+        drop(file);
+        let (records, mut file, _) = open::<String>(&path).unwrap();
+        assert_eq!(records, ["kept"]);
+        // A short record where the torn one began must not bring "stale" back into line.
+        append(&mut file, &["new".to_string()], true, "test").unwrap();
+        drop(file);
+        let (records, _, _) = open::<String>(&path).unwrap();
+        assert_eq!(records, ["kept", "new"]);
+    }
+}
