@@ -143,7 +143,7 @@ fn a_crash_at_each_step_of_the_raft_log_loses_nothing() {
 #[test]
 fn a_crash_at_each_step_of_applying_and_snapshotting_loses_nothing() {
     for point in [
-        "apply:mid-batch@3",
+        "apply:applied@3",
         "snapshot-file:unsynced@1",
         "snapshot-file:renamed@1",
         "snapshot:built@1",

@@ -19,10 +19,11 @@ use crate::{NodeId, Response, StorageError, TypeConfig, framed, io_error};
 struct Meta {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
-    /// While an entry's batch is being applied: the entry and how many of its commands are
-    /// applied. Each command is its own atomic sled batch, so after a crash mid-entry openraft
-    /// re-applies the entry and this says which commands to skip (applying one twice would, for
-    /// an increment, count twice).
+    /// The entry and how many of its commands were applied, when a crash fell in the middle of
+    /// an entry. Builds before entries were applied as one atomic sled batch wrote it (each
+    /// command was its own batch); it is still honoured when found in their data, so that a
+    /// re-applied entry skips what was applied (an increment applied twice would count twice).
+    /// Nothing writes it any more.
     partial: Option<(LogId<NodeId>, u32)>,
 }
 
@@ -231,47 +232,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(commands) => {
                     let done = match meta.partial {
-                        Some((id, n)) if id == entry.log_id => n as usize,
+                        Some((id, n)) if id == entry.log_id => (n as usize).min(commands.len()),
                         _ => 0,
                     };
-                    let mut outcomes = Vec::with_capacity(commands.len());
-                    let last = commands.len().saturating_sub(1);
-                    for (i, command) in commands.iter().enumerate() {
+                    for command in &commands {
                         system |= command.op.touches_system();
-                        if i < done {
-                            // Applied before a crash; nobody waits for its answer any more.
-                            outcomes.push(Ok(Outcome::Done));
-                            continue;
-                        }
-                        let mut step = meta.clone();
-                        if i == last {
-                            step = next.clone();
-                        } else {
-                            step.partial = Some((entry.log_id, i as u32 + 1));
-                        }
-                        let bytes = postcard::to_stdvec(&step).map_err(sm_error)?;
-                        outcomes.push(
-                            self.shared
-                                .engine
-                                .apply_with_meta(index, command, Some(&bytes))
-                                .map_err(|e| StorageError::IO {
-                                    source: StorageIOError::apply(
-                                        entry.log_id,
-                                        openraft::AnyError::new(&e),
-                                    ),
-                                })?,
-                        );
-                        if i < last {
-                            crash::point("apply", "mid-batch", || {});
-                        }
                     }
-                    if commands.is_empty() {
-                        let bytes = postcard::to_stdvec(&next).map_err(sm_error)?;
+                    let bytes = postcard::to_stdvec(&next).map_err(sm_error)?;
+                    // Applied before a crash; nobody waits for their answers any more.
+                    let mut outcomes = vec![Ok(Outcome::Done); done];
+                    outcomes.extend(
                         self.shared
                             .engine
-                            .advance(index, &bytes)
-                            .map_err(sm_error)?;
-                    }
+                            .apply_all(index, &commands[done..], Some(&bytes))
+                            .map_err(|e| StorageError::IO {
+                                source: StorageIOError::apply(
+                                    entry.log_id,
+                                    openraft::AnyError::new(&e),
+                                ),
+                            })?,
+                    );
+                    // Applied in sled; openraft does not know yet.
+                    crash::point("apply", "applied", || {});
                     *meta = next;
                     responses.push(outcomes);
                     continue;

@@ -6,7 +6,7 @@
 //!
 //! Points: `log-append`, `log-vote`, `log-committed`, `log-truncate`, `log-purge` (stages
 //! `unsynced`, `synced`), `log-rewrite` and `snapshot-file` (stages `unsynced`, `renamed`),
-//! `apply:mid-batch`, `snapshot:built`, `install:imported`.
+//! `apply:applied` (an entry in sled, openraft not yet told), `snapshot:built`, `install:imported`.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -154,44 +154,34 @@ impl Engine {
         command: &Command,
         meta: Option<&[u8]>,
     ) -> Result<Result<Outcome, ApplyError>, StoreError> {
-        let mut changes = Changes::new();
-        let result = match self.fenced(command)? {
-            Some(refused) => Ok(Err(refused)),
-            None => self.plan(&command.op, &mut changes),
+        let mut outcomes = self.apply_all(index, std::slice::from_ref(command), meta)?;
+        Ok(outcomes.pop().expect("one outcome per command"))
+    }
+
+    /// Applies `commands` in order, all under index `index` (one raft entry), with `meta`, as
+    /// one atomic sled batch: each command sees what the ones before it changed, and a crash
+    /// leaves all of them applied or none. One batch per entry rather than per command matters:
+    /// sled writes out its buffer twice for every atomic batch (`sync_file_range`, waiting for
+    /// the disk), so an entry of 200 writes used to cost 400 buffer writes. Answers one outcome
+    /// per command.
+    pub fn apply_all(
+        &self,
+        index: u64,
+        commands: &[Command],
+        meta: Option<&[u8]>,
+    ) -> Result<Vec<Result<Outcome, ApplyError>>, StoreError> {
+        let mut state = Overlay {
+            engine: self,
+            pending: Changes::new(),
         };
-        let mut batch = sled::Batch::default();
-        if let Some(meta) = meta {
-            batch.insert(space::META, meta);
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for command in commands {
+            outcomes.push(state.apply(command)?);
         }
-        let result = match result? {
-            Ok(outcome) => {
-                let service = command.op.service();
-                let delta = self.size_delta(&changes)?;
-                if !service.is_empty() && delta != 0 {
-                    let used = self.usage(service)?;
-                    let would_use = used.saturating_add_signed(delta);
-                    match command.quota {
-                        Some(quota) if delta > 0 && would_use > quota => {
-                            changes.clear();
-                            Err(ApplyError::QuotaExceeded { would_use, quota })
-                        }
-                        _ => {
-                            batch.insert(space::usage_key(service), &would_use.to_be_bytes());
-                            Ok(outcome)
-                        }
-                    }
-                } else {
-                    Ok(outcome)
-                }
-            }
-            Err(refused) => {
-                changes.clear();
-                Err(refused)
-            }
-        };
+        let mut batch = sled::Batch::default();
         let mut modules = sled::Batch::default();
         let mut touches_modules = false;
-        for (k, v) in changes {
+        for (k, v) in state.pending {
             let target = if k.starts_with(&self.modules_prefix) {
                 touches_modules = true;
                 &mut modules
@@ -203,14 +193,17 @@ impl Engine {
                 None => target.remove(k),
             }
         }
-        // Module bytes first: if a crash falls between the two, the command is applied again,
+        // Module bytes first: if a crash falls between the two, the entry is applied again,
         // and writing the same digest's bytes again changes nothing.
         if touches_modules {
             self.modules.apply_batch(modules)?;
         }
+        if let Some(meta) = meta {
+            batch.insert(space::META, meta);
+        }
         batch.insert(space::APPLIED, &index.to_be_bytes());
         self.db.apply_batch(batch)?;
-        Ok(result)
+        Ok(outcomes)
     }
 
     /// Records that entry `index` carried no command (a raft blank or membership entry), with the
@@ -256,11 +249,77 @@ impl Engine {
         self.checkpoint()
     }
 
+    /// Makes everything applied so far durable: sled's own flush uses `sync_file_range` (no
+    /// device cache flush, no metadata) and writes large values as blob files without any sync,
+    /// so after flushing we fsync every file sled owns and the directories that name them.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        for name in ["db", "conf"] {
+            let path = self.path.join(name);
+            if path.exists() {
+                File::open(&path)?.sync_all()?;
+            }
+        }
+        let blobs = self.path.join("blobs");
+        if blobs.is_dir() {
+            for entry in std::fs::read_dir(&blobs)? {
+                File::open(entry?.path())?.sync_all()?;
+            }
+            sync_dir(&blobs)?;
+        }
+        sync_dir(&self.path)?;
+        Ok(())
+    }
+}
+
+/// The state as the commands applied so far in one batch leave it: their changes over sled.
+struct Overlay<'a> {
+    engine: &'a Engine,
+    /// Every change of the commands applied so far, keyed by sled key; `None` deletes.
+    pending: Changes,
+}
+
+impl Overlay<'_> {
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.pending.get(k) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.engine.tree(k).get(k)?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// Applies one command to the overlay: its outcome, or its deterministic refusal (which
+    /// changes nothing).
+    fn apply(&mut self, command: &Command) -> Result<Result<Outcome, ApplyError>, StoreError> {
+        let mut changes = Changes::new();
+        let planned = match self.fenced(command)? {
+            Some(refused) => Err(refused),
+            None => self.plan(&command.op, &mut changes)?,
+        };
+        let outcome = match planned {
+            Ok(outcome) => outcome,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let service = command.op.service();
+        let delta = self.size_delta(&changes)?;
+        if !service.is_empty() && delta != 0 {
+            let key = space::usage_key(service);
+            let used = read_u64(self.get(&key)?)?;
+            let would_use = used.saturating_add_signed(delta);
+            if let Some(quota) = command.quota
+                && delta > 0
+                && would_use > quota
+            {
+                return Ok(Err(ApplyError::QuotaExceeded { would_use, quota }));
+            }
+            changes.insert(key, Some(would_use.to_be_bytes().to_vec()));
+        }
+        self.pending.extend(changes);
+        Ok(Ok(outcome))
+    }
+
     /// The epoch `service` is at (0 before its first placement).
-    pub fn epoch(&self, service: &str) -> Result<u64, StoreError> {
-        let raw = self
-            .db
-            .get(space::data_key(&Space::epochs(), service.as_bytes()))?;
+    fn epoch(&self, service: &str) -> Result<u64, StoreError> {
+        let raw = self.get(&space::data_key(&Space::epochs(), service.as_bytes()))?;
         Ok(raw
             .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
             .unwrap_or(0))
@@ -274,7 +333,7 @@ impl Engine {
         if service.is_empty() {
             return Ok(None);
         }
-        let raw = self.db.get(space::data_key(
+        let raw = self.get(&space::data_key(
             &Space::fences(),
             &space::fence_key(service, writer.host),
         ))?;
@@ -304,7 +363,7 @@ impl Engine {
             }
             Op::Increment { space, key, delta } => {
                 let k = space::data_key(space, key);
-                let current = match self.tree(&k).get(&k)? {
+                let current = match self.get(&k)? {
                     None => 0,
                     Some(v) => match std::str::from_utf8(&v)
                         .ok()
@@ -327,7 +386,7 @@ impl Engine {
                 value,
             } => {
                 let k = space::data_key(space, key);
-                let current = self.tree(&k).get(&k)?.map(|v| v.to_vec());
+                let current = self.get(&k)?;
                 if current != *expected {
                     return Ok(Ok(Outcome::Conflict { current }));
                 }
@@ -347,9 +406,14 @@ impl Engine {
                 Outcome::Done
             }
             Op::PurgeService { service } => {
-                for item in self.db.scan_prefix(space::service_prefix(service)) {
+                let prefix = space::service_prefix(service);
+                for item in self.engine.db.scan_prefix(&prefix) {
                     let (k, _) = item?;
                     changes.insert(k.to_vec(), None);
+                }
+                // And what earlier commands of this batch wrote.
+                for k in self.pending.keys().filter(|k| k.starts_with(&prefix)) {
+                    changes.insert(k.clone(), None);
                 }
                 Outcome::Done
             }
@@ -396,33 +460,11 @@ impl Engine {
     fn size_delta(&self, changes: &Changes) -> Result<i64, StoreError> {
         let mut delta: i64 = 0;
         for (k, new) in changes {
-            let old = self.tree(k).get(k)?.map_or(0, |v| k.len() + v.len());
+            let old = self.get(k)?.map_or(0, |v| k.len() + v.len());
             let new = new.as_ref().map_or(0, |v| k.len() + v.len());
             delta += new as i64 - old as i64;
         }
         Ok(delta)
-    }
-
-    /// Makes everything applied so far durable: sled's own flush uses `sync_file_range` (no
-    /// device cache flush, no metadata) and writes large values as blob files without any sync,
-    /// so after flushing we fsync every file sled owns and the directories that name them.
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        for name in ["db", "conf"] {
-            let path = self.path.join(name);
-            if path.exists() {
-                File::open(&path)?.sync_all()?;
-            }
-        }
-        let blobs = self.path.join("blobs");
-        if blobs.is_dir() {
-            for entry in std::fs::read_dir(&blobs)? {
-                File::open(entry?.path())?.sync_all()?;
-            }
-            sync_dir(&blobs)?;
-        }
-        sync_dir(&self.path)?;
-        Ok(())
     }
 }
 
@@ -431,7 +473,7 @@ pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-fn read_u64(v: Option<sled::IVec>) -> Result<u64, StoreError> {
+fn read_u64(v: Option<impl AsRef<[u8]>>) -> Result<u64, StoreError> {
     match v {
         None => Ok(0),
         Some(v) => Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
@@ -450,4 +492,87 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket() -> Space {
+        Space::bucket("svc", "default")
+    }
+
+    fn increment() -> Command {
+        Command::new(Op::Increment {
+            space: bucket(),
+            key: b"n".to_vec(),
+            delta: 1,
+        })
+    }
+
+    #[test]
+    fn commands_of_one_entry_see_each_other_and_land_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let put = Command::new(Op::Put {
+            space: bucket(),
+            key: b"k".to_vec(),
+            value: b"v1".to_vec(),
+        });
+        let swap = Command::new(Op::CompareAndSwap {
+            space: bucket(),
+            key: b"k".to_vec(),
+            expected: Some(b"v1".to_vec()),
+            value: b"v2".to_vec(),
+        });
+        let not_a_counter = Command::new(Op::Increment {
+            space: bucket(),
+            key: b"k".to_vec(),
+            delta: 1,
+        });
+        let outcomes = engine
+            .apply_all(
+                7,
+                &[
+                    increment(),
+                    put,
+                    increment(),
+                    swap,
+                    not_a_counter,
+                    increment(),
+                ],
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Ok(Outcome::Counter(1)),
+                Ok(Outcome::Done),
+                Ok(Outcome::Counter(2)),
+                Ok(Outcome::Done),
+                Err(ApplyError::NotACounter),
+                Ok(Outcome::Counter(3)),
+            ]
+        );
+        assert_eq!(engine.get(&bucket(), b"n").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(engine.get(&bucket(), b"k").unwrap(), Some(b"v2".to_vec()));
+        assert_eq!(engine.applied_index().unwrap(), 7);
+        // Usage counts what the whole entry left: "n" = "3" and "k" = "v2", with their keys.
+        let used = engine.usage("svc").unwrap();
+        assert!(used > 0);
+        // A quota is checked against what the earlier commands of the entry already used.
+        let big = |key: &[u8]| {
+            Command::new(Op::Put {
+                space: bucket(),
+                key: key.to_vec(),
+                value: vec![b'x'; 100],
+            })
+            .with_quota(used + 150)
+        };
+        let outcomes = engine.apply_all(8, &[big(b"a"), big(b"b")], None).unwrap();
+        assert!(outcomes[0].is_ok());
+        assert!(matches!(outcomes[1], Err(ApplyError::QuotaExceeded { .. })));
+        assert_eq!(engine.get(&bucket(), b"b").unwrap(), None);
+    }
 }
