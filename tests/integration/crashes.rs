@@ -92,6 +92,11 @@ fn check(host: &Host, seen: &Seen, point: &str) {
 
 /// One lone host (a one-member cluster, snapshotting every 40 entries) crashed at `point`.
 fn crash_a_lone_host_at(point: &str) {
+    crash_a_lone_host_with(point, &[]);
+}
+
+/// [`crash_a_lone_host_at`], the armed host also given `env`.
+fn crash_a_lone_host_with(point: &str, env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let extra = ["--name", "a", "--snapshot-every", "40"];
@@ -102,7 +107,9 @@ fn crash_a_lone_host_at(point: &str) {
 
     let seen = Arc::new(Seen::default());
     seen.keys.lock().unwrap().push("before".into());
-    match Host::try_spawn(&data, &extra, &[("DOPPEL_CRASH_AT", point)]) {
+    let mut env = env.to_vec();
+    env.push(("DOPPEL_CRASH_AT", point));
+    match Host::try_spawn(&data, &extra, &env) {
         // Crashed while starting.
         Err(status) => assert!(!status.success(), "{point}: {status}"),
         Ok(mut armed) => {
@@ -143,7 +150,7 @@ fn a_crash_at_each_step_of_the_raft_log_loses_nothing() {
 #[test]
 fn a_crash_at_each_step_of_applying_and_snapshotting_loses_nothing() {
     for point in [
-        "apply:applied@3",
+        "apply:applied@100",
         "snapshot-file:unsynced@1",
         "snapshot-file:renamed@1",
         "snapshot:built@1",
@@ -151,6 +158,15 @@ fn a_crash_at_each_step_of_applying_and_snapshotting_loses_nothing() {
         "log-purge:synced@1",
     ] {
         crash_a_lone_host_at(point);
+    }
+}
+
+/// The log file is rewritten without its purged records (here after every purge instead of
+/// every 64 MiB): a crash before the new file is synced, or just after it replaced the old one.
+#[test]
+fn a_crash_while_rewriting_the_raft_log_loses_nothing() {
+    for point in ["log-rewrite:unsynced@2", "log-rewrite:renamed@2"] {
+        crash_a_lone_host_with(point, &[("DOPPEL_LOG_REWRITE_BYTES", "0")]);
     }
 }
 

@@ -14,7 +14,15 @@ use serde::{Deserialize, Serialize};
 use crate::{NodeId, StorageError, TypeConfig, framed, io_error};
 
 /// When the file has grown this much past what it must hold, it is rewritten after a purge.
+/// `DOPPEL_LOG_REWRITE_BYTES` sets another size: the crash tests rewrite after every purge.
 const REWRITE_SLACK: u64 = 64 << 20;
+
+fn rewrite_slack() -> u64 {
+    std::env::var("DOPPEL_LOG_REWRITE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(REWRITE_SLACK)
+}
 
 /// One change to the log, as written to disk. Replaying them in order rebuilds the log.
 #[derive(Serialize, Deserialize)]
@@ -32,6 +40,8 @@ struct Inner {
     path: PathBuf,
     file: File,
     size: u64,
+    /// See [`REWRITE_SLACK`].
+    rewrite_slack: u64,
     entries: BTreeMap<u64, Entry<TypeConfig>>,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
@@ -107,6 +117,7 @@ impl LogStore {
             path,
             file,
             size,
+            rewrite_slack: rewrite_slack(),
             entries: BTreeMap::new(),
             vote: None,
             committed: None,
@@ -241,7 +252,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .write(Record::Purge(log_id))
             .map_err(|e| io_error(StorageIOError::write_logs, e))?;
         // Keep the file from growing without bound: rewrite it with only what it must hold.
-        if inner.size > REWRITE_SLACK {
+        if inner.size > inner.rewrite_slack {
             let records = inner.state_records();
             let (file, size) = framed::rewrite(&inner.path, &records, "log-rewrite")
                 .map_err(|e| io_error(StorageIOError::write_logs, e))?;
