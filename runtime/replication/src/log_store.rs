@@ -86,6 +86,15 @@ impl Inner {
         self.write_with(record, true)
     }
 
+    /// The id of the last entry, or of the last purged one when none is left.
+    fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(self.last_purged)
+    }
+
     /// What the file must hold to rebuild the log as it is now.
     fn state_records(&self) -> Vec<Record> {
         let mut records = Vec::new();
@@ -133,13 +142,7 @@ impl LogStore {
 
     /// How far the log reaches: its last entry's term and index (or the last purged one's).
     pub fn reach(&self) -> crate::LogReach {
-        let inner = self.lock();
-        let last = inner
-            .entries
-            .values()
-            .next_back()
-            .map(|e| e.log_id)
-            .or(inner.last_purged);
+        let last = self.lock().last_log_id();
         last.map_or_else(crate::LogReach::default, |id| crate::LogReach {
             term: id.leader_id.term,
             index: id.index,
@@ -173,15 +176,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let inner = self.lock();
-        let last = inner
-            .entries
-            .values()
-            .next_back()
-            .map(|e| e.log_id)
-            .or(inner.last_purged);
         Ok(LogState {
             last_purged_log_id: inner.last_purged,
-            last_log_id: last,
+            last_log_id: inner.last_log_id(),
         })
     }
 
