@@ -378,3 +378,42 @@ fn concurrent_deploys_through_two_hosts_never_share_a_version() {
     println!("41 deploys, 40 of them in concurrent pairs: {succeeded} landed, {refused} refused");
     assert_eq!(hosts[2].post("/kv/set?k=a", "1").0, 200);
 }
+
+/// Hosts far apart get a longer leader lease (`--leader-lease`); a cluster started with one still
+/// replaces a dead leader, and a lease out of range is refused with the allowed range.
+#[test]
+fn a_longer_leader_lease_still_replaces_a_dead_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = doppel()
+        .args(["host", "--leader-lease", "20ms", "--data"])
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("100ms to 10s"), "{stderr}");
+    assert!(
+        !dir.path().join("x").exists(),
+        "a refused start wrote a data directory"
+    );
+
+    let mut hosts = cluster(3, &["--leader-lease", "800ms"]);
+    hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    assert_eq!(hosts[1].post("/kv/set?k=before", "1").0, 200);
+    let old = leader(&hosts);
+    let term = status(&hosts[(old + 1) % 3])["cluster"]["term"]
+        .as_u64()
+        .unwrap();
+    hosts[old].kill();
+    for i in (0..3).filter(|i| *i != old) {
+        eventually("writes succeed with a new leader", || {
+            hosts[i].post("/kv/set?k=after", "2").0 == 200
+        });
+    }
+    // `leader` only finds running hosts: it fails if the dead host is still named leader.
+    assert_ne!(leader(&hosts), old);
+    let survivor = &hosts[(old + 1) % 3];
+    let st = status(survivor);
+    assert!(st["cluster"]["term"].as_u64().unwrap() > term, "{st}");
+    assert_eq!(survivor.get("/kv/get?k=before").1, "1");
+}

@@ -51,6 +51,11 @@ pub struct HostArgs {
     /// Log entries between snapshots of the store (the log before a snapshot is then dropped).
     #[arg(long, default_value_t = 10_000, hide = true)]
     pub snapshot_every: u64,
+    /// How long after the raft leader falls silent the other hosts may elect another: failover
+    /// after a leader dies takes about this long. Raise it for hosts far apart (several times
+    /// their round trip). 100ms to 10s.
+    #[arg(long, default_value = "180ms", value_parser = parse_lease)]
+    pub leader_lease: u64,
     /// A label placement rules can match (`doppel deploy --on KEY=VALUE`), repeatable, e.g.
     /// `--label provider=ionos --label jurisdiction=de`.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = doppel_api::parse_label)]
@@ -153,6 +158,7 @@ impl HostArgs {
             },
             advertise: self.advertise,
             snapshot_every: self.snapshot_every,
+            leader_lease: Duration::from_millis(self.leader_lease),
             labels,
         };
         tracing::info!(?config, "starting");
@@ -164,4 +170,15 @@ impl HostArgs {
         )
         .await
     }
+}
+
+/// A leader lease: a duration from 100 ms to 10 s.
+fn parse_lease(text: &str) -> Result<u64, String> {
+    let ms = parse_millis(text)?;
+    if !(100..=10_000).contains(&ms) {
+        return Err(format!(
+            "{text} is out of range: a leader lease is 100ms to 10s (default 180ms)"
+        ));
+    }
+    Ok(ms)
 }

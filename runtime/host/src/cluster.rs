@@ -93,17 +93,19 @@ pub fn save_identity(data: &Path, identity: &Identity) -> anyhow::Result<()> {
     crate::host::write_private(&identity_path(data), &serde_json::to_vec_pretty(identity)?)
 }
 
-/// Starts this host's raft node from `DATA/raft`, snapshotting every `snapshot_every` entries.
+/// Starts this host's raft node from `DATA/raft`, snapshotting every `snapshot_every` entries,
+/// with a leader lease of `lease`.
 pub async fn start(
     data: &Path,
     identity: &Identity,
     snapshot_every: u64,
+    lease: std::time::Duration,
 ) -> anyhow::Result<Arc<ReplicatedStore>> {
     let config = openraft::Config {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
         // Keep some entries past a snapshot, so that a host a little behind catches up by log.
         max_in_snapshot_log_to_keep: (snapshot_every / 5).max(1),
-        ..doppel_replication::config()
+        ..doppel_replication::config_with_lease(lease)
     };
     let node =
         doppel_replication::start_with(identity.id, &data.join("raft"), &identity.secret, config)

@@ -30,14 +30,12 @@ const DEAD_AFTER: Duration = Duration::from_millis(350);
 const REFUSED_DEAD: u32 = 2;
 /// How long without an answer from the leader before a follower stands for election itself
 /// instead of waiting for its election timer (which openraft starts only after the leader's lease,
-/// then adds 120–180 ms and, for a follower with a shorter log, 360 ms more) when the leader is
-/// merely silent: a slow leader is not a dead one, and voters refuse while their lease lasts anyway.
-const LEADER_DEAD_AFTER: Duration = Duration::from_millis(300);
-/// When the leader's process is gone (its probes are refused), a follower stands as soon as the
-/// voters' lease has run out: this long after the leader last answered a probe. Heartbeats and
-/// probes leave the leader together, so the lease (counted from the last heartbeat) is over by
-/// then or within a probe round; a vote refused for the lease is asked again the next round.
-const STAND_AFTER_REFUSED: Duration = doppel_replication::LEADER_LEASE;
+/// then adds 2/3 to 1 lease more and, for a follower with a shorter log, 2 leases more) when the
+/// leader is merely silent: a slow leader is not a dead one. At least the lease and a margin:
+/// standing while voters still refuse would only bump the term and depose a live leader.
+fn leader_dead_after(lease: Duration) -> Duration {
+    (lease + Duration::from_millis(120)).max(Duration::from_millis(300))
+}
 
 /// What one probe of a member found.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -81,6 +79,12 @@ pub async fn run(mover: Mover) {
     let mut metrics = store.raft().metrics();
     let mut leading = false;
     let mut last_leader: Option<NodeId> = None;
+    // When the leader's process is gone (its probes are refused), a follower stands as soon as
+    // the voters' lease has run out: this long after the leader last answered a probe.
+    // Heartbeats and probes leave the leader together, so the lease (counted from the last
+    // heartbeat) is over by then or within a probe round; a vote refused for the lease is asked
+    // again the next round.
+    let lease = Duration::from_millis(store.raft().config().election_timeout_max);
     loop {
         // A host that has just won an election places services at once rather than at the next
         // tick: when it was elected because the leader died, the leader's services wait for it.
@@ -151,7 +155,7 @@ pub async fn run(mover: Mover) {
             // Voters refuse a new leader until their lease on the old one runs out, whatever we
             // know. When the leader's process is gone (refused probes) a follower stands as soon
             // as that lease is over, and again each round until someone wins; when it is only
-            // silent, after `LEADER_DEAD_AFTER`. Only the live follower whose log reaches
+            // silent, after `leader_dead_after`. Only the live follower whose log reaches
             // furthest stands (the lowest id among equals): raft would refuse the others, and a
             // follower standing again and again with a shorter log bumps the term each time and
             // deposes whoever won (seen as 2–5 s leader kills). Two standing at once split the
@@ -167,9 +171,9 @@ pub async fn run(mover: Mover) {
             {
                 let gone = refusals.get(&leader).copied().unwrap_or(0) >= REFUSED_DEAD;
                 let (wait, again) = if gone {
-                    (STAND_AFTER_REFUSED, PROBE_EVERY)
+                    (lease, PROBE_EVERY)
                 } else {
-                    (LEADER_DEAD_AFTER, LEADER_DEAD_AFTER)
+                    (leader_dead_after(lease), leader_dead_after(lease))
                 };
                 let silent = now.duration_since(*last_ok.get(&leader).unwrap_or(&started));
                 if silent > wait && last_stood.is_none_or(|t| now.duration_since(t) >= again) {

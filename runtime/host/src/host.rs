@@ -48,6 +48,10 @@ pub struct HostConfig {
     pub advertise: Option<String>,
     /// Log entries between snapshots (after which the log before them is dropped).
     pub snapshot_every: u64,
+    /// How long after a leader falls silent other hosts may elect another (raft's leader lease;
+    /// `doppel_replication::LEADER_LEASE` by default). Failover after a leader dies takes about
+    /// this long; hosts far apart need more.
+    pub leader_lease: Duration,
     /// Labels placement rules match (`--label provider=ionos`).
     pub labels: BTreeMap<String, String>,
 }
@@ -187,7 +191,7 @@ pub async fn run(
             (cluster::new_identity(config.join.as_ref())?, true)
         }
     };
-    let store = cluster::start(data, &identity, config.snapshot_every).await?;
+    let store = cluster::start(data, &identity, config.snapshot_every, config.leader_lease).await?;
 
     let ingress_listener = bind(config.listen, "--listen").await?;
     let admin_listener = bind(config.admin, "--admin").await?;

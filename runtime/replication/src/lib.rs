@@ -71,19 +71,27 @@ fn io_error(
     }
 }
 
-/// How long a voter refuses to vote for anyone after its last heartbeat from a live leader:
-/// openraft 0.9's leader lease, which it takes from `election_timeout_max`. No leader can be
-/// replaced sooner, so this bounds failover when the leader dies (see `doppel_host::failover`).
+/// How long a voter refuses to vote for anyone after its last heartbeat from a live leader, by
+/// default: openraft 0.9's leader lease, which it takes from `election_timeout_max`. No leader can
+/// be replaced sooner, so this bounds failover when the leader dies (see `doppel_host::failover`).
+/// `doppel host --leader-lease` sets another.
 pub const LEADER_LEASE: std::time::Duration = std::time::Duration::from_millis(180);
 
-/// Raft timing: heartbeats every 40 ms (four or more per lease, so one late heartbeat does not
-/// open an election), openraft's own election timer after 120–180 ms beyond the lease. Hosts do not
-/// wait for that timer when a leader's process is gone: they stand as soon as the lease allows.
+/// Raft timing for the default lease; see [`config_with_lease`].
 pub fn config() -> openraft::Config {
+    config_with_lease(LEADER_LEASE)
+}
+
+/// Raft timing for a leader lease of `lease`: heartbeats every 2/9 of it (40 ms for 180 ms: four
+/// or more per lease, so one late heartbeat does not open an election), openraft's own election
+/// timer after 2/3 to 1 lease beyond the lease. Hosts do not wait for that timer when a leader's
+/// process is gone: they stand as soon as the lease allows.
+pub fn config_with_lease(lease: std::time::Duration) -> openraft::Config {
+    let lease = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(9);
     openraft::Config {
-        heartbeat_interval: 40,
-        election_timeout_min: 120,
-        election_timeout_max: LEADER_LEASE.as_millis() as u64,
+        heartbeat_interval: lease * 2 / 9,
+        election_timeout_min: lease * 2 / 3,
+        election_timeout_max: lease,
         ..openraft::Config::default()
     }
 }
