@@ -398,6 +398,13 @@ fn a_longer_leader_lease_still_replaces_a_dead_leader() {
     );
 
     let mut hosts = cluster(3, &["--leader-lease", "800ms"]);
+    for h in &hosts {
+        assert!(
+            h.log().contains("lease_ms=800 heartbeat_ms=177"),
+            "{}",
+            h.log()
+        );
+    }
     hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
     assert_eq!(hosts[1].post("/kv/set?k=before", "1").0, 200);
     let old = leader(&hosts);

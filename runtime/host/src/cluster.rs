@@ -107,6 +107,11 @@ pub async fn start(
         max_in_snapshot_log_to_keep: (snapshot_every / 5).max(1),
         ..doppel_replication::config_with_lease(lease)
     };
+    tracing::info!(
+        lease_ms = config.election_timeout_max,
+        heartbeat_ms = config.heartbeat_interval,
+        "raft timing"
+    );
     let node =
         doppel_replication::start_with(identity.id, &data.join("raft"), &identity.secret, config)
             .await

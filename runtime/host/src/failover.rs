@@ -40,8 +40,8 @@ fn leader_dead_after(lease: Duration) -> Duration {
 /// What one probe of a member found.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Probe {
-    /// It answered, with how far its raft log reaches.
-    Answered(Option<LogReach>),
+    /// It answered, with how far its raft log reaches (nowhere, if it did not say).
+    Answered(LogReach),
     /// Connection refused: nothing listens there any more.
     Refused,
     /// No answer in time, or an error answer.
@@ -118,7 +118,7 @@ pub async fn run(mover: Mover) {
                     {
                         Ok(r) if r.status().is_success() => {
                             let body = r.bytes().await.unwrap_or_default();
-                            Probe::Answered(LogReach::from_ping(&body))
+                            Probe::Answered(LogReach::from_ping(&body).unwrap_or_default())
                         }
                         Err(e) if refused(&e) => Probe::Refused,
                         _ => Probe::Silent,
@@ -132,7 +132,7 @@ pub async fn run(mover: Mover) {
                 Probe::Answered(r) => {
                     last_ok.insert(id, now);
                     refusals.remove(&id);
-                    reach.insert(id, r.unwrap_or_default());
+                    reach.insert(id, r);
                 }
                 Probe::Refused => *refusals.entry(id).or_default() += 1,
                 Probe::Silent => {
@@ -146,7 +146,7 @@ pub async fn run(mover: Mover) {
                 && now.duration_since(*last_ok.get(id).unwrap_or(&started)) < DEAD_AFTER
                 && refusals.get(id).copied().unwrap_or(0) < REFUSED_DEAD
         };
-        if !store.is_leader() {
+        if !leading {
             // A candidate knows no leader; it remembers the one it lost so it can stand again.
             if let Some(l) = store.raft().metrics().borrow().current_leader {
                 last_leader = Some(l);
