@@ -6,7 +6,8 @@
 //! - one doppel host, for what replication costs.
 //!
 //! Same load generator (wrk), same key written over and over, same machine (2 cores, one disk:
-//! every member's syncs hit the same device). Run: `cargo bench -p doppel --bench replicated`.
+//! every member's syncs hit the same device). Run: `cargo bench -p doppel --bench replicated`
+//! (`REPLICATED_CLIENTS=1` for one client count only).
 
 mod common;
 #[allow(dead_code)]
@@ -142,6 +143,21 @@ fn cell(load: &Load) -> String {
     )
 }
 
+/// 1, 16 and 256 clients, or those listed in `REPLICATED_CLIENTS` (e.g. `1,16`) for a quicker run.
+fn client_counts() -> Vec<u32> {
+    match std::env::var("REPLICATED_CLIENTS") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("REPLICATED_CLIENTS: {n:?} is not a number"))
+            })
+            .collect(),
+        Err(_) => vec![1, 16, 256],
+    }
+}
+
 fn main() {
     let single = Host::start();
     single.deploy(doppel_guests::KV_DRAFT2, "kv", &[]);
@@ -166,7 +182,7 @@ fn main() {
             .unwrap()
     };
     let term_before = term();
-    for clients in [1u32, 16, 256] {
+    for clients in client_counts() {
         let three = wrk_with(
             &hosts[lead].url("/kv/set?k=counter"),
             clients,
