@@ -53,7 +53,8 @@ pub struct HostArgs {
     pub snapshot_every: u64,
     /// How long after the raft leader falls silent the other hosts may elect another: failover
     /// after a leader dies takes about this long. Raise it for hosts far apart (several times
-    /// their round trip). 100ms to 10s.
+    /// their round trip); how often hosts probe each other and how long a silent host has before
+    /// its services move follow it. 100ms to 10s.
     #[arg(long, default_value = "180ms", value_parser = parse_lease)]
     pub leader_lease: u64,
     /// A label placement rules can match (`doppel deploy --on KEY=VALUE`), repeatable, e.g.

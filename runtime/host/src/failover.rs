@@ -17,25 +17,41 @@ use crate::moves::Mover;
 use crate::placement::{self, Change, Placement};
 use crate::schedule::{self, HostView};
 
-/// How often members are probed.
-const PROBE_EVERY: Duration = Duration::from_millis(50);
-/// How long a probe may take.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
-/// How long without an answer before a host counts as dead. Several probe rounds: one lost packet
-/// or a slow answer does not move a service.
-const DEAD_AFTER: Duration = Duration::from_millis(350);
+/// How often members are probed, how long a probe may take, how long without an answer before a
+/// host counts as dead, and how long a silent leader is given: all follow the leader lease
+/// (`doppel host --leader-lease`), so hosts far apart, which need a longer lease, are not declared
+/// dead for a slow answer either. The floors are what the default 180 ms lease uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProbeTiming {
+    every: Duration,
+    timeout: Duration,
+    /// Several probe rounds: one lost packet or a slow answer does not move a service.
+    dead_after: Duration,
+    /// How long without an answer from the leader before a follower stands for election itself
+    /// instead of waiting for its election timer (which openraft starts only after the leader's
+    /// lease, then adds 2/3 to 1 lease more and, for a follower with a shorter log, 2 leases more)
+    /// when the leader is merely silent: a slow leader is not a dead one. At least the lease and
+    /// a margin: standing while voters still refuse would only bump the term and depose a live
+    /// leader.
+    leader_dead_after: Duration,
+}
+
+impl ProbeTiming {
+    fn for_lease(lease: Duration) -> ProbeTiming {
+        let ms = Duration::from_millis;
+        ProbeTiming {
+            every: (lease / 4).max(ms(50)),
+            timeout: lease.max(ms(250)),
+            dead_after: (lease * 2).max(ms(350)),
+            leader_dead_after: (lease + ms(120)).max(ms(300)),
+        }
+    }
+}
+
 /// Consecutive probes *refused* (the host's machine answered that nothing listens on the port:
-/// the process is gone) after which a host counts as dead without waiting for `DEAD_AFTER`. A
+/// the process is gone) after which a host counts as dead without waiting for `dead_after`. A
 /// refusal is an answer, not a silence, so it cannot come from a slow or overloaded host.
 const REFUSED_DEAD: u32 = 2;
-/// How long without an answer from the leader before a follower stands for election itself
-/// instead of waiting for its election timer (which openraft starts only after the leader's lease,
-/// then adds 2/3 to 1 lease more and, for a follower with a shorter log, 2 leases more) when the
-/// leader is merely silent: a slow leader is not a dead one. At least the lease and a margin:
-/// standing while voters still refuse would only bump the term and depose a live leader.
-fn leader_dead_after(lease: Duration) -> Duration {
-    (lease + Duration::from_millis(120)).max(Duration::from_millis(300))
-}
 
 /// What one probe of a member found.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -74,17 +90,18 @@ pub async fn run(mover: Mover) {
     let mut last_stood: Option<Instant> = None;
     let mut refusals: HashMap<NodeId, u32> = HashMap::new();
     let mut reach: HashMap<NodeId, LogReach> = HashMap::new();
-    let mut ticker = tokio::time::interval(PROBE_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut metrics = store.raft().metrics();
-    let mut leading = false;
-    let mut last_leader: Option<NodeId> = None;
     // When the leader's process is gone (its probes are refused), a follower stands as soon as
     // the voters' lease has run out: this long after the leader last answered a probe.
     // Heartbeats and probes leave the leader together, so the lease (counted from the last
     // heartbeat) is over by then or within a probe round; a vote refused for the lease is asked
     // again the next round.
     let lease = Duration::from_millis(store.raft().config().election_timeout_max);
+    let timing = ProbeTiming::for_lease(lease);
+    let mut ticker = tokio::time::interval(timing.every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut metrics = store.raft().metrics();
+    let mut leading = false;
+    let mut last_leader: Option<NodeId> = None;
     loop {
         // A host that has just won an election places services at once rather than at the next
         // tick: when it was elected because the leader died, the leader's services wait for it.
@@ -112,7 +129,7 @@ pub async fn run(mover: Mover) {
                     let probe = match http
                         .post(format!("http://{addr}/raft/v1/ping"))
                         .bearer_auth(&secret)
-                        .timeout(PROBE_TIMEOUT)
+                        .timeout(timing.timeout)
                         .send()
                         .await
                     {
@@ -143,7 +160,7 @@ pub async fn run(mover: Mover) {
         last_ok.insert(this, now);
         let alive = |id: &NodeId| {
             members.iter().any(|(m, _)| m == id)
-                && now.duration_since(*last_ok.get(id).unwrap_or(&started)) < DEAD_AFTER
+                && now.duration_since(*last_ok.get(id).unwrap_or(&started)) < timing.dead_after
                 && refusals.get(id).copied().unwrap_or(0) < REFUSED_DEAD
         };
         if !leading {
@@ -155,7 +172,7 @@ pub async fn run(mover: Mover) {
             // Voters refuse a new leader until their lease on the old one runs out, whatever we
             // know. When the leader's process is gone (refused probes) a follower stands as soon
             // as that lease is over, and again each round until someone wins; when it is only
-            // silent, after `leader_dead_after`. Only the live follower whose log reaches
+            // silent, after `timing.leader_dead_after`. Only the live follower whose log reaches
             // furthest stands (the lowest id among equals): raft would refuse the others, and a
             // follower standing again and again with a shorter log bumps the term each time and
             // deposes whoever won (seen as 2–5 s leader kills). Two standing at once split the
@@ -171,9 +188,9 @@ pub async fn run(mover: Mover) {
             {
                 let gone = refusals.get(&leader).copied().unwrap_or(0) >= REFUSED_DEAD;
                 let (wait, again) = if gone {
-                    (lease, PROBE_EVERY)
+                    (lease, timing.every)
                 } else {
-                    (leader_dead_after(lease), leader_dead_after(lease))
+                    (timing.leader_dead_after, timing.leader_dead_after)
                 };
                 let silent = now.duration_since(*last_ok.get(&leader).unwrap_or(&started));
                 if silent > wait && last_stood.is_none_or(|t| now.duration_since(t) >= again) {
@@ -395,5 +412,23 @@ mod tests {
         ));
         // Alone (every rival dead), a follower stands.
         assert!(reaches_furthest((7, at(1, 1)), std::iter::empty()));
+    }
+
+    #[test]
+    fn probe_timing_follows_the_lease() {
+        let ms = Duration::from_millis;
+        // The default lease: the timings the failover bench measured (a silent host was dead
+        // after 350 ms then; a killed one is found by refused probes, not by this).
+        let default = ProbeTiming::for_lease(doppel_replication::LEADER_LEASE);
+        assert_eq!(default.every, ms(50));
+        assert_eq!(default.timeout, ms(250));
+        assert_eq!(default.dead_after, ms(360));
+        assert_eq!(default.leader_dead_after, ms(300));
+        // Hosts far apart: nothing is declared dead before two leases without an answer.
+        let far = ProbeTiming::for_lease(ms(2_000));
+        assert_eq!(far.every, ms(500));
+        assert_eq!(far.timeout, ms(2_000));
+        assert_eq!(far.dead_after, ms(4_000));
+        assert_eq!(far.leader_dead_after, ms(2_120));
     }
 }
