@@ -272,3 +272,107 @@ fn a_crash_while_saving_a_vote_loses_nothing() {
         println!("crash at {point}: the 30 acknowledged writes are on all 3 hosts");
     }
 }
+
+/// How far `host`'s raft log reaches, asked as its peers ask (a liveness probe).
+fn log_reach(host: &Host) -> doppel_replication::LogReach {
+    let identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.data.join("cluster.json")).unwrap()).unwrap();
+    let body = crate::support::http()
+        .post(format!("http://{}/raft/v1/ping", host.admin))
+        .bearer_auth(identity["secret"].as_str().unwrap())
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.bytes())
+        .unwrap();
+    doppel_replication::LogReach::from_ping(&body).unwrap()
+}
+
+/// A follower drops a conflicting suffix of its log (`log-truncate`) and crashes doing it. The
+/// suffix is made on purpose: the leader appends entries while both followers are frozen
+/// (SIGSTOP), so no one else has them; it is killed, the followers elect a new leader whose log
+/// differs from there on, and the old leader, restarted armed, must drop those entries when it
+/// rejoins. Restarted again normally, every host has every acknowledged write, and the write
+/// that only the old leader ever had is gone.
+#[test]
+fn a_crash_while_dropping_a_conflicting_suffix_loses_nothing() {
+    for point in ["log-truncate:unsynced", "log-truncate:synced"] {
+        let mut hosts = cluster(3, &[]);
+        let old = crate::support::leader(&hosts);
+        // Active on the leader, so that the write below is proposed there, not forwarded.
+        hosts[old].deploy(guests::KV_DRAFT2, "kv", &[]);
+        for h in &hosts {
+            crate::support::eventually("every host serves kv", || h.get("/kv/get?k=x").0 == 200);
+        }
+        let mut keys = Vec::new();
+        for i in 0..20 {
+            let key = format!("t{i}");
+            let via = &hosts[(old + i) % 3];
+            assert_eq!(via.post(&format!("/kv/set?k={key}"), key.clone()).0, 200);
+            keys.push(key);
+        }
+        let followers = [(old + 1) % 3, (old + 2) % 3];
+        for f in followers {
+            unsafe { libc::kill(hosts[f].pid() as i32, libc::SIGSTOP) };
+        }
+        // Whatever the followers have now, or had in flight, ends at or before this entry.
+        let frozen_at = log_reach(&hosts[old]);
+        let url = hosts[old].url("/kv/set?k=lost");
+        let lost = std::thread::spawn(move || crate::support::http().post(url).body("x").send());
+        crate::support::eventually("the leader appends entries no one else has", || {
+            log_reach(&hosts[old]).index > frozen_at.index
+        });
+        hosts[old].kill();
+        // Never acknowledged: the leader died with it (or, slower, gave up on a majority).
+        let answer = lost.join().unwrap();
+        assert!(
+            answer.as_ref().map_or(true, |r| r.status() != 200),
+            "{answer:?}"
+        );
+        for f in followers {
+            unsafe { libc::kill(hosts[f].pid() as i32, libc::SIGCONT) };
+        }
+        let old_id = crate::support::id_of(&hosts[old]);
+        crate::support::eventually("the followers elect a new leader", || {
+            let leader = crate::support::status(&hosts[followers[0]])["cluster"]["leader"].clone();
+            leader.is_string() && leader != old_id.as_str()
+        });
+        let name = crate::support::name(old);
+        let (listen, admin) = (hosts[old].listen.to_string(), hosts[old].admin.to_string());
+        let extra = [
+            "--name",
+            name.as_str(),
+            "--listen",
+            &listen,
+            "--admin",
+            &admin,
+        ];
+        match Host::try_spawn(&hosts[old].data, &extra, &[("DOPPEL_CRASH_AT", point)]) {
+            Err(status) => assert!(!status.success(), "{point}: {status}"),
+            Ok(mut armed) => {
+                let status = armed.wait_exit(Duration::from_secs(60));
+                assert!(status.is_some_and(|s| !s.success()), "{point}: {status:?}");
+            }
+        }
+        let log = std::fs::read_to_string(hosts[old].data.with_extension("log")).unwrap();
+        assert!(log.contains(&format!("crashing at {point}")), "{log}");
+        restart_in_place(&mut hosts[old], &name);
+        crate::support::eventually("the old leader catches up", || {
+            hosts[old].get("/kv/get?k=t19").1 == "t19"
+        });
+        // Its log is the leader's again, to the last entry: nothing of the dropped suffix is left.
+        crate::support::eventually("every log reaches as far as the others", || {
+            let reach = log_reach(&hosts[0]);
+            hosts.iter().all(|h| log_reach(h) == reach)
+        });
+        for h in &hosts {
+            for key in &keys {
+                assert_eq!(h.get(&format!("/kv/get?k={key}")).1, *key, "{point}");
+            }
+            assert_eq!(h.get("/kv/get?k=lost").1, "<none>", "{point}");
+        }
+        assert_eq!(hosts[old].post("/kv/set?k=after", "1").0, 200);
+        println!(
+            "crash at {point}: the 20 acknowledged writes are on all 3 hosts, the lost one on none"
+        );
+    }
+}
