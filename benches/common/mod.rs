@@ -47,10 +47,18 @@ pub fn wrk_with(url: &str, connections: u32, seconds: u32, script: Option<&str>)
         "-d",
         &format!("{seconds}s"),
     ]);
-    if let Some(lua) = script {
-        let path = std::env::temp_dir().join(format!("doppel-wrk-{}.lua", std::process::id()));
-        std::fs::write(&path, lua).unwrap();
-        cmd.arg("-s").arg(&path);
+    // Removed when this returns (it used to be left in /tmp after every run).
+    let script_file = script.map(|lua| {
+        let mut file = tempfile::Builder::new()
+            .prefix("doppel-wrk-")
+            .suffix(".lua")
+            .tempfile()
+            .unwrap();
+        std::io::Write::write_all(&mut file, lua.as_bytes()).unwrap();
+        file
+    });
+    if let Some(file) = &script_file {
+        cmd.arg("-s").arg(file.path());
     }
     let out = cmd
         .arg(url)
