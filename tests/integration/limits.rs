@@ -79,6 +79,31 @@ fn memory_past_the_limit_fails_the_request_and_says_why() {
     );
 }
 
+/// A request never sees what an earlier one left in memory: instance slots are reused, and only
+/// the pages a request dirtied are reset after it (where Linux can tell which), so a page the
+/// reset missed would show here as a changed static or a non-zero byte in fresh heap memory.
+#[test]
+fn every_request_starts_from_clean_memory() {
+    let host = Host::start();
+    host.deploy(guests::MISBEHAVE, "bad", &[]);
+    let check = |host: &Host| {
+        for _ in 0..25 {
+            let (status, body) = host.get("/bad/leftovers");
+            assert_eq!((status, body.as_str()), (200, "7 0 0"));
+        }
+    };
+    check(&host);
+    // Several at once, so that slots are in use side by side and reused out of order.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| check(&host));
+        }
+    });
+    // After a request that grew its memory well past the fresh heap and wrote all of it.
+    assert_eq!(host.get("/bad/alloc?mb=8").0, 200);
+    check(&host);
+}
+
 #[test]
 fn request_bodies_over_the_limit_are_refused() {
     let host = Host::start();

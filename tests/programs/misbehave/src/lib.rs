@@ -1,6 +1,8 @@
 //! A badly behaved service: each route breaks a rule, so tests can check that only that request
 //! fails and that the host and every other service keep serving.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use test_support::{param, path_and_query, read_body, respond};
 use wasi::http::types::{IncomingRequest, ResponseOutparam};
 
@@ -14,6 +16,11 @@ mod bindings {
 use bindings::wasi::keyvalue::store;
 
 struct Handler;
+
+/// In the memory image (the data segment): 7 in every fresh instance.
+static IN_IMAGE: AtomicU64 = AtomicU64::new(7);
+/// In zeroed memory (bss): 0 in every fresh instance.
+static ZEROED: AtomicU64 = AtomicU64::new(0);
 
 fn size(params: &[(String, String)], name: &str) -> usize {
     param(params, name)
@@ -43,6 +50,18 @@ impl wasi::exports::http::incoming_handler::Guest for Handler {
             "/sleep" => {
                 std::thread::sleep(std::time::Duration::from_millis(size(&params, "ms") as u64));
                 respond(out, 200, b"slept");
+            }
+            "/leftovers" => {
+                // What an earlier request left in this memory, if anything: the two statics as
+                // a fresh instance has them, and how many bytes of a fresh zeroed MiB are not
+                // zero. Then scribbles over all three for the next request to find.
+                let image = IN_IMAGE.swap(99, Ordering::Relaxed);
+                let zeroed = ZEROED.swap(99, Ordering::Relaxed);
+                let mut heap = std::hint::black_box(vec![0u8; 1 << 20]);
+                let dirty = heap.iter().filter(|b| **b != 0).count();
+                heap.fill(0xab);
+                std::hint::black_box(&heap);
+                respond(out, 200, format!("{image} {zeroed} {dirty}").as_bytes());
             }
             "/noresponse" => {}
             "/body" => match read_body(&request) {
