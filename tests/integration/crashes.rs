@@ -170,6 +170,14 @@ fn a_crash_while_rewriting_the_raft_log_loses_nothing() {
     }
 }
 
+/// Starts a cluster host that was killed again on its old ports and data, armed to crash at
+/// `point` (`Err` if it already crashed while starting).
+fn respawn_armed(host: &Host, name: &str, point: &str) -> Result<Host, std::process::ExitStatus> {
+    let (listen, admin) = (host.listen.to_string(), host.admin.to_string());
+    let extra = ["--name", name, "--listen", &listen, "--admin", &admin];
+    Host::try_spawn(&host.data, &extra, &[("DOPPEL_CRASH_AT", point)])
+}
+
 /// A host that was down catches up by snapshot and crashes right after importing it (before its
 /// own bookkeeping and snapshot file are written); restarted, it catches up again and serves
 /// everything acknowledged meanwhile.
@@ -190,13 +198,7 @@ fn a_crash_while_installing_a_snapshot_loses_nothing() {
         );
         keys.push(key);
     }
-    let (listen, admin) = (hosts[2].listen.to_string(), hosts[2].admin.to_string());
-    let extra = ["--name", "c", "--listen", &listen, "--admin", &admin];
-    match Host::try_spawn(
-        &hosts[2].data,
-        &extra,
-        &[("DOPPEL_CRASH_AT", "install:imported")],
-    ) {
+    match respawn_armed(&hosts[2], "c", "install:imported") {
         Err(status) => assert!(!status.success(), "{status}"),
         Ok(mut armed) => {
             let status = armed.wait_exit(Duration::from_secs(60));
@@ -228,20 +230,8 @@ fn a_crash_while_saving_a_vote_loses_nothing() {
         let other = (leader + 2) % 3;
         // Restart the voter armed.
         hosts[voter].kill();
-        let (listen, admin) = (
-            hosts[voter].listen.to_string(),
-            hosts[voter].admin.to_string(),
-        );
         let name = crate::support::name(voter);
-        let extra = [
-            "--name",
-            name.as_str(),
-            "--listen",
-            &listen,
-            "--admin",
-            &admin,
-        ];
-        let mut armed = Host::try_spawn(&hosts[voter].data, &extra, &[("DOPPEL_CRASH_AT", point)])
+        let mut armed = respawn_armed(&hosts[voter], &name, point)
             .unwrap_or_else(|status| panic!("{point}: the voter died at start ({status})"));
         let mut keys = Vec::new();
         for i in 0..30 {
@@ -337,16 +327,7 @@ fn a_crash_while_dropping_a_conflicting_suffix_loses_nothing() {
             leader.is_string() && leader != old_id.as_str()
         });
         let name = crate::support::name(old);
-        let (listen, admin) = (hosts[old].listen.to_string(), hosts[old].admin.to_string());
-        let extra = [
-            "--name",
-            name.as_str(),
-            "--listen",
-            &listen,
-            "--admin",
-            &admin,
-        ];
-        match Host::try_spawn(&hosts[old].data, &extra, &[("DOPPEL_CRASH_AT", point)]) {
+        match respawn_armed(&hosts[old], &name, point) {
             Err(status) => assert!(!status.success(), "{point}: {status}"),
             Ok(mut armed) => {
                 let status = armed.wait_exit(Duration::from_secs(60));
