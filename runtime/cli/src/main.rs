@@ -17,7 +17,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 // A host allocates and frees a guest's worth of small objects for every request, from many
-// threads: glibc's malloc spent ~13 % of a busy host's CPU on it.
+// threads: glibc's malloc spent ~13 % of a busy host's CPU on it. Built without transparent
+// huge pages (feature `no_thp`): with them an idle host held 150 MB instead of 46.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
