@@ -241,3 +241,51 @@ async fn a_host_without_a_majority_acknowledges_nothing() {
     let read = lonely.get(&Space::bucket("svc", "default"), b"lost").await;
     assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
 }
+
+/// A lone write is proposed at once, and writes that arrive together share entries: 200
+/// increments at once through one host all count, in far fewer raft entries than writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_entries_and_all_count() {
+    use doppel_store::Store;
+    let nodes = cluster().await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let lead = leader(&all, None).await;
+    let leader_node = nodes.iter().find(|n| n.id == lead).unwrap();
+    let s = std::sync::Arc::new(store(leader_node));
+    let space = Space::bucket("svc", "default");
+    let before = leader_node.log.reach().index;
+    assert_eq!(s.apply(put("lone", "v")).await.unwrap(), Outcome::Done);
+    assert_eq!(
+        leader_node.log.reach().index,
+        before + 1,
+        "one write, one entry"
+    );
+    let increment = || {
+        Command::new(Op::Increment {
+            space: space.clone(),
+            key: b"n".to_vec(),
+            delta: 1,
+        })
+    };
+    let before = leader_node.log.reach().index;
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (s, command) = (s.clone(), increment());
+        writers.spawn(async move { s.apply(command).await });
+    }
+    let mut counts = Vec::new();
+    while let Some(outcome) = writers.join_next().await {
+        match outcome.unwrap().unwrap() {
+            Outcome::Counter(n) => counts.push(n),
+            other => panic!("{other:?}"),
+        }
+    }
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=200).collect::<Vec<i64>>(),
+        "each increment counted once"
+    );
+    let entries = leader_node.log.reach().index - before;
+    assert!(entries < 20, "200 writes took {entries} entries");
+}
