@@ -1,10 +1,13 @@
 //! Failover on a 3-host loopback cluster: SIGKILL a host while clients write through every host,
 //! then time from the kill to the first successful answer to a write sent to a surviving host
-//! after the kill. Trials alternate between killing the service's active host and killing the
-//! raft leader; each result is filed under the roles the killed host had (active, leader, both).
-//! After each trial the killed host is restarted, and every acknowledged write is checked on
-//! every host: the count of lost acknowledged writes must be 0.
-//! Run: `cargo bench -p doppel --bench failover` (`FAILOVER_TRIALS=N` per kind, default 50).
+//! after the kill. Trials take turns: the service's active host when it does not lead, the raft
+//! leader when the service is active elsewhere, and a host with both roles; before each, the
+//! service is moved (`doppel migrate`) so that the roles are apart or together as the turn needs.
+//! Each result is filed under the roles the killed host really had. After each trial the killed
+//! host is restarted, and every acknowledged write is checked on every host: the count of lost
+//! acknowledged writes must be 0.
+//! Run: `cargo bench -p doppel --bench failover` (`FAILOVER_TRIALS=N` per kind, default 34: 102
+//! kills).
 
 #[allow(dead_code)]
 #[path = "../tests/integration/support.rs"]
@@ -21,11 +24,33 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// Where the service is active, and which host leads.
+fn roles(hosts: &[support::Host]) -> (usize, usize) {
+    let lead = leader(hosts);
+    let st = support::status(&hosts[lead]);
+    let active_name = st["services"][0]["active"][0].as_str().unwrap().to_string();
+    let active = (0..3).find(|i| name(*i) == active_name).unwrap();
+    (active, lead)
+}
+
+/// Moves the service so that its active host also leads (`together`) or does not.
+fn arrange(hosts: &[support::Host], together: bool) {
+    for _ in 0..5 {
+        let (active, lead) = roles(hosts);
+        if (active == lead) == together {
+            return;
+        }
+        let to = if together { lead } else { (lead + 1) % 3 };
+        hosts[lead].cli_ok(&["migrate", "kv", "--to", &name(to)]);
+    }
+    panic!("could not arrange the roles (the leader kept changing)");
+}
+
 fn main() {
     let trials: usize = std::env::var("FAILOVER_TRIALS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(34);
     let mut hosts = cluster(3, &[]);
     hosts[0].deploy(doppel_guests::KV_DRAFT2, "kv", &[]);
     for h in &hosts {
@@ -38,8 +63,10 @@ fn main() {
     // Killed host was: active only, leader only, both.
     let mut times: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let (mut acked_total, mut lost_total) = (0usize, 0usize);
-    for trial in 0..2 * trials {
-        let kill_active = trial % 2 == 0;
+    for trial in 0..3 * trials {
+        // 0: the active host, not leading; 1: the leader, the service active elsewhere; 2: both.
+        let kind = trial % 3;
+        arrange(&hosts, kind == 2);
         // Background writers through every host, recording what was acknowledged.
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -68,11 +95,8 @@ fn main() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(200));
-        let lead = leader(&hosts);
-        let st = support::status(&hosts[lead]);
-        let active_name = st["services"][0]["active"][0].as_str().unwrap().to_string();
-        let active = (0..3).find(|i| name(*i) == active_name).unwrap();
-        let victim = if kill_active { active } else { lead };
+        let (active, lead) = roles(&hosts);
+        let victim = if kind == 1 { lead } else { active };
         let roles = match (victim == active, victim == lead) {
             (true, false) => 0,
             (false, true) => 1,
@@ -130,7 +154,7 @@ fn main() {
     }
     println!(
         "failover on 3 loopback hosts, {} trials (time from SIGKILL to the first successful write through a surviving host)",
-        2 * trials
+        3 * trials
     );
     for (kind, t) in ["active host", "leader", "active host and leader"]
         .iter()
