@@ -16,17 +16,17 @@ mod units;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-// A host allocates and frees a guest's worth of small objects for every request, from many
-// threads: glibc's malloc spent ~13 % of a busy host's CPU on it. Built without transparent
-// huge pages (feature `no_thp`): with them an idle host held 150 MB instead of 46.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use crate::client::Target;
 use crate::cluster_cmd::{ClusterCmd, Hosts};
 use crate::commands::{Deploy, Kv};
 use crate::host_cmd::HostArgs;
 use crate::new::NewArgs;
+
+// A host allocates and frees a guest's worth of small objects for every request, from many
+// threads: glibc's malloc spent ~13 % of a busy host's CPU on it. Built without transparent
+// huge pages (feature `no_thp`): with them an idle host held 150 MB instead of 46.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Keep public services running when a cloud disappears.
 #[derive(Parser, Debug)]

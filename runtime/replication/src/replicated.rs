@@ -392,7 +392,7 @@ impl Store for ReplicatedStore {
         // at once anyway, so propose it here and save two hand-offs between tasks (what a lone
         // writer waits for). Under load writes queue and the batcher packs them.
         if self.core.queued.load(Ordering::Acquire) == 0
-            && let Ok(permit) = self.core.in_flight.clone().try_acquire_owned()
+            && let Ok(permit) = self.core.in_flight.try_acquire()
         {
             self.core.propose(vec![Pending { command, answer }]).await;
             drop(permit);
