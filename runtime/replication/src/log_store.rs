@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::File;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -38,8 +37,7 @@ enum Record {
 
 struct Inner {
     path: PathBuf,
-    file: File,
-    size: u64,
+    file: framed::Appender,
     /// See [`REWRITE_SLACK`].
     rewrite_slack: u64,
     entries: BTreeMap<u64, Entry<TypeConfig>>,
@@ -77,7 +75,8 @@ impl Inner {
             Record::Truncate(_) => "log-truncate",
             Record::Purge(_) => "log-purge",
         };
-        self.size += framed::append(&mut self.file, std::slice::from_ref(&record), sync, point)?;
+        self.file
+            .append(std::slice::from_ref(&record), sync, point)?;
         self.replay(record);
         Ok(())
     }
@@ -121,11 +120,10 @@ impl LogStore {
     pub fn open(dir: &Path) -> std::io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("raft-log");
-        let (records, file, size) = framed::open::<Record>(&path)?;
+        let (records, file) = framed::open::<Record>(&path)?;
         let mut inner = Inner {
             path,
             file,
-            size,
             rewrite_slack: rewrite_slack(),
             entries: BTreeMap::new(),
             vote: None,
@@ -249,12 +247,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .write(Record::Purge(log_id))
             .map_err(|e| io_error(StorageIOError::write_logs, e))?;
         // Keep the file from growing without bound: rewrite it with only what it must hold.
-        if inner.size > inner.rewrite_slack {
+        if inner.file.len() > inner.rewrite_slack {
             let records = inner.state_records();
-            let (file, size) = framed::rewrite(&inner.path, &records, "log-rewrite")
+            inner.file = framed::rewrite(&inner.path, &records, "log-rewrite")
                 .map_err(|e| io_error(StorageIOError::write_logs, e))?;
-            inner.file = file;
-            inner.size = size;
         }
         Ok(())
     }

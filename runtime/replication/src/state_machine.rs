@@ -71,7 +71,7 @@ impl StateMachine {
         // snapshot (a crash lost applies the purged log no longer holds), the snapshot — synced
         // when it was written — is the state to start from.
         if snapshot_path.exists() {
-            let (mut files, _, _) = framed::open::<SnapshotFile>(&snapshot_path)?;
+            let mut files = framed::read::<SnapshotFile>(&snapshot_path)?;
             if let Some(file) = files.pop()
                 && file.meta.last_log_id > meta.last_applied
             {
@@ -127,7 +127,7 @@ impl StateMachine {
         if !self.shared.snapshot_path.exists() {
             return Ok(None);
         }
-        let (mut files, _, _) = framed::open::<SnapshotFile>(&self.shared.snapshot_path)?;
+        let mut files = framed::read::<SnapshotFile>(&self.shared.snapshot_path)?;
         Ok(files.pop())
     }
 }
