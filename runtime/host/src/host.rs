@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use doppel_api::HostInfo;
 use doppel_replication::ReplicatedStore;
 use doppel_store::{Store, StoreError};
@@ -244,7 +245,11 @@ pub async fn run(
     // ready, so the admin server, which also serves the peer routes, starts first.
     let admin = tokio::spawn(
         axum::serve(
-            admin_listener,
+            // Raft messages are small and answered at once: send each without waiting to fill
+            // a segment.
+            admin_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
             router(admin_state)
                 .merge(doppel_replication::router(
                     store.raft().clone(),
