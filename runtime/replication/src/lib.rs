@@ -21,6 +21,7 @@
 //!   [`ReplicatedStore::remove_member`] removes one for good; [`ReplicatedStore::status`] is the
 //!   leader's view of every member.
 
+mod append_stream;
 mod framed;
 mod log_store;
 mod membership;

@@ -1,6 +1,8 @@
 //! Peer traffic: raft RPCs as HTTP POSTs with postcard bodies, under `/raft/v1/`, each carrying
 //! the cluster secret as a bearer token. A process without the secret can neither vote, append,
-//! nor install a snapshot. (TLS between hosts is a later capability; nothing here prevents it.)
+//! nor install a snapshot. Log appends, on the path of every write, go over a connection kept
+//! open per follower instead ([`crate::append_stream`]), opened by an authenticated request too.
+//! (TLS between hosts is a later capability; nothing here prevents it.)
 
 use std::sync::Arc;
 
@@ -22,11 +24,12 @@ use openraft::{BasicNode, Raft};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::append_stream::{AppendStream, StreamError};
 use crate::membership::{self, JoinRequest};
 use crate::{LogStore, NodeId, TypeConfig};
 
 /// Largest raft RPC accepted (an append carrying a module upload, a snapshot chunk).
-const MAX_RPC: usize = 256 << 20;
+pub(crate) const MAX_RPC: usize = 256 << 20;
 
 /// Makes a client per peer; all share one connection pool and the cluster secret.
 #[derive(Clone)]
@@ -51,6 +54,8 @@ pub struct Peer {
     base: String,
     http: reqwest::Client,
     secret: Arc<str>,
+    /// The connection appends go over, once opened.
+    appends: Option<AppendStream>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -62,6 +67,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             base: format!("http://{}/raft/v1", node.addr),
             http: self.http.clone(),
             secret: self.secret.clone(),
+            appends: None,
         }
     }
 }
@@ -109,13 +115,52 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// One append over the connection kept for appends, opening it if there is none. A kept
+    /// connection may have died since its last use (the follower restarted): then the append is
+    /// sent once more on a new one (appends are idempotent).
+    async fn append_over_stream(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, StreamError> {
+        if let Some(stream) = &mut self.appends {
+            match stream.append(rpc).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    tracing::debug!(target = self.target, error = %e, "append stream broke; reopening");
+                    self.appends = None;
+                }
+            }
+        }
+        let stream = self
+            .appends
+            .insert(AppendStream::open(&self.http, &self.base, &self.secret).await?);
+        let answer = stream.append(rpc).await;
+        if answer.is_err() {
+            self.appends = None;
+        }
+        answer
+    }
+}
+
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("append", &rpc, option).await
+        let sent = tokio::time::timeout(option.hard_ttl(), self.append_over_stream(&rpc)).await;
+        let answer = match sent {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(StreamError::Unreachable(e))) => return Err(Unreachable::new(&e).into()),
+            Ok(Err(e)) => return Err(NetworkError::new(&e).into()),
+            Err(elapsed) => {
+                // The answer may still come: the connection is out of step, so it goes.
+                self.appends = None;
+                return Err(NetworkError::new(&elapsed).into());
+            }
+        };
+        answer.map_err(|e| RemoteError::new(self.target, e).into())
     }
 
     async fn install_snapshot(
@@ -153,7 +198,7 @@ pub fn router(raft: Raft<TypeConfig>, log: LogStore, secret: &str) -> axum::Rout
         secret: secret.into(),
     };
     axum::Router::new()
-        .route("/raft/v1/append", post(append))
+        .route("/raft/v1/append-stream", post(append_stream))
         .route("/raft/v1/vote", post(vote))
         .route("/raft/v1/snapshot", post(snapshot))
         .route("/raft/v1/write", post(write))
@@ -209,8 +254,8 @@ where
     }
 }
 
-async fn append(State(s): State<Server>, body: Bytes) -> Response {
-    serve(&body, |req| async move { s.raft.append_entries(req).await }).await
+async fn append_stream(State(s): State<Server>, request: Request) -> Response {
+    crate::append_stream::accept(s.raft, request).await
 }
 
 async fn vote(State(s): State<Server>, body: Bytes) -> Response {

@@ -133,7 +133,7 @@ async fn three_nodes_replicate_and_survive_the_loss_of_the_leader() {
 async fn a_process_without_the_secret_is_refused() {
     let n = node(1).await;
     let client = reqwest::Client::new();
-    for path in ["vote", "append", "snapshot"] {
+    for path in ["vote", "snapshot", "append-stream"] {
         let url = format!("http://{}/raft/v1/{path}", n.addr);
         let none = client.post(&url).body(vec![1, 2, 3]).send().await.unwrap();
         assert_eq!(none.status().as_u16(), 401);
@@ -155,6 +155,21 @@ async fn a_process_without_the_secret_is_refused() {
         .await
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
+    // The append stream's route, with the secret but without asking for the upgrade, says so.
+    let plain = client
+        .post(format!("http://{}/raft/v1/append-stream", n.addr))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status().as_u16(), 400);
+    assert!(
+        plain
+            .text()
+            .await
+            .unwrap()
+            .contains("upgrades the connection")
+    );
 }
 
 async fn cluster() -> Vec<Node> {
