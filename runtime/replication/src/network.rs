@@ -113,9 +113,7 @@ impl Peer {
             postcard::from_bytes(&bytes).map_err(|e| NetworkError::new(&e))?;
         result.map_err(|e| RemoteError::new(self.target, e).into())
     }
-}
 
-impl Peer {
     /// One append over the connection kept for appends, opening it if there is none. A kept
     /// connection may have died since its last use (the follower restarted): then the append is
     /// sent once more on a new one (appends are idempotent).
