@@ -172,6 +172,46 @@ async fn a_process_without_the_secret_is_refused() {
     );
 }
 
+/// A garbled append stream (a frame that does not decode, a frame longer than any append may
+/// be) is closed; the node goes on serving other streams and requests.
+#[tokio::test]
+async fn a_garbled_append_stream_is_closed_and_the_node_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let n = node(1).await;
+    let client = reqwest::Client::new();
+    let open = || async {
+        let response = client
+            .post(format!("http://{}/raft/v1/append-stream", n.addr))
+            .bearer_auth(SECRET)
+            .header("connection", "upgrade")
+            .header("upgrade", "doppel-raft-append/1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 101);
+        response.upgrade().await.unwrap()
+    };
+    let not_an_append = [3u8, 0, 0, 0, 255, 255, 255];
+    let too_long = u32::MAX.to_le_bytes();
+    for frame in [&not_an_append[..], &too_long[..]] {
+        let mut stream = open().await;
+        stream.write_all(frame).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+            .await
+            .expect("the node closes the stream");
+        assert!(read.is_err() || rest.is_empty(), "{read:?} {rest:?}");
+    }
+    let alive = client
+        .post(format!("http://{}/raft/v1/vote", n.addr))
+        .bearer_auth(SECRET)
+        .body(vec![255, 255, 255])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alive.status().as_u16(), 400);
+}
+
 async fn cluster() -> Vec<Node> {
     let nodes = vec![node(1).await, node(2).await, node(3).await];
     let members: BTreeMap<u64, BasicNode> = nodes
