@@ -8,7 +8,7 @@
 //! the time (`cargo bench -p doppel-replication --bench sync`; figures in `benches/README.md`).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -19,37 +19,50 @@ use serde::de::DeserializeOwned;
 /// How far ahead of the records an [`Appender`] allocates its file.
 const GROW: u64 = 16 << 20;
 
-/// The records at the start of `bytes` up to the first that is torn, absent (zero length) or
-/// does not decode, and where they end.
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, usize) {
+/// Fills `buf` from `reader`; false if the reader ends first.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    match reader.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The records at the start of `file` (`size` bytes long) up to the first that is torn, absent
+/// (zero length) or does not decode, and where they end. Reads no further than that, so the
+/// zeros allocated behind the records cost nothing.
+fn parse<T: DeserializeOwned>(file: &File, size: u64) -> std::io::Result<(Vec<T>, u64)> {
+    let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut records = Vec::new();
-    let mut at = 0;
-    while bytes.len() - at >= 8 {
-        let len =
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
-        if len == 0 {
+    let mut at = 0u64;
+    let mut header = [0; 8];
+    let mut payload = Vec::new();
+    while fill(&mut reader, &mut header)? {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        // A torn length may claim more than the file holds: stop before allocating for it.
+        if len == 0 || at + 8 + u64::from(len) > size {
             break;
         }
-        let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
+        payload.resize(len as usize, 0);
+        if !fill(&mut reader, &mut payload)? || crc32fast::hash(&payload) != crc {
             break;
         }
-        match postcard::from_bytes(payload) {
+        match postcard::from_bytes(&payload) {
             Ok(record) => records.push(record),
             Err(_) => break,
         }
-        at += 8 + len;
+        at += 8 + u64::from(len);
     }
-    (records, at)
+    Ok((records, at))
 }
 
 /// Reads the records of a file written whole by [`rewrite`] (a snapshot), without opening it
 /// for writing.
 pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> std::io::Result<Vec<T>> {
-    Ok(parse(&std::fs::read(path)?).0)
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    Ok(parse(&file, size)?.0)
 }
 
 /// An open framed file that records are appended to.
@@ -61,28 +74,29 @@ pub(crate) struct Appender {
     allocated: u64,
 }
 
-/// Reads every sound record of `path`; cuts off a torn tail (a write whose sync never returned,
-/// so never acknowledged). Returns the records and the file ready for appending.
+/// Reads every sound record of `path` and cuts the file where they end. Behind them there may be
+/// allocated zeros, or what a crash left of writes never acknowledged (their sync never
+/// returned); either goes, so that a later, shorter record cannot bring a whole stale one behind
+/// it back into line. The next append allocates ahead again. Returns the records and the file
+/// ready for appending.
 pub(crate) fn open<T: DeserializeOwned>(path: &Path) -> std::io::Result<(Vec<T>, Appender)> {
-    let mut bytes = Vec::new();
-    if path.exists() {
-        File::open(path)?.read_to_end(&mut bytes)?;
-    }
-    let (records, at) = parse(&bytes);
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .open(path)?;
-    let mut allocated = bytes.len() as u64;
-    // Behind the records there may be allocated zeros, or what a crash left of writes never
-    // acknowledged. The latter goes: a later, shorter record must not bring a whole stale one
-    // behind it back into line.
-    if bytes[at..].iter().any(|&b| b != 0) {
-        tracing::warn!(path = %path.display(), cut = bytes.len() - at, "cutting off a torn record at the end of the raft log");
-        file.set_len(at as u64)?;
-        allocated = at as u64;
+    let size = file.metadata()?.len();
+    let (records, at) = parse(&file, size)?;
+    if at < size {
+        // Only the first bytes behind the records are read, to tell a torn record (worth a
+        // warning) from allocated zeros (the normal case).
+        let mut behind = [0; 64];
+        let n = file.read_at(&mut behind, at)?;
+        if behind[..n].iter().any(|&b| b != 0) {
+            tracing::warn!(path = %path.display(), cut = size - at, "cutting off a torn record at the end of the raft log");
+        }
+        file.set_len(at)?;
     }
     file.sync_all()?;
     if let Some(dir) = path.parent() {
@@ -92,8 +106,8 @@ pub(crate) fn open<T: DeserializeOwned>(path: &Path) -> std::io::Result<(Vec<T>,
         records,
         Appender {
             file,
-            end: at as u64,
-            allocated,
+            end: at,
+            allocated: at,
         },
     ))
 }
@@ -228,6 +242,14 @@ mod tests {
         // A short record where the torn one began must not bring "stale" back into line.
         file.append(&["new".to_string()], true, "test").unwrap();
         drop(file);
+        let (records, file) = open::<String>(&path).unwrap();
+        assert_eq!(records, ["kept", "new"]);
+        // A torn length claiming far more than the file holds ends the records too (and is not
+        // allocated for).
+        file.file
+            .write_all_at(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3, 4, 5], file.end)
+            .unwrap();
+        drop(file);
         let (records, _) = open::<String>(&path).unwrap();
         assert_eq!(records, ["kept", "new"]);
     }
@@ -249,10 +271,11 @@ mod tests {
         let (records, mut file) = open::<String>(&path).unwrap();
         assert_eq!(records, ["one", "two"]);
         assert_eq!(file.len(), records_end);
+        // Reopening cuts the file at the records; the next append allocates ahead again.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), records_end);
         file.append(&["three".to_string()], false, "test").unwrap();
         drop(file);
-        // Reopening keeps the allocation rather than cutting the zeros off as a torn tail.
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), allocated);
+        assert!(std::fs::metadata(&path).unwrap().len() > records_end);
         let (records, _) = open::<String>(&path).unwrap();
         assert_eq!(records, ["one", "two", "three"]);
         // A file written whole is read back whole, and appends go on at its end.
