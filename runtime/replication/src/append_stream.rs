@@ -25,7 +25,7 @@ use crate::{NodeId, TypeConfig};
 const PROTOCOL: &str = "doppel-raft-append/1";
 
 /// What a follower answers to one append.
-type Answer = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
+pub(crate) type Answer = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
 
 /// Writes one frame (one write call, so one segment for a small frame).
 async fn write_frame(io: &mut (impl AsyncWrite + Unpin), payload: &[u8]) -> std::io::Result<()> {

@@ -70,7 +70,8 @@ pub(crate) struct Appender {
     file: File,
     /// Where the records end: the next append goes here.
     end: u64,
-    /// How much of the file is allocated (its length); zeros from `end` on.
+    /// How much of the file is allocated (its length), zeros from `end` on; `u64::MAX` once the
+    /// file system has said it cannot allocate ahead, so that appends stop asking.
     allocated: u64,
 }
 
@@ -166,7 +167,7 @@ impl Appender {
             self.allocated = if allocate(&self.file, want)? {
                 want
             } else {
-                end
+                u64::MAX
             };
         }
         self.file.write_all_at(&buf, self.end)?;
@@ -215,6 +216,7 @@ pub(crate) fn rewrite<T: Serialize>(
         allocated: size,
     })
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ use openraft::{BasicNode, Raft};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::append_stream::{AppendStream, StreamError};
+use crate::append_stream::{Answer, AppendStream, StreamError};
 use crate::membership::{self, JoinRequest};
 use crate::{LogStore, NodeId, TypeConfig};
 
@@ -120,7 +120,7 @@ impl Peer {
     async fn append_over_stream(
         &mut self,
         rpc: &AppendEntriesRequest<TypeConfig>,
-    ) -> Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, StreamError> {
+    ) -> Result<Answer, StreamError> {
         if let Some(stream) = &mut self.appends {
             match stream.append(rpc).await {
                 Ok(answer) => return Ok(answer),
