@@ -6,8 +6,11 @@
 //! - one doppel host, for what replication costs.
 //!
 //! Same load generator (wrk), same key written over and over, same machine (2 cores, one disk:
-//! every member's syncs hit the same device). Run: `cargo bench -p doppel --bench replicated`
-//! (`REPLICATED_CLIENTS=1` for one client count only).
+//! every member's syncs hit the same device). Each run also reports the CPU time the system's
+//! processes used (wrk's not counted) per write: where a run saturates the machine, as 256
+//! clients do, writes/s follow it. Run: `cargo bench -p doppel --bench replicated`
+//! (`REPLICATED_CLIENTS=1` for one client count only, `REPLICATED_ROUNDS=5` for five rounds
+//! and the median of their ratios).
 
 mod common;
 #[allow(dead_code)]
@@ -17,7 +20,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Load, wrk_with};
+use common::{Load, cpu_seconds, wrk_with};
 use support::{Host, cluster, eventually, leader};
 
 const SECONDS: u32 = 10;
@@ -81,6 +84,11 @@ impl Etcd {
         })
     }
 
+    /// The members' process ids.
+    fn pids(&self) -> Vec<u32> {
+        self.members.iter().map(Child::id).collect()
+    }
+
     /// The leader's client URL, once the cluster has one and accepts writes.
     fn leader(&self) -> String {
         let http = reqwest::blocking::Client::new();
@@ -129,18 +137,59 @@ fn post(body: &str, content_type: &str) -> String {
     )
 }
 
-fn cell(load: &Load) -> String {
+/// A load run on a system, with the CPU time its processes used meanwhile (wrk's own not
+/// counted): on a machine the run saturates, CPU per write is what decides writes/s.
+struct Run {
+    load: Load,
+    cpu: f64,
+}
+
+impl Run {
+    fn measure(pids: &[u32], load: impl FnOnce() -> Load) -> Run {
+        let before = cpu_seconds(pids);
+        let load = load();
+        Run {
+            load,
+            cpu: cpu_seconds(pids) - before,
+        }
+    }
+
+    /// CPU time per acknowledged write, in µs.
+    fn cpu_per_write(&self) -> f64 {
+        self.cpu * 1e6 / (self.load.rps * f64::from(SECONDS))
+    }
+}
+
+fn cell(run: &Run) -> String {
+    let load = &run.load;
     format!(
-        "{:>6.0}/s p50 {:>6.2} ms p99 {:>7.2} ms{}",
+        "{:>6.0}/s p50 {:>6.2} ms p99 {:>7.2} ms  CPU {:.2} cores, {:>4.0} µs a write{}",
         load.rps,
         load.p50_ms,
         load.p99_ms,
+        run.cpu / f64::from(SECONDS),
+        run.cpu_per_write(),
         if load.errors > 0 {
             format!(" ({} errors)", load.errors)
         } else {
             String::new()
         }
     )
+}
+
+/// Rounds per client count, each running the three systems one after the other:
+/// `REPLICATED_ROUNDS`, 1 unless set. On a shared machine one round's ratio can swing by a
+/// quarter; the median of several is the figure to quote.
+fn rounds() -> u32 {
+    match std::env::var("REPLICATED_ROUNDS") {
+        Ok(n) => n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| panic!("REPLICATED_ROUNDS: {n:?} is not a positive number")),
+        Err(_) => 1,
+    }
 }
 
 /// 1, 16 and 256 clients, or those listed in `REPLICATED_CLIENTS` (e.g. `1,16`) for a quicker run.
@@ -182,41 +231,67 @@ fn main() {
             .unwrap()
     };
     let term_before = term();
+    let three_pids: Vec<u32> = hosts.iter().map(Host::pid).collect();
+    let etcd_pids: Vec<u32> = etcd.as_ref().map(Etcd::pids).unwrap_or_default();
+    let rounds = rounds();
     for clients in client_counts() {
-        let three = wrk_with(
-            &hosts[lead].url("/kv/set?k=counter"),
-            clients,
-            SECONDS,
-            Some(&doppel_put),
-        );
-        let theirs = etcd_leader.as_ref().map(|url| {
-            wrk_with(
-                &format!("{url}/v3/kv/put"),
-                clients,
-                SECONDS,
-                Some(&etcd_put),
-            )
-        });
-        let one = wrk_with(
-            &single.url("/kv/set?k=counter"),
-            clients,
-            SECONDS,
-            Some(&doppel_put),
-        );
         println!("  {clients:>3} clients");
-        println!("      doppel, 3 hosts  {}", cell(&three));
-        if let Some(theirs) = &theirs {
+        let mut ratios = Vec::new();
+        for round in 1..=rounds {
+            let three = Run::measure(&three_pids, || {
+                wrk_with(
+                    &hosts[lead].url("/kv/set?k=counter"),
+                    clients,
+                    SECONDS,
+                    Some(&doppel_put),
+                )
+            });
+            let theirs = etcd_leader.as_ref().map(|url| {
+                Run::measure(&etcd_pids, || {
+                    wrk_with(
+                        &format!("{url}/v3/kv/put"),
+                        clients,
+                        SECONDS,
+                        Some(&etcd_put),
+                    )
+                })
+            });
+            let one = Run::measure(&[single.pid()], || {
+                wrk_with(
+                    &single.url("/kv/set?k=counter"),
+                    clients,
+                    SECONDS,
+                    Some(&doppel_put),
+                )
+            });
+            if rounds > 1 {
+                println!("    round {round}");
+            }
+            println!("      doppel, 3 hosts  {}", cell(&three));
+            if let Some(theirs) = &theirs {
+                let ratio = three.load.rps / theirs.load.rps;
+                ratios.push(ratio);
+                println!(
+                    "      etcd, 3 members  {}   doppel/etcd {ratio:.2}, CPU a write {:.2}",
+                    cell(theirs),
+                    three.cpu_per_write() / theirs.cpu_per_write()
+                );
+            }
             println!(
-                "      etcd, 3 members  {}   doppel/etcd {:.2}",
-                cell(theirs),
-                three.rps / theirs.rps
+                "      doppel, 1 host   {}   3 hosts/1 host {:.2}",
+                cell(&one),
+                three.load.rps / one.load.rps
             );
         }
-        println!(
-            "      doppel, 1 host   {}   3 hosts/1 host {:.2}",
-            cell(&one),
-            three.rps / one.rps
-        );
+        if ratios.len() > 1 {
+            let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = ratios.iter().copied().fold(0.0, f64::max);
+            println!(
+                "    doppel/etcd over {} rounds: median {:.2}, range {low:.2}–{high:.2}",
+                ratios.len(),
+                common::median(&mut ratios)
+            );
+        }
     }
     println!(
         "  elections on the 3-host cluster during the runs: {}",

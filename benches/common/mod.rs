@@ -105,6 +105,25 @@ pub fn first_answer(url: &str, deadline: Duration) -> Option<Instant> {
     None
 }
 
+/// CPU time (user + system) the processes `pids` have used so far, in seconds, from
+/// `/proc/PID/stat`: what a load cost them, measured around it, whatever the machine's noise.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/stat: {e}"));
+            // The command name may hold spaces; the fields after it are fixed: utime is the
+            // 14th field of the line, stime the 15th.
+            let after_name = &stat[stat.rfind(')').expect("a /proc stat line") + 2..];
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            let used: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+            used as f64 / ticks
+        })
+        .sum()
+}
+
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
