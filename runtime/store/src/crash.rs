@@ -6,7 +6,10 @@
 //!
 //! Points: `log-append`, `log-vote`, `log-committed`, `log-truncate`, `log-purge` (stages
 //! `unsynced`, `synced`), `log-rewrite` and `snapshot-file` (stages `unsynced`, `renamed`),
-//! `apply:applied` (an entry in sled, openraft not yet told), `snapshot:built`, `install:imported`.
+//! `apply:applied` (an entry in sled, openraft not yet told), `apply:partial` (an entry written
+//! key by key, only its first change written; here the point flushes sled instead of dropping
+//! anything, since the worst case is that sled wrote the half entry out), `snapshot:built`,
+//! `install:imported`.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +40,8 @@ fn target() -> Option<&'static Target> {
 }
 
 /// Aborts the process here if this is the crash point asked for; `lose` runs first and drops what
-/// a power cut would (it must not fail loudly: the process is about to die anyway).
+/// a power cut would, or brings about the worst case of the step (it must not fail loudly: the
+/// process is about to die anyway).
 pub fn point(name: &str, stage: &str, lose: impl FnOnce()) {
     let Some(target) = target() else {
         return;

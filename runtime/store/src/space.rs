@@ -73,6 +73,8 @@ const HISTORY: &str = "placement-history";
 pub(crate) const USAGE: u8 = b'u';
 pub(crate) const APPLIED: &[u8] = b"a";
 pub(crate) const META: &[u8] = b"m";
+/// The last entry applied key by key, whole (see `Engine::apply_all`).
+pub(crate) const REDO: &[u8] = b"r";
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
     // Service names and bucket names are far below 64 KiB (the host enforces it); the u16 prefix
