@@ -339,10 +339,12 @@ impl Engine {
     /// Records that entry `index` carried no command (a raft blank or membership entry), with the
     /// log owner's `meta`, atomically.
     pub fn advance(&self, index: u64, meta: &[u8]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(space::META, meta);
-        batch.insert(space::APPLIED, &index.to_be_bytes());
-        self.db.apply_batch(batch)?;
+        let entry = Redo {
+            index,
+            meta: Some(meta.to_vec()),
+            changes: Vec::new(),
+        };
+        self.db.apply_batch(entry.batch())?;
         Ok(())
     }
 
