@@ -72,6 +72,69 @@ fn client_without_a_host_says_how_to_find_one() {
 }
 
 #[test]
+fn a_client_whose_reader_goes_away_ends_quietly() {
+    let host = Host::start();
+    host.deploy(guests::HELLO, "hello", &[]);
+    // `doppel status | head -0`: the read end is closed before the client writes a line.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = doppel()
+        .args(["status", "--data"])
+        .arg(&host.data)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Ended by SIGPIPE, as `head`'s other writers are, not with an error of its own.
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+}
+
+#[test]
+fn a_host_whose_output_goes_nowhere_goes_on_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // `doppel host 2>&1 | head -0`: nobody reads the banner or the log lines.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut host = doppel()
+        .args([
+            "host",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(&data)
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let ls = || doppel().args(["ls", "--data"]).arg(&data).output().unwrap();
+    crate::support::eventually("the host answers", || {
+        assert!(host.try_wait().unwrap().is_none(), "the host stopped");
+        ls().status.success()
+    });
+    // Deploying makes it log; it must still be there afterwards.
+    let deploy = doppel()
+        .args(["deploy", guests::HELLO, "--name", "hello", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        deploy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+    assert!(ls().status.success());
+    assert!(host.try_wait().unwrap().is_none(), "the host stopped");
+    let _ = host.kill();
+    let _ = host.wait();
+}
+
+#[test]
 fn deploy_ls_logs_rm() {
     let host = Host::start();
     host.deploy(

@@ -93,13 +93,20 @@ async fn stop_signal() {
     }
 }
 
+/// Prints what the host serves and where. Written with its errors ignored: a host whose output
+/// goes nowhere (a closed pipe, `doppel host | head -1`) must go on serving, not stop.
 fn banner(name: &str, data: &std::path::Path, started: &Started) {
-    println!("doppel host {name:?} is running");
-    println!(
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    let mut text = String::new();
+    let _ = writeln!(text, "doppel host {name:?} is running");
+    let _ = writeln!(
+        text,
         "  services   http://{}/<service>/...  ({} deployed)",
         started.listen, started.services
     );
-    println!(
+    let _ = writeln!(
+        text,
         "  admin API  http://{}  (token in {})",
         started.admin,
         started.token_file.display()
@@ -109,21 +116,24 @@ fn banner(name: &str, data: &std::path::Path, started: &Started) {
     } else {
         ""
     };
-    println!("  data       {}{first}", data.display());
+    let _ = writeln!(text, "  data       {}{first}", data.display());
     if started.joined {
-        println!("  cluster    joined; {} hosts", started.hosts);
+        let _ = writeln!(text, "  cluster    joined; {} hosts", started.hosts);
     } else if started.hosts > 1 {
-        println!("  cluster    {} hosts", started.hosts);
+        let _ = writeln!(text, "  cluster    {} hosts", started.hosts);
     } else {
-        println!(
+        let _ = writeln!(
+            text,
             "  cluster    this host alone; add one with `doppel host --join http://{} --token $(doppel cluster token)`",
             started.admin
         );
     }
-    println!(
+    let _ = writeln!(
+        text,
         "Deploy a service:  doppel deploy app.wasm --name app   (then: doppel ls, doppel logs app)"
     );
-    println!("Stop with Ctrl-C (in-flight requests finish first).");
+    let _ = writeln!(text, "Stop with Ctrl-C (in-flight requests finish first).");
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 impl HostArgs {

@@ -147,6 +147,15 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // A client command whose reader goes away early (`doppel status | head`) ends quietly, as
+    // other command-line tools do, instead of panicking on its next line of output. A host keeps
+    // Rust's default (the signal ignored): a closed pipe must never stop it.
+    if !matches!(cli.command, Command::Host(_)) {
+        // SAFETY: sets the signal's disposition back to the default; no handler runs our code.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // openraft narrates every election at info; a host's own lines are what an operator reads.
     let default_level = if matches!(cli.command, Command::Host(_)) {
         "info,openraft=warn"
@@ -158,6 +167,9 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_env("DOPPEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // A line that cannot be written (stderr closed) is dropped: reporting that on stderr
+        // too would panic, and a host must not stop over its log.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
