@@ -7,8 +7,8 @@ use std::time::Duration;
 use doppel_guests as guests;
 
 use crate::support::{
-    Host, Load, assert_all_readable, cluster, doppel, eventually, eventually_within, http, leader,
-    name, restart_in_place, status,
+    Host, Load, assert_all_readable, cluster, cluster_each, doppel, eventually, eventually_within,
+    http, leader, name, restart_in_place, status,
 };
 
 #[test]
@@ -377,6 +377,83 @@ fn concurrent_deploys_through_two_hosts_never_share_a_version() {
     assert_eq!(services[0]["version"], succeeded, "{services}");
     println!("41 deploys, 40 of them in concurrent pairs: {succeeded} landed, {refused} refused");
     assert_eq!(hosts[2].post("/kv/set?k=a", "1").0, 200);
+}
+
+/// The last raft timing a host's log reports: the lease it runs with now.
+fn lease_in_log(host: &Host) -> String {
+    let log = host.log();
+    let line = log.lines().rev().find(|l| l.contains("raft timing"));
+    line.unwrap_or_default().to_string()
+}
+
+/// One leader lease per cluster: the creating host's. A joining host takes it without being
+/// told, and a `--leader-lease` that disagrees, on joining or on a restart, is refused with the
+/// cluster's value and changes nothing.
+#[test]
+fn every_member_runs_with_its_clusters_leader_lease() {
+    let mut hosts = cluster_each(&[&["--leader-lease", "300ms"], &[]]);
+    assert!(
+        lease_in_log(&hosts[1]).contains("lease_ms=300 "),
+        "{}",
+        hosts[1].log()
+    );
+
+    let token = hosts[0].cli_ok(&["cluster", "token"]).trim().to_string();
+    let url = format!("http://{}", hosts[0].admin);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("c");
+    let join = ["--name", "c", "--join", &url, "--token", &token];
+    let Err(refused) =
+        Host::try_spawn(&data, &[&join[..], &["--leader-lease", "1s"]].concat(), &[])
+    else {
+        panic!("a host asking for another lease joined");
+    };
+    assert!(!refused.success());
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(log.contains("runs with a leader lease of 300 ms"), "{log}");
+    assert!(
+        !data.join("cluster.json").exists(),
+        "the refused host kept a cluster identity"
+    );
+    assert_eq!(
+        status(&hosts[0])["cluster"]["hosts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let (listen, admin) = (hosts[1].listen.to_string(), hosts[1].admin.to_string());
+    hosts[1].kill();
+    let again = ["--name", "b", "--listen", &listen, "--admin", &admin];
+    let Err(refused) = Host::try_spawn(
+        &hosts[1].data,
+        &[&again[..], &["--leader-lease", "500ms"]].concat(),
+        &[],
+    ) else {
+        panic!("a member restarted with another lease");
+    };
+    assert!(!refused.success());
+    assert!(
+        hosts[1]
+            .log()
+            .contains("runs with a leader lease of 300 ms"),
+        "{}",
+        hosts[1].log()
+    );
+    hosts[1].restart_with(&again);
+    assert!(
+        lease_in_log(&hosts[1]).contains("lease_ms=300 "),
+        "{}",
+        hosts[1].log()
+    );
+    // The flag agreeing with the cluster is fine, and a third host joins without it.
+    let c = Host::spawn(&data, &join);
+    assert!(lease_in_log(&c).contains("lease_ms=300 "), "{}", c.log());
+    hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    eventually("writes succeed through the new member", || {
+        c.post("/kv/set?k=x", "1").0 == 200
+    });
 }
 
 /// Hosts far apart get a longer leader lease (`--leader-lease`); a cluster started with one still

@@ -54,9 +54,11 @@ pub struct HostArgs {
     /// How long after the raft leader falls silent the other hosts may elect another: failover
     /// after a leader dies takes about this long. Raise it for hosts far apart (several times
     /// their round trip); how often hosts probe each other and how long a silent host has before
-    /// its services move follow it. 100ms to 10s.
-    #[arg(long, default_value = "180ms", value_parser = parse_lease)]
-    pub leader_lease: u64,
+    /// its services move follow it. 100ms to 10s. One value per cluster: set it on the host that
+    /// creates the cluster (default 180ms); joining hosts take the cluster's, and a value that
+    /// disagrees with it is refused.
+    #[arg(long, value_parser = parse_lease)]
+    pub leader_lease: Option<u64>,
     /// A label placement rules can match (`doppel deploy --on KEY=VALUE`), repeatable, e.g.
     /// `--label provider=ionos --label jurisdiction=de`.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = doppel_api::parse_label)]
@@ -169,7 +171,7 @@ impl HostArgs {
             },
             advertise: self.advertise,
             snapshot_every: self.snapshot_every,
-            leader_lease: Duration::from_millis(self.leader_lease),
+            leader_lease: self.leader_lease.map(Duration::from_millis),
             labels,
         };
         tracing::info!(?config, "starting");

@@ -41,6 +41,10 @@ pub struct Identity {
     pub id: NodeId,
     /// The secret every member presents to every other; also the join token.
     pub secret: String,
+    /// The cluster's leader lease in ms, the same on every member (see [`settle_lease`]).
+    /// Missing in data directories made before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
 }
 
 fn identity_path(data: &Path) -> std::path::PathBuf {
@@ -85,7 +89,58 @@ pub fn new_identity(join: Option<&JoinTarget>) -> anyhow::Result<Identity> {
     Ok(Identity {
         id: random_u64()?,
         secret,
+        lease_ms: None,
     })
+}
+
+/// The leader lease this host runs with, recorded in `identity`. It is chosen once per cluster:
+/// by the host that creates it (`asked`, else the default), taken from the cluster by every host
+/// that joins, and kept for every later start. Members with different leases depose each
+/// other's leaders, so an `asked` lease that disagrees is refused, not quietly overridden.
+pub async fn settle_lease(
+    identity: &mut Identity,
+    first_start: bool,
+    join: Option<&JoinTarget>,
+    asked: Option<Duration>,
+) -> anyhow::Result<Duration> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let lease = match (identity.lease_ms, first_start, join) {
+        (Some(kept), false, _) => {
+            if let Some(asked) = asked.filter(|a| ms(*a) != kept) {
+                anyhow::bail!(
+                    "this host's cluster runs with a leader lease of {kept} ms, chosen when the \
+                     cluster was created, and every member must use the same one: \
+                     --leader-lease {} ms is refused. Start the host without --leader-lease",
+                    ms(asked)
+                );
+            }
+            Duration::from_millis(kept)
+        }
+        (_, true, Some(target)) => {
+            let theirs = doppel_replication::cluster_lease(
+                &target.url,
+                &target.token,
+                Duration::from_secs(120),
+            )
+            .await
+            .with_context(|| format!("while asking {} for its leader lease", target.url))?;
+            if let Some(asked) = asked.filter(|a| *a != theirs) {
+                anyhow::bail!(
+                    "the cluster at {} runs with a leader lease of {} ms, and every member must \
+                     use the same one: --leader-lease {} ms is refused. Join without \
+                     --leader-lease and this host takes the cluster's",
+                    target.url,
+                    ms(theirs),
+                    ms(asked)
+                );
+            }
+            theirs
+        }
+        // A new cluster, or a member whose data directory predates the recorded lease.
+        _ => asked.unwrap_or(doppel_replication::LEADER_LEASE),
+    };
+    identity.lease_ms = Some(ms(lease));
+    Ok(lease)
 }
 
 /// Writes this host's identity: from now on the data directory belongs to the cluster.

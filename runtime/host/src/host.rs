@@ -49,10 +49,11 @@ pub struct HostConfig {
     pub advertise: Option<String>,
     /// Log entries between snapshots (after which the log before them is dropped).
     pub snapshot_every: u64,
-    /// How long after a leader falls silent other hosts may elect another (raft's leader lease;
-    /// `doppel_replication::LEADER_LEASE` by default). Failover after a leader dies takes about
-    /// this long; hosts far apart need more.
-    pub leader_lease: Duration,
+    /// How long after a leader falls silent other hosts may elect another (raft's leader lease).
+    /// Failover after a leader dies takes about this long; hosts far apart need more. One value
+    /// per cluster: `None` takes the cluster's (`doppel_replication::LEADER_LEASE` for a new
+    /// one); a value that disagrees with the cluster's is refused (`cluster::settle_lease`).
+    pub leader_lease: Option<Duration>,
     /// Labels placement rules match (`--label provider=ionos`).
     pub labels: BTreeMap<String, String>,
 }
@@ -170,7 +171,7 @@ pub async fn run(
         );
     }
     let token = admin_token(data)?;
-    let (identity, first_start) = match cluster::read_identity(data)? {
+    let (mut identity, first_start) = match cluster::read_identity(data)? {
         Some(identity) => {
             if config.join.is_some() {
                 tracing::warn!("this host is already a cluster member; --join is ignored");
@@ -192,7 +193,18 @@ pub async fn run(
             (cluster::new_identity(config.join.as_ref())?, true)
         }
     };
-    let store = cluster::start(data, &identity, config.snapshot_every, config.leader_lease).await?;
+    let kept_lease = identity.lease_ms;
+    let lease = cluster::settle_lease(
+        &mut identity,
+        first_start,
+        config.join.as_ref(),
+        config.leader_lease,
+    )
+    .await?;
+    if !first_start && identity.lease_ms != kept_lease {
+        cluster::save_identity(data, &identity)?;
+    }
+    let store = cluster::start(data, &identity, config.snapshot_every, lease).await?;
 
     let ingress_listener = bind(config.listen, "--listen").await?;
     let admin_listener = bind(config.admin, "--admin").await?;

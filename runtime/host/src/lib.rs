@@ -20,7 +20,7 @@
 //!     join: None,
 //!     advertise: None,
 //!     snapshot_every: 10_000,
-//!     leader_lease: std::time::Duration::from_millis(180),
+//!     leader_lease: None,
 //!     labels: Default::default(),
 //! };
 //! doppel_host::run(config, |started| println!("serving on {}", started.listen), async {

@@ -30,7 +30,9 @@ mod replicated;
 mod state_machine;
 
 pub use log_store::LogStore;
-pub use membership::{ClusterStatus, JoinError, JoinRequest, MemberStatus, Refusal, join};
+pub use membership::{
+    ClusterStatus, JoinError, JoinRequest, MemberStatus, Refusal, cluster_lease, join,
+};
 pub use network::{LogReach, Network, router};
 pub use replicated::ReplicatedStore;
 pub use state_machine::StateMachine;

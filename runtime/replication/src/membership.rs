@@ -158,6 +158,49 @@ pub enum JoinError {
     },
 }
 
+/// The leader lease the cluster that `url` (any member's peer address, `http://HOST:PORT`)
+/// belongs to runs with. Every member must run with the same one: a host expecting heartbeats
+/// sooner than the leader sends them stands for election again and again, and with the higher
+/// term it takes it refuses that leader's entries, so it never catches up. A joining host
+/// therefore asks for it before it starts its own node. Retries an unreachable member until
+/// `patience` runs out.
+pub async fn cluster_lease(
+    url: &str,
+    secret: &str,
+    patience: Duration,
+) -> Result<Duration, JoinError> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + patience;
+    let url = url.trim_end_matches('/');
+    loop {
+        let last = match http
+            .post(format!("{url}/raft/v1/lease"))
+            .bearer_auth(secret)
+            .send()
+            .await
+        {
+            Err(e) => format!("{url} unreachable: {e}"),
+            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                return Err(JoinError::BadToken(url.to_string()));
+            }
+            Ok(r) if !r.status().is_success() => format!("{url} answered {}", r.status()),
+            Ok(r) => match r.bytes().await.map(|b| postcard::from_bytes::<u64>(&b)) {
+                Ok(Ok(ms)) => return Ok(Duration::from_millis(ms)),
+                Ok(Err(e)) => format!("{url} answered something that is not a lease: {e}"),
+                Err(e) => format!("{url}: {e}"),
+            },
+        };
+        if Instant::now() >= deadline {
+            return Err(JoinError::TimedOut {
+                url: url.to_string(),
+                secs: patience.as_secs(),
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Asks the cluster that `url` (any member's peer address, `http://HOST:PORT`) belongs to to
 /// take `req` in, following redirects to the leader and retrying through elections until
 /// `patience` runs out. The joining host must already serve its peer routes.

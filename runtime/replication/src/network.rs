@@ -205,6 +205,7 @@ pub fn router(raft: Raft<TypeConfig>, log: LogStore, secret: &str) -> axum::Rout
         .route("/raft/v1/remove", post(remove))
         .route("/raft/v1/status", post(status))
         .route("/raft/v1/ping", post(ping))
+        .route("/raft/v1/lease", post(lease))
         .layer(DefaultBodyLimit::max(MAX_RPC))
         .layer(middleware::from_fn_with_state(server.clone(), authenticate))
         .with_state(server)
@@ -337,6 +338,12 @@ impl LogReach {
     pub fn from_ping(body: &[u8]) -> Option<LogReach> {
         postcard::from_bytes(body).ok()
     }
+}
+
+/// The leader lease this host runs with, in ms: a joining host takes it, because hosts with
+/// different leases would depose each other's leaders (see [`crate::cluster_lease`]).
+async fn lease(State(server): State<Server>) -> Vec<u8> {
+    postcard::to_stdvec(&server.raft.config().election_timeout_max).unwrap_or_default()
 }
 
 /// A liveness probe from a member (it proved it has the secret): answers how far our log reaches.
