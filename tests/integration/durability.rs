@@ -158,18 +158,7 @@ fn sigterm_lets_requests_in_flight_finish() {
 #[test]
 fn a_second_host_on_the_same_data_directory_is_refused() {
     let host = Host::start();
-    let out = crate::support::doppel()
-        .args([
-            "host",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(&host.data)
-        .output()
-        .unwrap();
+    let out = crate::support::host_command(&host.data).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("in use by another doppel host"), "{stderr}");

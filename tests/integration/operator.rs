@@ -98,16 +98,7 @@ fn a_host_whose_output_goes_nowhere_goes_on_serving() {
     // `doppel host 2>&1 | head -0`: nobody reads the banner or the log lines.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let mut host = doppel()
-        .args([
-            "host",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(&data)
+    let mut host = crate::support::host_command(&data)
         .stdout(writer.try_clone().unwrap())
         .stderr(writer)
         .spawn()

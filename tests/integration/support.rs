@@ -25,6 +25,23 @@ pub fn doppel() -> Command {
     Command::new(env!("CARGO_BIN_EXE_doppel"))
 }
 
+/// `doppel host` on `data` and ports the kernel chooses, to be spawned by hand (for tests that
+/// watch how a start fails or where its output goes).
+pub fn host_command(data: &Path) -> Command {
+    let mut command = doppel();
+    command
+        .args([
+            "host",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(data);
+    command
+}
+
 /// An HTTP client with a generous timeout (debug builds under parallel tests are slow).
 pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
