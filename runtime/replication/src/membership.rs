@@ -158,6 +158,41 @@ pub enum JoinError {
     },
 }
 
+/// One authenticated request to a member while joining (`path` under its peer routes): its
+/// decoded answer, or why there is none yet, which is worth retrying. A refused secret ends the
+/// join at once.
+async fn ask<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    member: &str,
+    path: &str,
+    secret: &str,
+    body: Vec<u8>,
+) -> Result<Result<T, String>, JoinError> {
+    let answer = match http
+        .post(format!("{member}/raft/v1/{path}"))
+        .bearer_auth(secret)
+        .body(body)
+        .send()
+        .await
+    {
+        Err(e) => return Ok(Err(format!("{member} unreachable: {e}"))),
+        Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+            return Err(JoinError::BadToken(member.to_string()));
+        }
+        Ok(r) if !r.status().is_success() => {
+            return Ok(Err(format!("{member} answered {}", r.status())));
+        }
+        Ok(r) => r.bytes().await,
+    };
+    Ok(match answer.map(|b| postcard::from_bytes::<T>(&b)) {
+        Ok(Ok(decoded)) => Ok(decoded),
+        Ok(Err(e)) => Err(format!(
+            "{member} answered something unexpected to {path}: {e}"
+        )),
+        Err(e) => Err(format!("{member}: {e}")),
+    })
+}
+
 /// The leader lease the cluster that `url` (any member's peer address, `http://HOST:PORT`)
 /// belongs to runs with. Every member must run with the same one: a host expecting heartbeats
 /// sooner than the leader sends them stands for election again and again, and with the higher
@@ -173,22 +208,9 @@ pub async fn cluster_lease(
     let deadline = Instant::now() + patience;
     let url = url.trim_end_matches('/');
     loop {
-        let last = match http
-            .post(format!("{url}/raft/v1/lease"))
-            .bearer_auth(secret)
-            .send()
-            .await
-        {
-            Err(e) => format!("{url} unreachable: {e}"),
-            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
-                return Err(JoinError::BadToken(url.to_string()));
-            }
-            Ok(r) if !r.status().is_success() => format!("{url} answered {}", r.status()),
-            Ok(r) => match r.bytes().await.map(|b| postcard::from_bytes::<u64>(&b)) {
-                Ok(Ok(ms)) => return Ok(Duration::from_millis(ms)),
-                Ok(Err(e)) => format!("{url} answered something that is not a lease: {e}"),
-                Err(e) => format!("{url}: {e}"),
-            },
+        let last = match ask::<u64>(&http, url, "lease", secret, Vec::new()).await? {
+            Ok(ms) => return Ok(Duration::from_millis(ms)),
+            Err(last) => last,
         };
         if Instant::now() >= deadline {
             return Err(JoinError::TimedOut {
@@ -216,32 +238,15 @@ pub async fn join(
     let mut target = origin.clone();
     let body = postcard::to_stdvec(req).expect("a join request always encodes");
     loop {
-        let last = match http
-            .post(format!("{target}/raft/v1/join"))
-            .bearer_auth(secret)
-            .body(body.clone())
-            .send()
-            .await
-        {
-            Err(e) => format!("{target} unreachable: {e}"),
-            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
-                return Err(JoinError::BadToken(target));
+        let answer = ask::<Result<(), Refusal>>(&http, &target, "join", secret, body.clone());
+        let last = match answer.await? {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(Refusal::NotLeader(Some(leader)))) => {
+                target = format!("http://{leader}");
+                continue;
             }
-            Ok(r) if !r.status().is_success() => format!("{target} answered {}", r.status()),
-            Ok(r) => match r
-                .bytes()
-                .await
-                .map(|b| postcard::from_bytes::<Result<(), Refusal>>(&b))
-            {
-                Ok(Ok(Ok(()))) => return Ok(()),
-                Ok(Ok(Err(Refusal::NotLeader(Some(leader))))) => {
-                    target = format!("http://{leader}");
-                    continue;
-                }
-                Ok(Ok(Err(refused))) => refused.to_string(),
-                Ok(Err(e)) => format!("{target} answered something that is not a join answer: {e}"),
-                Err(e) => format!("{target}: {e}"),
-            },
+            Ok(Err(refused)) => refused.to_string(),
+            Err(last) => last,
         };
         if Instant::now() >= deadline {
             return Err(JoinError::TimedOut {
