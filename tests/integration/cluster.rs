@@ -441,13 +441,13 @@ fn every_member_runs_with_its_clusters_leader_lease() {
         "{}",
         hosts[1].log()
     );
-    hosts[1].restart_with(&again);
+    // The flag agreeing with the cluster is fine, and a third host joins without it.
+    hosts[1].restart_with(&[&again[..], &["--leader-lease", "300ms"]].concat());
     assert!(
         lease_in_log(&hosts[1]).contains("lease_ms=300 "),
         "{}",
         hosts[1].log()
     );
-    // The flag agreeing with the cluster is fine, and a third host joins without it.
     let c = Host::spawn(&data, &join);
     assert!(lease_in_log(&c).contains("lease_ms=300 "), "{}", c.log());
     hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);

@@ -74,7 +74,6 @@ fn client_without_a_host_says_how_to_find_one() {
 #[test]
 fn a_client_whose_reader_goes_away_ends_quietly() {
     let host = Host::start();
-    host.deploy(guests::HELLO, "hello", &[]);
     // `doppel status | head -0`: the read end is closed before the client writes a line.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
