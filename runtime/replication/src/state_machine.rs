@@ -212,23 +212,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             next.last_applied = Some(entry.log_id);
             next.partial = None;
             let index = entry.log_id.index;
-            let response = match entry.payload {
-                EntryPayload::Blank => {
+            match entry.payload {
+                // Neither touches a service's state: only the meta moves on.
+                payload @ (EntryPayload::Blank | EntryPayload::Membership(_)) => {
+                    if let EntryPayload::Membership(membership) = payload {
+                        next.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    }
                     let bytes = postcard::to_stdvec(&next).map_err(sm_error)?;
                     self.shared
                         .engine
                         .advance(index, &bytes)
                         .map_err(sm_error)?;
-                    Ok(Outcome::Done)
-                }
-                EntryPayload::Membership(membership) => {
-                    next.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    let bytes = postcard::to_stdvec(&next).map_err(sm_error)?;
-                    self.shared
-                        .engine
-                        .advance(index, &bytes)
-                        .map_err(sm_error)?;
-                    Ok(Outcome::Done)
+                    *meta = next;
+                    responses.push(vec![Ok(Outcome::Done)]);
                 }
                 EntryPayload::Normal(commands) => {
                     let done = match meta.partial {
@@ -256,11 +252,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     crash::point("apply", "applied", || {});
                     *meta = next;
                     responses.push(outcomes);
-                    continue;
                 }
-            };
-            *meta = next;
-            responses.push(vec![response]);
+            }
         }
         drop(meta);
         if system {
