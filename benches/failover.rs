@@ -13,11 +13,9 @@
 #[path = "../tests/integration/support.rs"]
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{cluster, leader, name, restart_in_place};
+use support::{Load, cluster, leader, name, restart_in_place};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -68,33 +66,10 @@ fn main() {
         let kind = trial % 3;
         arrange(&hosts, kind == 2);
         // Background writers through every host, recording what was acknowledged.
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
         let urls: Vec<String> = hosts.iter().map(|h| h.url("/kv")).collect();
-        let writers: Vec<_> = (0..3)
-            .map(|t| {
-                let (acked, stop, urls) = (acked.clone(), stop.clone(), urls.clone());
-                std::thread::spawn(move || {
-                    let client = reqwest::blocking::Client::builder()
-                        .timeout(Duration::from_secs(5))
-                        .build()
-                        .unwrap();
-                    for i in 0.. {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let key = format!("t{trial}-{t}-{i}");
-                        let url = format!("{}/set?k={key}", urls[(t + i) % urls.len()]);
-                        if let Ok(r) = client.post(url).body(key.clone()).send()
-                            && r.status().is_success()
-                        {
-                            acked.lock().unwrap().push(key);
-                        }
-                    }
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(200));
+        let load = Load::start(&urls, 3, &format!("t{trial}"));
+        // Writes are being acknowledged before the kill.
+        load.wait_for(300);
         let (active, lead) = roles(&hosts);
         let victim = if kind == 1 { lead } else { active };
         let roles = match (victim == active, victim == lead) {
@@ -131,13 +106,10 @@ fn main() {
             }
         }
         restart_in_place(&mut hosts[victim], &name(victim));
-        stop.store(true, Ordering::Relaxed);
-        for w in writers {
-            w.join().unwrap();
-        }
-        let acked = acked.lock().unwrap();
+        // Failed writes are expected while the victim is down; only acknowledged ones count.
+        let (acked, _failed) = load.stop();
         for h in &hosts {
-            for key in acked.iter() {
+            for (_, key) in &acked {
                 if h.get(&format!("/kv/get?k={key}")).1 != *key {
                     lost_total += 1;
                 }
