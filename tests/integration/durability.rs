@@ -108,12 +108,7 @@ fn restart_serves_again_without_recompiling_and_recompiles_a_damaged_copy() {
 
     // Damage every precompiled copy: the next start notices, says so, recompiles, serves.
     host.kill();
-    let cache = std::fs::read_dir(host.data.join("cache"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let cache = crate::support::precompiled_dir(&host);
     for entry in std::fs::read_dir(&cache).unwrap() {
         let path = entry.unwrap().path();
         let mut bytes = std::fs::read(&path).unwrap();

@@ -319,12 +319,7 @@ fn bad_deploys_are_refused_and_change_nothing() {
     );
     assert_eq!(host.get("/steady/").0, 200);
     // Nothing was stored: the only module on disk is the steady service's.
-    let cache = std::fs::read_dir(host.data.join("cache"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let cache = crate::support::precompiled_dir(&host);
     let cached: Vec<_> = std::fs::read_dir(cache).unwrap().collect();
     assert_eq!(cached.len(), 1, "precompiled copies: {cached:?}");
 }
@@ -397,12 +392,7 @@ fn orphan_uploads_are_removed_at_start() {
         .send()
         .unwrap();
     assert_eq!(uploaded.status().as_u16(), 201);
-    let cache_dir = std::fs::read_dir(host.data.join("cache"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let cache_dir = crate::support::precompiled_dir(&host);
     let count = || std::fs::read_dir(&cache_dir).unwrap().count();
     assert_eq!(count(), 2);
     assert!(host.stop());

@@ -449,6 +449,17 @@ pub fn assert_all_readable(host: &Host, acked: &[(String, String)]) {
     }
 }
 
+/// The folder of `host`'s precompiled modules: the one folder under `DATA/cache` (named after the
+/// engine that compiled them).
+pub fn precompiled_dir(host: &Host) -> PathBuf {
+    std::fs::read_dir(host.data.join("cache"))
+        .unwrap()
+        .next()
+        .expect("no precompiled modules yet")
+        .unwrap()
+        .path()
+}
+
 /// This host's raft id, from its data directory.
 pub fn id_of(host: &Host) -> String {
     let identity: serde_json::Value =
