@@ -435,9 +435,7 @@ fn every_member_runs_with_its_clusters_leader_lease() {
     };
     assert!(!refused.success());
     assert!(
-        hosts[1]
-            .log()
-            .contains("runs with a leader lease of 300 ms"),
+        hosts[1].log().contains("use a leader lease of 300 ms"),
         "{}",
         hosts[1].log()
     );
@@ -454,6 +452,110 @@ fn every_member_runs_with_its_clusters_leader_lease() {
     eventually("writes succeed through the new member", || {
         c.post("/kv/set?k=x", "1").0 == 200
     });
+}
+
+/// A cluster's lease changes while every host is stopped: the first host started again with a
+/// new `--leader-lease` takes it (no member runs to disagree), the others, started without the
+/// flag, take it from the running one, and the cluster goes on with all its data.
+#[test]
+fn a_clusters_lease_changes_while_every_host_is_stopped() {
+    let mut hosts = cluster(3, &[]);
+    hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    eventually("a write is acknowledged", || {
+        hosts[2].post("/kv/set?k=before", "kept").0 == 200
+    });
+    let places: Vec<[String; 2]> = hosts
+        .iter()
+        .map(|h| [h.listen.to_string(), h.admin.to_string()])
+        .collect();
+    let args = |i: usize| -> Vec<String> {
+        let [listen, admin] = places[i].clone();
+        [
+            "--name".into(),
+            name(i),
+            "--listen".into(),
+            listen,
+            "--admin".into(),
+            admin,
+        ]
+        .into()
+    };
+    for h in &mut hosts {
+        h.kill();
+    }
+    let identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(hosts[0].data.join("cluster.json")).unwrap())
+            .unwrap();
+    let secret = identity["secret"].as_str().unwrap().to_string();
+
+    let [a, b, c] = &mut hosts[..] else {
+        unreachable!()
+    };
+    std::thread::scope(|s| {
+        // Not ready until a second host is back (no majority alone): started in the background.
+        let first = [args(0), vec!["--leader-lease".into(), "600ms".into()]].concat();
+        s.spawn(move || a.restart_with(&first.iter().map(String::as_str).collect::<Vec<_>>()));
+        eventually("the first host back answers its peers", || {
+            http()
+                .post(format!("http://{}/raft/v1/lease", places[0][1]))
+                .bearer_auth(&secret)
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        });
+        for (i, host) in [(1, b), (2, c)] {
+            let again = args(i);
+            s.spawn(move || {
+                host.restart_with(&again.iter().map(String::as_str).collect::<Vec<_>>())
+            });
+        }
+    });
+
+    for h in &hosts {
+        assert!(lease_in_log(h).contains("lease_ms=600 "), "{}", h.log());
+        let kept: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(h.data.join("cluster.json")).unwrap()).unwrap();
+        assert_eq!(kept["lease_ms"], 600);
+    }
+    assert!(
+        hosts[0]
+            .log()
+            .contains("the cluster's leader lease changes here"),
+        "{}",
+        hosts[0].log()
+    );
+    assert!(
+        hosts[1]
+            .log()
+            .contains("leader lease changed while this host was stopped"),
+        "{}",
+        hosts[1].log()
+    );
+    eventually("writes are acknowledged again", || {
+        hosts[1].post("/kv/set?k=after", "new").0 == 200
+    });
+    assert_eq!(hosts[2].get("/kv/get?k=before").1, "kept");
+}
+
+/// A data directory made before the lease was kept in `cluster.json` starts, and from then on
+/// keeps the lease it ran with.
+#[test]
+fn a_data_directory_from_before_the_lease_was_kept_records_it() {
+    let mut host = Host::start();
+    host.kill();
+    let path = host.data.join("cluster.json");
+    let mut identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    identity.as_object_mut().unwrap().remove("lease_ms");
+    std::fs::write(&path, identity.to_string()).unwrap();
+    host.restart();
+    assert!(
+        lease_in_log(&host).contains("lease_ms=180 "),
+        "{}",
+        host.log()
+    );
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(kept["lease_ms"], 180);
+    assert_eq!(kept["secret"], identity["secret"]);
 }
 
 /// Hosts far apart get a longer leader lease (`--leader-lease`); a cluster started with one still

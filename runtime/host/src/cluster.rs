@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use doppel_api::{ClusterInfo, HostStatus};
-use doppel_replication::{JoinRequest, NodeId, ReplicatedStore, openraft};
+use doppel_replication::{JoinRequest, NodeId, ReplicatedStore, Storage, openraft};
 use doppel_store::{Command, Op, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -93,30 +93,24 @@ pub fn new_identity(join: Option<&JoinTarget>) -> anyhow::Result<Identity> {
     })
 }
 
-/// The leader lease this host runs with, recorded in `identity`. It is chosen once per cluster:
-/// by the host that creates it (`asked`, else the default), taken from the cluster by every host
-/// that joins, and kept for every later start. Members with different leases depose each
-/// other's leaders, so an `asked` lease that disagrees is refused, not quietly overridden.
+/// The leader lease this host runs with, recorded in `identity`. One value per cluster, because
+/// members with different leases depose each other's leaders:
+/// - the host that creates the cluster chooses it (`asked`, else the default);
+/// - a host that joins takes the cluster's; an `asked` lease that disagrees is refused;
+/// - a host that restarts takes the lease of the members that are running (`running`: each
+///   one's peer address and lease, from [`running_leases`]); an `asked` lease that disagrees is
+///   refused. With no other member running it keeps its own, or takes `asked`: that is how a
+///   cluster's lease changes (stop every host, start one with the new lease, then the others
+///   without it: they take it from the running one).
 pub async fn settle_lease(
     identity: &mut Identity,
     first_start: bool,
     join: Option<&JoinTarget>,
     asked: Option<Duration>,
+    running: &[(String, Duration)],
 ) -> anyhow::Result<Duration> {
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let lease = match (identity.lease_ms, first_start, join) {
-        (Some(kept), false, _) => {
-            if let Some(asked) = asked.filter(|a| ms(*a) != kept) {
-                anyhow::bail!(
-                    "this host's cluster runs with a leader lease of {kept} ms, chosen when the \
-                     cluster was created, and every member must use the same one: \
-                     --leader-lease {} ms is refused. Start the host without --leader-lease",
-                    ms(asked)
-                );
-            }
-            Duration::from_millis(kept)
-        }
-        (_, true, Some(target)) => {
+    let lease = match (first_start, join) {
+        (true, Some(target)) => {
             let theirs = doppel_replication::cluster_lease(
                 &target.url,
                 &target.token,
@@ -136,22 +130,110 @@ pub async fn settle_lease(
             }
             theirs
         }
-        // A new cluster, or a member whose data directory predates the recorded lease.
-        _ => asked.unwrap_or(doppel_replication::LEADER_LEASE),
+        (true, None) => asked.unwrap_or(doppel_replication::LEADER_LEASE),
+        (false, _) => restart_lease(identity.lease_ms.map(Duration::from_millis), asked, running)?,
     };
     identity.lease_ms = Some(ms(lease));
     Ok(lease)
 }
 
-/// Writes this host's identity: from now on the data directory belongs to the cluster.
-pub fn save_identity(data: &Path, identity: &Identity) -> anyhow::Result<()> {
-    crate::host::write_private(&identity_path(data), &serde_json::to_vec_pretty(identity)?)
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Starts this host's raft node from `DATA/raft`, snapshotting every `snapshot_every` entries,
-/// with a leader lease of `lease`.
+/// A restarting member's lease: see [`settle_lease`]. `kept` is `None` in data directories made
+/// before the lease was recorded.
+fn restart_lease(
+    kept: Option<Duration>,
+    asked: Option<Duration>,
+    running: &[(String, Duration)],
+) -> anyhow::Result<Duration> {
+    let mut theirs: Vec<Duration> = running.iter().map(|(_, lease)| *lease).collect();
+    theirs.sort();
+    theirs.dedup();
+    let who = || {
+        running
+            .iter()
+            .map(|(addr, lease)| format!("{addr}: {} ms", ms(*lease)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let change = "A cluster's lease changes only while no other member runs: stop every host, \
+                  start one with the new --leader-lease, then the others without it";
+    match theirs.as_slice() {
+        [] => {
+            let lease = asked.or(kept).unwrap_or(doppel_replication::LEADER_LEASE);
+            if let Some(kept) = kept.filter(|k| *k != lease) {
+                tracing::warn!(
+                    from_ms = ms(kept),
+                    to_ms = ms(lease),
+                    "no other member is running: the cluster's leader lease changes here; the \
+                     others take it from the running members as they start"
+                );
+            }
+            Ok(lease)
+        }
+        [one] => {
+            if let Some(asked) = asked.filter(|a| a != one) {
+                anyhow::bail!(
+                    "the running members of this host's cluster ({}) use a leader lease of {} \
+                     ms, and every member must use the same one: --leader-lease {} ms is \
+                     refused. {change}",
+                    who(),
+                    ms(*one),
+                    ms(asked)
+                );
+            }
+            if let Some(kept) = kept.filter(|k| k != one) {
+                tracing::info!(
+                    from_ms = ms(kept),
+                    to_ms = ms(*one),
+                    "the cluster's leader lease changed while this host was stopped; taking the \
+                     running members'"
+                );
+            }
+            Ok(*one)
+        }
+        _ => anyhow::bail!(
+            "the running members of this host's cluster disagree on the leader lease ({}), so \
+             this host cannot tell which to run with. {change}",
+            who()
+        ),
+    }
+}
+
+/// Opens this host's raft storage in `DATA/raft`, without starting its node yet.
+pub fn open(data: &Path) -> anyhow::Result<Storage> {
+    Storage::open(&data.join("raft"))
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("while opening the store in {}", data.display()))
+}
+
+/// The lease each other member that is running uses, as [`settle_lease`] wants it. A member
+/// that does not answer within a second counts as stopped.
+pub async fn running_leases(storage: &Storage, identity: &Identity) -> Vec<(String, Duration)> {
+    let others: Vec<String> = storage
+        .members()
+        .into_iter()
+        .filter(|(id, _)| *id != identity.id)
+        .map(|(_, addr)| addr)
+        .collect();
+    if others.is_empty() {
+        return Vec::new();
+    }
+    doppel_replication::running_leases(&others, &identity.secret, Duration::from_secs(1)).await
+}
+
+/// Writes this host's identity (first, or again with a changed lease): from now on the data
+/// directory belongs to the cluster.
+pub fn save_identity(data: &Path, identity: &Identity) -> anyhow::Result<()> {
+    crate::host::replace_private(&identity_path(data), &serde_json::to_vec_pretty(identity)?)
+}
+
+/// Starts this host's raft node on `storage` (from [`open`]), snapshotting every
+/// `snapshot_every` entries, with a leader lease of `lease`.
 pub async fn start(
-    data: &Path,
+    storage: Storage,
     identity: &Identity,
     snapshot_every: u64,
     lease: std::time::Duration,
@@ -167,11 +249,11 @@ pub async fn start(
         heartbeat_ms = config.heartbeat_interval,
         "raft timing"
     );
-    let node =
-        doppel_replication::start_with(identity.id, &data.join("raft"), &identity.secret, config)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("while opening the store in {}", data.display()))?;
+    let node = storage
+        .start(identity.id, &identity.secret, config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("while starting the raft node")?;
     Ok(Arc::new(ReplicatedStore::new(node, &identity.secret)))
 }
 
@@ -368,4 +450,63 @@ pub enum RemoveError {
     /// The store refused or could not agree.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn running(leases: &[(&str, u64)]) -> Vec<(String, Duration)> {
+        leases
+            .iter()
+            .map(|(a, l)| (a.to_string(), ms(*l)))
+            .collect()
+    }
+
+    #[test]
+    fn with_no_member_running_a_restart_keeps_its_lease_or_changes_it() {
+        assert_eq!(restart_lease(Some(ms(300)), None, &[]).unwrap(), ms(300));
+        assert_eq!(
+            restart_lease(Some(ms(300)), Some(ms(900)), &[]).unwrap(),
+            ms(900)
+        );
+        // A data directory from before the lease was kept.
+        assert_eq!(
+            restart_lease(None, None, &[]).unwrap(),
+            doppel_replication::LEADER_LEASE
+        );
+    }
+
+    #[test]
+    fn a_restart_takes_the_running_members_lease_and_refuses_another() {
+        let up = running(&[("b:1", 900), ("c:1", 900)]);
+        // Changed while this host was stopped: taken.
+        assert_eq!(restart_lease(Some(ms(300)), None, &up).unwrap(), ms(900));
+        assert_eq!(restart_lease(None, Some(ms(900)), &up).unwrap(), ms(900));
+        let refused = restart_lease(Some(ms(900)), Some(ms(300)), &up)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("b:1: 900 ms, c:1: 900 ms")
+                && refused.contains("--leader-lease 300 ms is refused")
+                && refused.contains("stop every host"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn running_members_that_disagree_stop_a_restart() {
+        let up = running(&[("b:1", 300), ("c:1", 900)]);
+        let refused = restart_lease(Some(ms(300)), None, &up)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("disagree") && refused.contains("b:1: 300 ms, c:1: 900 ms"),
+            "{refused}"
+        );
+    }
 }

@@ -137,6 +137,20 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path`, owner-only, in place of whatever was there: a new file, synced, then
+/// renamed over the old one, so that a crash leaves the old or the new one whole.
+pub(crate) fn replace_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    // Left by a crash between writing and renaming: the file it was to replace is still whole.
+    let _ = std::fs::remove_file(&tmp);
+    write_private(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("while replacing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn write_endpoint(data_dir: &Path, endpoint: &Endpoint) -> anyhow::Result<()> {
     let path = endpoint_path(data_dir);
     let tmp = path.with_extension("tmp");
@@ -193,18 +207,21 @@ pub async fn run(
             (cluster::new_identity(config.join.as_ref())?, true)
         }
     };
+    let storage = cluster::open(data)?;
+    let running = cluster::running_leases(&storage, &identity).await;
     let kept_lease = identity.lease_ms;
     let lease = cluster::settle_lease(
         &mut identity,
         first_start,
         config.join.as_ref(),
         config.leader_lease,
+        &running,
     )
     .await?;
     if !first_start && identity.lease_ms != kept_lease {
         cluster::save_identity(data, &identity)?;
     }
-    let store = cluster::start(data, &identity, config.snapshot_every, lease).await?;
+    let store = cluster::start(storage, &identity, config.snapshot_every, lease).await?;
 
     let ingress_listener = bind(config.listen, "--listen").await?;
     let admin_listener = bind(config.admin, "--admin").await?;

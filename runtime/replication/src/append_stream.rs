@@ -65,6 +65,10 @@ pub(crate) enum StreamError {
     /// Nothing accepted the connection: the peer is down.
     #[error("cannot connect: {0}")]
     Unreachable(reqwest::Error),
+    /// The peer refused the connection because it runs with another leader lease (why, in its
+    /// words).
+    #[error("{0}")]
+    Refused(String),
     /// Anything else: a refused upgrade, a broken connection, a garbled frame.
     #[error("{0}")]
     Broken(String),
@@ -87,10 +91,12 @@ impl AppendStream {
         http: &reqwest::Client,
         base: &str,
         secret: &str,
+        lease_ms: u64,
     ) -> Result<AppendStream, StreamError> {
         let response = http
             .post(format!("{base}/append-stream"))
             .bearer_auth(secret)
+            .header(crate::network::LEASE_HEADER, lease_ms)
             .header(header::CONNECTION, "upgrade")
             .header(header::UPGRADE, PROTOCOL)
             .send()
@@ -102,6 +108,11 @@ impl AppendStream {
                     broken(e)
                 }
             })?;
+        if response.status() == StatusCode::CONFLICT {
+            return Err(StreamError::Refused(
+                response.text().await.unwrap_or_default(),
+            ));
+        }
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             let status = response.status();
             let text = response.text().await.unwrap_or_default();

@@ -32,8 +32,9 @@ mod state_machine;
 pub use log_store::LogStore;
 pub use membership::{
     ClusterStatus, JoinError, JoinRequest, MemberStatus, Refusal, cluster_lease, join,
+    running_leases,
 };
-pub use network::{LogReach, Network, router};
+pub use network::{LEASE_HEADER, LogReach, Network, router};
 pub use replicated::ReplicatedStore;
 pub use state_machine::StateMachine;
 
@@ -126,10 +127,45 @@ pub async fn start_with(
     secret: &str,
     config: openraft::Config,
 ) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
-    let config = std::sync::Arc::new(config.validate()?);
-    let log = LogStore::open(&dir.join("log"))?;
-    let state = StateMachine::open(&dir.join("sm"))?;
-    let raft =
-        openraft::Raft::new(id, config, Network::new(secret), log.clone(), state.clone()).await?;
-    Ok(Node { raft, state, log })
+    Storage::open(dir)?.start(id, secret, config).await
+}
+
+/// A node's log and state machine, opened but not yet serving: what a host reads before it
+/// decides how to run its node (which members to ask for the cluster's leader lease).
+pub struct Storage {
+    log: LogStore,
+    state: StateMachine,
+}
+
+impl Storage {
+    /// Opens the log and state machine in `dir` (created if missing).
+    pub fn open(
+        dir: &std::path::Path,
+    ) -> Result<Storage, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Storage {
+            log: LogStore::open(&dir.join("log"))?,
+            state: StateMachine::open(&dir.join("sm"))?,
+        })
+    }
+
+    /// Every member (id, peer address `HOST:PORT`) as of the last membership change applied
+    /// here; none on a new node.
+    pub fn members(&self) -> Vec<(NodeId, String)> {
+        self.state.members()
+    }
+
+    /// Starts raft node `id` on this storage with `config`, talking to peers with `secret`.
+    pub async fn start(
+        self,
+        id: NodeId,
+        secret: &str,
+        config: openraft::Config,
+    ) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
+        let config = std::sync::Arc::new(config.validate()?);
+        let lease = std::time::Duration::from_millis(config.election_timeout_max);
+        let Storage { log, state } = self;
+        let network = Network::new(secret, lease);
+        let raft = openraft::Raft::new(id, config, network, log.clone(), state.clone()).await?;
+        Ok(Node { raft, state, log })
+    }
 }

@@ -223,6 +223,34 @@ pub async fn cluster_lease(
     }
 }
 
+/// The leader lease each running member among `members` (peer addresses, `HOST:PORT`) runs
+/// with, asked of all of them at once. A member that does not answer within `patience` (stopped,
+/// or cut off) is left out, and so is one that refuses `secret`: whatever listens there is not a
+/// member of this cluster.
+pub async fn running_leases(
+    members: &[String],
+    secret: &str,
+    patience: Duration,
+) -> Vec<(String, Duration)> {
+    let Ok(http) = reqwest::Client::builder().timeout(patience).build() else {
+        return Vec::new();
+    };
+    let mut asks = tokio::task::JoinSet::new();
+    for addr in members {
+        let (http, addr, secret) = (http.clone(), addr.clone(), secret.to_string());
+        asks.spawn(async move {
+            let url = format!("http://{addr}");
+            match ask::<u64>(&http, &url, "lease", &secret, Vec::new()).await {
+                Ok(Ok(ms)) => Some((addr, Duration::from_millis(ms))),
+                _ => None,
+            }
+        });
+    }
+    let mut leases: Vec<_> = asks.join_all().await.into_iter().flatten().collect();
+    leases.sort();
+    leases
+}
+
 /// Asks the cluster that `url` (any member's peer address, `http://HOST:PORT`) belongs to to
 /// take `req` in, following redirects to the leader and retrying through elections until
 /// `patience` runs out. The joining host must already serve its peer routes.

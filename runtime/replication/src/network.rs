@@ -2,9 +2,13 @@
 //! the cluster secret as a bearer token. A process without the secret can neither vote, append,
 //! nor install a snapshot. Log appends, on the path of every write, go over a connection kept
 //! open per follower instead ([`crate::append_stream`]), opened by an authenticated request too.
+//! Votes, appends and snapshots also name the sender's leader lease ([`LEASE_HEADER`]), and a
+//! member refuses them from a host whose lease is not its own: members with different leases
+//! depose each other's leaders, so they had better not form a cluster at all, and say why.
 //! (TLS between hosts is a later capability; nothing here prevents it.)
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -31,19 +35,28 @@ use crate::{LogStore, NodeId, TypeConfig};
 /// Largest raft RPC accepted (an append carrying a module upload, a snapshot chunk).
 pub(crate) const MAX_RPC: usize = 256 << 20;
 
-/// Makes a client per peer; all share one connection pool and the cluster secret.
+/// The header in which a vote, append or snapshot names its sender's leader lease, in ms.
+pub const LEASE_HEADER: &str = "x-doppel-lease-ms";
+
+/// How often a refusal over different leases is logged, per peer: it recurs at every heartbeat.
+const LEASE_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Makes a client per peer; all share one connection pool, the cluster secret and this host's
+/// leader lease.
 #[derive(Clone)]
 pub struct Network {
     http: reqwest::Client,
     secret: Arc<str>,
+    lease_ms: u64,
 }
 
 impl Network {
-    /// A network whose requests carry `secret`.
-    pub fn new(secret: &str) -> Network {
+    /// A network whose requests carry `secret`, and name `lease` as this host's leader lease.
+    pub fn new(secret: &str, lease: Duration) -> Network {
         Network {
             http: reqwest::Client::new(),
             secret: secret.into(),
+            lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -54,8 +67,11 @@ pub struct Peer {
     base: String,
     http: reqwest::Client,
     secret: Arc<str>,
+    lease_ms: u64,
     /// The connection appends go over, once opened.
     appends: Option<AppendStream>,
+    /// When this peer's refusal over different leases was last logged.
+    lease_warned: Option<Instant>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -67,14 +83,30 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             base: format!("http://{}/raft/v1", node.addr),
             http: self.http.clone(),
             secret: self.secret.clone(),
+            lease_ms: self.lease_ms,
             appends: None,
+            lease_warned: None,
         }
     }
 }
 
 impl Peer {
+    /// Logs, now and then, that this peer refuses our messages because its lease differs.
+    fn lease_refused(&mut self, why: &str) {
+        if self
+            .lease_warned
+            .is_none_or(|at| at.elapsed() >= LEASE_WARNING_EVERY)
+        {
+            self.lease_warned = Some(Instant::now());
+            tracing::error!(
+                peer = self.target,
+                "a member refuses this host's raft messages: {why}"
+            );
+        }
+    }
+
     async fn call<Req, Resp, E>(
-        &self,
+        &mut self,
         path: &str,
         req: &Req,
         option: RPCOption,
@@ -89,6 +121,7 @@ impl Peer {
             .http
             .post(format!("{}/{path}", self.base))
             .bearer_auth(&*self.secret)
+            .header(LEASE_HEADER, self.lease_ms)
             .timeout(option.hard_ttl())
             .body(body)
             .send()
@@ -103,6 +136,9 @@ impl Peer {
         if !response.status().is_success() {
             let status = response.status();
             let text = response.text().await.unwrap_or_default();
+            if status == StatusCode::CONFLICT {
+                self.lease_refused(&text);
+            }
             return Err(NetworkError::new(&std::io::Error::other(format!(
                 "peer answered {status}: {text}"
             )))
@@ -132,7 +168,7 @@ impl Peer {
         }
         let stream = self
             .appends
-            .insert(AppendStream::open(&self.http, &self.base, &self.secret).await?);
+            .insert(AppendStream::open(&self.http, &self.base, &self.secret, self.lease_ms).await?);
         let answer = stream.append(rpc).await;
         if answer.is_err() {
             self.appends = None;
@@ -151,6 +187,10 @@ impl RaftNetwork<TypeConfig> for Peer {
         let answer = match sent {
             Ok(Ok(answer)) => answer,
             Ok(Err(StreamError::Unreachable(e))) => return Err(Unreachable::new(&e).into()),
+            Ok(Err(StreamError::Refused(why))) => {
+                self.lease_refused(&why);
+                return Err(NetworkError::new(&std::io::Error::other(why)).into());
+            }
             Ok(Err(e)) => return Err(NetworkError::new(&e).into()),
             Err(elapsed) => {
                 // The answer may still come: the connection is out of step, so it goes.
@@ -186,6 +226,8 @@ struct Server {
     raft: Raft<TypeConfig>,
     log: LogStore,
     secret: Arc<str>,
+    /// When a message refused over different leases was last logged.
+    lease_warned: Arc<Mutex<Option<Instant>>>,
 }
 
 /// The routes a host serves to its peers, for the raft node `raft` whose log is `log`.
@@ -194,6 +236,7 @@ pub fn router(raft: Raft<TypeConfig>, log: LogStore, secret: &str) -> axum::Rout
         raft,
         log,
         secret: secret.into(),
+        lease_warned: Arc::default(),
     };
     axum::Router::new()
         .route("/raft/v1/append-stream", post(append_stream))
@@ -224,10 +267,54 @@ async fn authenticate(State(server): State<Server>, request: Request, next: Next
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
         Some(secret) if same(secret.as_bytes(), server.secret.as_bytes()) => {
-            next.run(request).await
+            match refuse_other_lease(&server, &request) {
+                Some(refusal) => refusal,
+                None => next.run(request).await,
+            }
         }
         _ => (StatusCode::UNAUTHORIZED, "not a member of this cluster").into_response(),
     }
+}
+
+/// A 409 for a vote, append or snapshot from a host whose leader lease is not ours (the other
+/// routes are questions and forwarded work, which a lease does not affect). A message that names
+/// no lease is let through.
+fn refuse_other_lease(server: &Server, request: &Request) -> Option<Response> {
+    let path = request.uri().path();
+    if ![
+        "/raft/v1/vote",
+        "/raft/v1/append-stream",
+        "/raft/v1/snapshot",
+    ]
+    .contains(&path)
+    {
+        return None;
+    }
+    let theirs: u64 = request
+        .headers()
+        .get(LEASE_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    let ours = server.raft.config().election_timeout_max;
+    if theirs == ours {
+        return None;
+    }
+    let why = format!(
+        "this host runs with a leader lease of {ours} ms and the sender with {theirs} ms; a \
+         cluster runs with one lease, because members with different ones depose each other's \
+         leaders. Restart the host whose lease is not the cluster's without --leader-lease"
+    );
+    let mut warned = server
+        .lease_warned
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if warned.is_none_or(|at| at.elapsed() >= LEASE_WARNING_EVERY) {
+        *warned = Some(Instant::now());
+        tracing::error!(path, "refused a raft message: {why}");
+    }
+    Some((StatusCode::CONFLICT, why).into_response())
 }
 
 /// Decodes a request, runs `handle` on it, encodes its result; a malformed request is a 400.

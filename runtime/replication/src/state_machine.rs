@@ -119,6 +119,15 @@ impl StateMachine {
         self.shared.system_changes.send_modify(|n| *n += 1);
     }
 
+    /// Every member (id, peer address) as of the last membership change applied here.
+    pub fn members(&self) -> Vec<(NodeId, String)> {
+        self.lock()
+            .membership
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Meta> {
         self.shared.meta.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -21,9 +21,13 @@ struct Node {
 }
 
 async fn node(id: u64) -> Node {
+    node_with(id, doppel_replication::config()).await
+}
+
+async fn node_with(id: u64, config: openraft::Config) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let doppel_replication::Node { raft, state, log } =
-        doppel_replication::start(id, dir.path(), SECRET)
+        doppel_replication::start_with(id, dir.path(), SECRET, config)
             .await
             .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -163,6 +167,56 @@ async fn a_process_without_the_secret_is_refused() {
             .unwrap()
             .contains("upgrades the connection")
     );
+}
+
+/// Members with different leader leases would depose each other's leaders, so a vote, an append
+/// or a snapshot from a host whose lease is not the member's own is refused with both leases
+/// named; with the same lease, or naming none (an older host), it is served.
+#[tokio::test]
+async fn raft_messages_from_a_host_with_another_lease_are_refused() {
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+    let ms = Duration::from_millis;
+    let member = node_with(2, doppel_replication::config_with_lease(ms(600))).await;
+    let to_member = |lease| async move {
+        doppel_replication::Network::new(SECRET, lease)
+            .new_client(2, &BasicNode::new(member.addr))
+            .await
+    };
+    let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);
+    let append = AppendEntriesRequest {
+        vote: openraft::Vote::new_committed(1, 1),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    let option = || RPCOption::new(Duration::from_secs(5));
+
+    let mut other = to_member(ms(300)).await;
+    let refused = other.vote(vote.clone(), option()).await.unwrap_err();
+    let why = refused.to_string();
+    assert!(why.contains("600 ms") && why.contains("300 ms"), "{why}");
+    let refused = other
+        .append_entries(append.clone(), option())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("600 ms"), "{refused}");
+
+    let mut same = to_member(ms(600)).await;
+    same.vote(vote, option()).await.unwrap();
+    same.append_entries(append, option()).await.unwrap();
+
+    // A message naming no lease is served (here: refused as garbage, which is past the check).
+    assert_eq!(garbage_vote(&reqwest::Client::new(), &member).await, 400);
+    let named = reqwest::Client::new()
+        .post(format!("http://{}/raft/v1/vote", member.addr))
+        .bearer_auth(SECRET)
+        .header(doppel_replication::LEASE_HEADER, "300")
+        .body(vec![255, 255, 255])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(named.status().as_u16(), 409);
 }
 
 /// A garbled append stream (a frame that does not decode, a frame longer than any append may
