@@ -55,8 +55,9 @@ pub struct HostArgs {
     /// after a leader dies takes about this long. Raise it for hosts far apart (several times
     /// their round trip); how often hosts probe each other and how long a silent host has before
     /// its services move follow it. 100ms to 10s. One value per cluster: set it on the host that
-    /// creates the cluster (default 180ms); joining hosts take the cluster's, and a value that
-    /// disagrees with it is refused.
+    /// creates the cluster (default 180ms); joining and restarting hosts take the running
+    /// members', and a value that disagrees with theirs is refused. To change it, stop every
+    /// host, start one with the new value, then the others without it.
     #[arg(long, value_parser = parse_lease)]
     pub leader_lease: Option<u64>,
     /// A label placement rules can match (`doppel deploy --on KEY=VALUE`), repeatable, e.g.

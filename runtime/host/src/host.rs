@@ -52,7 +52,8 @@ pub struct HostConfig {
     /// How long after a leader falls silent other hosts may elect another (raft's leader lease).
     /// Failover after a leader dies takes about this long; hosts far apart need more. One value
     /// per cluster: `None` takes the cluster's (`doppel_replication::LEADER_LEASE` for a new
-    /// one); a value that disagrees with the cluster's is refused (`cluster::settle_lease`).
+    /// one); a value that disagrees with the running members' is refused, and with none running
+    /// it becomes the cluster's (`cluster::settle_lease`).
     pub leader_lease: Option<Duration>,
     /// Labels placement rules match (`--label provider=ionos`).
     pub labels: BTreeMap<String, String>,

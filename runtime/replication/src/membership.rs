@@ -158,9 +158,9 @@ pub enum JoinError {
     },
 }
 
-/// One authenticated request to a member while joining (`path` under its peer routes): its
-/// decoded answer, or why there is none yet, which is worth retrying. A refused secret ends the
-/// join at once.
+/// One authenticated request to a member (`path` under its peer routes), made by a host that is
+/// joining or starting: its decoded answer, or why there is none yet, which is worth retrying.
+/// A refused secret is an error of its own: nothing will change that.
 async fn ask<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     member: &str,
