@@ -159,7 +159,7 @@ fn restart_lease(
             .join(", ")
     };
     let change = "A cluster's lease changes only while no other member runs: stop every host, \
-                  start one with the new --leader-lease, then the others without it";
+                  start one with the new --leader-lease, then the others without it.";
     match theirs.as_slice() {
         [] => {
             let lease = asked.or(kept).unwrap_or(doppel_replication::LEADER_LEASE);
