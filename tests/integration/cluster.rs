@@ -534,6 +534,11 @@ fn a_clusters_lease_changes_while_every_host_is_stopped() {
         hosts[1].post("/kv/set?k=after", "new").0 == 200
     });
     assert_eq!(hosts[2].get("/kv/get?k=before").1, "kept");
+    assert_eq!(status(&hosts[2])["cluster"]["lease_ms"], 600);
+    assert!(
+        hosts[2].cli_ok(&["status"]).contains("leader lease 600 ms"),
+        "the lease is in doppel status"
+    );
 }
 
 /// A data directory made before the lease was kept in `cluster.json` starts, and from then on

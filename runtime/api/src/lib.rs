@@ -341,6 +341,9 @@ pub struct ClusterInfo {
     pub leader: Option<String>,
     /// The raft term (it grows with every election).
     pub term: u64,
+    /// The leader lease the answering host runs with, in ms: every member runs with the same.
+    #[serde(default)]
+    pub lease_ms: u64,
     /// Every member.
     pub hosts: Vec<HostStatus>,
 }

@@ -47,9 +47,10 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
     print_table(&rows);
     let leader = cluster.leader.is_some();
     println!(
-        "{} host(s), term {}{}  (* = the host that answered)",
+        "{} host(s), term {}, leader lease {} ms{}  (* = the host that answered)",
         cluster.hosts.len(),
         cluster.term,
+        cluster.lease_ms,
         if leader {
             ""
         } else {

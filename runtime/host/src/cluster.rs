@@ -424,6 +424,7 @@ pub async fn info(
     Ok(ClusterInfo {
         leader: status.leader.map(|l| l.to_string()),
         term: status.term,
+        lease_ms: store.raft().config().election_timeout_max,
         hosts,
     })
 }
