@@ -8,7 +8,7 @@ use doppel_guests as guests;
 
 use crate::support::{
     Host, Load, assert_all_readable, cluster, cluster_each, doppel, eventually, eventually_within,
-    http, leader, name, restart_in_place, status,
+    http, identity, leader, name, restart_in_place, status,
 };
 
 #[test]
@@ -483,10 +483,7 @@ fn a_clusters_lease_changes_while_every_host_is_stopped() {
     for h in &mut hosts {
         h.kill();
     }
-    let identity: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(hosts[0].data.join("cluster.json")).unwrap())
-            .unwrap();
-    let secret = identity["secret"].as_str().unwrap().to_string();
+    let secret = identity(&hosts[0])["secret"].as_str().unwrap().to_string();
 
     let [a, b, c] = &mut hosts[..] else {
         unreachable!()
@@ -512,9 +509,7 @@ fn a_clusters_lease_changes_while_every_host_is_stopped() {
 
     for h in &hosts {
         assert!(lease_in_log(h).contains("lease_ms=600 "), "{}", h.log());
-        let kept: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(h.data.join("cluster.json")).unwrap()).unwrap();
-        assert_eq!(kept["lease_ms"], 600);
+        assert_eq!(identity(h)["lease_ms"], 600);
     }
     assert!(
         hosts[0]
@@ -547,20 +542,18 @@ fn a_clusters_lease_changes_while_every_host_is_stopped() {
 fn a_data_directory_from_before_the_lease_was_kept_records_it() {
     let mut host = Host::start();
     host.kill();
-    let path = host.data.join("cluster.json");
-    let mut identity: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    identity.as_object_mut().unwrap().remove("lease_ms");
-    std::fs::write(&path, identity.to_string()).unwrap();
+    let mut old = identity(&host);
+    old.as_object_mut().unwrap().remove("lease_ms");
+    std::fs::write(host.data.join("cluster.json"), old.to_string()).unwrap();
     host.restart();
     assert!(
         lease_in_log(&host).contains("lease_ms=180 "),
         "{}",
         host.log()
     );
-    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let kept = identity(&host);
     assert_eq!(kept["lease_ms"], 180);
-    assert_eq!(kept["secret"], identity["secret"]);
+    assert_eq!(kept["secret"], old["secret"]);
 }
 
 /// Hosts far apart get a longer leader lease (`--leader-lease`); a cluster started with one still

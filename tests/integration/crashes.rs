@@ -274,8 +274,7 @@ fn a_crash_while_saving_a_vote_loses_nothing() {
 
 /// How far `host`'s raft log reaches, asked as its peers ask (a liveness probe).
 fn log_reach(host: &Host) -> doppel_replication::LogReach {
-    let identity: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(host.data.join("cluster.json")).unwrap()).unwrap();
+    let identity = crate::support::identity(host);
     let body = crate::support::http()
         .post(format!("http://{}/raft/v1/ping", host.admin))
         .bearer_auth(identity["secret"].as_str().unwrap())

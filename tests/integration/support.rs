@@ -460,11 +460,15 @@ pub fn precompiled_dir(host: &Host) -> PathBuf {
         .path()
 }
 
+/// This host's cluster identity as its data directory keeps it (`DATA/cluster.json`: id, secret,
+/// leader lease).
+pub fn identity(host: &Host) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(host.data.join("cluster.json")).unwrap()).unwrap()
+}
+
 /// This host's raft id, from its data directory.
 pub fn id_of(host: &Host) -> String {
-    let identity: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(host.data.join("cluster.json")).unwrap()).unwrap();
-    identity["id"].as_u64().unwrap().to_string()
+    identity(host)["id"].as_u64().unwrap().to_string()
 }
 
 /// `doppel status --json` of `host`.
