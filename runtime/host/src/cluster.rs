@@ -143,6 +143,11 @@ fn ms(d: Duration) -> u64 {
 
 /// A restarting member's lease: see [`settle_lease`]. `kept` is `None` in data directories made
 /// before the lease was recorded.
+///
+/// A member that was stopped while the lease changed still keeps the old one; if it is the first
+/// back after every host stopped, the others take its old lease from it. The cluster stays of
+/// one lease, just not the newest: knowing the newest would need it in the replicated log, which
+/// a host alone cannot read up to date.
 fn restart_lease(
     kept: Option<Duration>,
     asked: Option<Duration>,
