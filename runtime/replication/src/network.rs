@@ -7,6 +7,7 @@
 //! depose each other's leaders, so they had better not form a cluster at all, and say why.
 //! (TLS between hosts is a later capability; nothing here prevents it.)
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,9 @@ pub struct Network {
     http: reqwest::Client,
     secret: Arc<str>,
     lease_ms: u64,
+    /// When each peer's refusal over different leases was last logged. Shared by every client,
+    /// because openraft makes a new one for each round of votes.
+    lease_warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 impl Network {
@@ -57,6 +61,7 @@ impl Network {
             http: reqwest::Client::new(),
             secret: secret.into(),
             lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+            lease_warned: Arc::default(),
         }
     }
 }
@@ -70,8 +75,7 @@ pub struct Peer {
     lease_ms: u64,
     /// The connection appends go over, once opened.
     appends: Option<AppendStream>,
-    /// When this peer's refusal over different leases was last logged.
-    lease_warned: Option<Instant>,
+    lease_warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -85,19 +89,18 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             secret: self.secret.clone(),
             lease_ms: self.lease_ms,
             appends: None,
-            lease_warned: None,
+            lease_warned: self.lease_warned.clone(),
         }
     }
 }
 
 impl Peer {
     /// Logs, now and then, that this peer refuses our messages because its lease differs.
-    fn lease_refused(&mut self, why: &str) {
-        if self
-            .lease_warned
-            .is_none_or(|at| at.elapsed() >= LEASE_WARNING_EVERY)
-        {
-            self.lease_warned = Some(Instant::now());
+    fn lease_refused(&self, why: &str) {
+        let mut warned = self.lease_warned.lock().unwrap_or_else(|e| e.into_inner());
+        let last = warned.get(&self.target);
+        if last.is_none_or(|at| at.elapsed() >= LEASE_WARNING_EVERY) {
+            warned.insert(self.target, Instant::now());
             tracing::error!(
                 peer = self.target,
                 "a member refuses this host's raft messages: {why}"
@@ -106,7 +109,7 @@ impl Peer {
     }
 
     async fn call<Req, Resp, E>(
-        &mut self,
+        &self,
         path: &str,
         req: &Req,
         option: RPCOption,
