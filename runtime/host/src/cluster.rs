@@ -223,9 +223,6 @@ pub async fn running_leases(storage: &Storage, identity: &Identity) -> Vec<(Stri
         .filter(|(id, _)| *id != identity.id)
         .map(|(_, addr)| addr)
         .collect();
-    if others.is_empty() {
-        return Vec::new();
-    }
     doppel_replication::running_leases(&others, &identity.secret, Duration::from_secs(1)).await
 }
 
@@ -462,23 +459,26 @@ pub enum RemoveError {
 mod tests {
     use super::*;
 
-    fn ms(n: u64) -> Duration {
+    fn millis(n: u64) -> Duration {
         Duration::from_millis(n)
     }
 
     fn running(leases: &[(&str, u64)]) -> Vec<(String, Duration)> {
         leases
             .iter()
-            .map(|(a, l)| (a.to_string(), ms(*l)))
+            .map(|(a, l)| (a.to_string(), millis(*l)))
             .collect()
     }
 
     #[test]
     fn with_no_member_running_a_restart_keeps_its_lease_or_changes_it() {
-        assert_eq!(restart_lease(Some(ms(300)), None, &[]).unwrap(), ms(300));
         assert_eq!(
-            restart_lease(Some(ms(300)), Some(ms(900)), &[]).unwrap(),
-            ms(900)
+            restart_lease(Some(millis(300)), None, &[]).unwrap(),
+            millis(300)
+        );
+        assert_eq!(
+            restart_lease(Some(millis(300)), Some(millis(900)), &[]).unwrap(),
+            millis(900)
         );
         // A data directory from before the lease was kept.
         assert_eq!(
@@ -491,9 +491,15 @@ mod tests {
     fn a_restart_takes_the_running_members_lease_and_refuses_another() {
         let up = running(&[("b:1", 900), ("c:1", 900)]);
         // Changed while this host was stopped: taken.
-        assert_eq!(restart_lease(Some(ms(300)), None, &up).unwrap(), ms(900));
-        assert_eq!(restart_lease(None, Some(ms(900)), &up).unwrap(), ms(900));
-        let refused = restart_lease(Some(ms(900)), Some(ms(300)), &up)
+        assert_eq!(
+            restart_lease(Some(millis(300)), None, &up).unwrap(),
+            millis(900)
+        );
+        assert_eq!(
+            restart_lease(None, Some(millis(900)), &up).unwrap(),
+            millis(900)
+        );
+        let refused = restart_lease(Some(millis(900)), Some(millis(300)), &up)
             .unwrap_err()
             .to_string();
         assert!(
@@ -507,7 +513,7 @@ mod tests {
     #[test]
     fn running_members_that_disagree_stop_a_restart() {
         let up = running(&[("b:1", 300), ("c:1", 900)]);
-        let refused = restart_lease(Some(ms(300)), None, &up)
+        let refused = restart_lease(Some(millis(300)), None, &up)
             .unwrap_err()
             .to_string();
         assert!(

@@ -232,6 +232,9 @@ pub async fn running_leases(
     secret: &str,
     patience: Duration,
 ) -> Vec<(String, Duration)> {
+    if members.is_empty() {
+        return Vec::new();
+    }
     let Ok(http) = reqwest::Client::builder().timeout(patience).build() else {
         return Vec::new();
     };
