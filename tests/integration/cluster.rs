@@ -8,7 +8,7 @@ use doppel_guests as guests;
 
 use crate::support::{
     Host, Load, assert_all_readable, cluster, cluster_each, doppel, eventually, eventually_within,
-    http, identity, leader, name, restart_in_place, status,
+    http, identity, leader, logs, name, restart_in_place, status,
 };
 
 #[test]
@@ -324,6 +324,34 @@ fn a_deposed_hosts_late_write_is_refused() {
         hosts[active].post("/kv/set?k=k", "v").0 == 200
     });
     assert_eq!(hosts[other].get("/kv/get?k=k").1, "v");
+}
+
+/// A leader whose followers are both slow for a moment (frozen here, as an overloaded machine or
+/// a congested link would make them) still serves a linearizable read once they answer. openraft
+/// confirms leadership with one heartbeat round whose replies are due within 40 ms; a read must
+/// not fail because one such round came back short.
+#[test]
+fn a_read_waits_out_a_majority_that_is_slow_for_a_moment() {
+    let hosts = cluster(3, &[]);
+    let l = leader(&hosts);
+    hosts[l].deploy(guests::KV_DRAFT2, "kv", &[]);
+    assert_eq!(hosts[l].post("/kv/set?k=city", "Kiel").0, 200);
+    let followers: Vec<u32> = (0..3).filter(|i| *i != l).map(|i| hosts[i].pid()).collect();
+    for pid in &followers {
+        unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
+    }
+    let url = hosts[l].url("/kv/get?k=city");
+    let read = std::thread::spawn(move || {
+        let r = http().get(url).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    });
+    // Not a wait for readiness: the time the majority stays silent, several heartbeat rounds.
+    std::thread::sleep(Duration::from_millis(300));
+    for pid in &followers {
+        unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+    }
+    let (code, body) = read.join().unwrap();
+    assert_eq!((code, body.as_str()), (200, "Kiel"), "{}", logs(&hosts));
 }
 
 /// Deploys of one name through two hosts at once never become the same version: each race has

@@ -8,7 +8,7 @@ use doppel_guests as guests;
 
 use crate::support::{
     Host, Load, assert_all_readable, cluster, cluster_each, eventually, eventually_within, leader,
-    name, status,
+    logs, name, status,
 };
 
 /// The service `name`'s entry in `doppel status --json`.
@@ -181,7 +181,8 @@ fn draining_the_leader_under_load_fails_no_request() {
     let (acked, failed) = load.stop();
     assert!(
         failed.is_empty(),
-        "requests failed during the drain: {failed:#?}"
+        "requests failed during the drain: {failed:#?}\n{}",
+        logs(&hosts)
     );
     println!(
         "{} writes acknowledged across the drain, 0 failed",

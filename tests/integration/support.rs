@@ -194,7 +194,19 @@ impl Host {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
     }
+}
 
+/// Every host's log, each under its name: for a failure message, since the logs go with the
+/// test's temporary directory.
+pub fn logs(hosts: &[Host]) -> String {
+    hosts
+        .iter()
+        .map(|h| format!("--- {} ---\n{}", h.data.display(), h.log()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Host {
     /// `http://listen/path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.listen, path.trim_start_matches('/'))

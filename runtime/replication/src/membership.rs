@@ -175,7 +175,12 @@ async fn ask<T: serde::de::DeserializeOwned>(
         .send()
         .await
     {
-        Err(e) => return Ok(Err(format!("{member} unreachable: {e}"))),
+        Err(e) => {
+            return Ok(Err(format!(
+                "{member} unreachable: {}",
+                crate::replicated::causes(&e)
+            )));
+        }
         Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
             return Err(JoinError::BadToken(member.to_string()));
         }

@@ -372,14 +372,19 @@ async fn write(State(s): State<Server>, body: Bytes) -> Response {
     .await
 }
 
+/// How many leases the leader keeps asking a slow majority to confirm a follower's read. A leader
+/// no majority has answered for that long has in all likelihood lost an election; the follower
+/// then answers "unavailable", and its client tries again.
+const READ_INDEX_PATIENCE_LEASES: u32 = 5;
+
 /// A follower's linearizable read: the leader confirms it still leads (a heartbeat round to a
 /// majority) and answers the log index the follower must have applied before reading.
 async fn read_index(State(s): State<Server>, body: Bytes) -> Response {
+    let lease = Duration::from_millis(s.raft.config().election_timeout_max);
     serve(&body, |(): ()| async move {
-        s.raft
-            .get_read_log_id()
+        crate::replicated::confirmed_read_index(&s.raft, lease * READ_INDEX_PATIENCE_LEASES)
             .await
-            .map(|(read, _applied)| read.map_or(0, |id| id.index))
+            .map(|read| read.unwrap_or(0))
             .map_err(|e| e.to_string())
     })
     .await

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use doppel_store::{Command, Outcome, Space, Store, StoreError};
-use openraft::Raft;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -56,8 +56,50 @@ struct Pending {
     answer: tokio::sync::oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
+/// How long to wait before asking the majority again after a leadership check came back short.
+const CONFIRM_AGAIN_AFTER: Duration = Duration::from_millis(10);
+
+/// The log index a linearizable read must see (`None`: the log is empty), once this host has
+/// confirmed with a majority that it still leads.
+///
+/// openraft 0.9 confirms with one heartbeat round whose replies are due within the heartbeat
+/// interval (40 ms at the default lease). A majority that is slow for a moment (a loaded
+/// machine, a congested link) misses that, and the check fails with `QuorumNotEnough` though
+/// nothing is wrong; the next round usually succeeds. So this asks again until `patience` runs
+/// out. A read is still only served after a round that a majority answered.
+pub(crate) async fn confirmed_read_index(
+    raft: &Raft<TypeConfig>,
+    patience: Duration,
+) -> Result<Option<u64>, RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match raft.get_read_log_id().await {
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(short)))
+                if Instant::now() + CONFIRM_AGAIN_AFTER < deadline =>
+            {
+                tracing::debug!(%short, "leadership not confirmed in one round; asking again");
+                tokio::time::sleep(CONFIRM_AGAIN_AFTER).await;
+            }
+            other => return other.map(|(read, _applied)| read.map(|id| id.index)),
+        }
+    }
+}
+
 fn unavailable(why: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(why.to_string())
+}
+
+/// `e` and its causes, joined: reqwest's own text ("error sending request for url ...") leaves out
+/// whether the connection was refused, reset or timed out, which is what an operator needs.
+pub(crate) fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl ReplicatedStore {
@@ -181,22 +223,26 @@ impl ReplicatedStore {
 
     /// Waits until reading the local state machine is linearizable.
     async fn read_barrier(&self) -> Result<(), StoreError> {
+        let timeout = self.core.timeout();
         let barrier = async {
-            match self.core.raft.ensure_linearizable().await {
-                Ok(_) => Ok(()),
-                Err(RaftError::APIError(_)) => {
+            let index = match confirmed_read_index(&self.core.raft, timeout).await {
+                Ok(index) => index,
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                     // Not the leader: ask it how far this host must have applied.
-                    let index: u64 = self.core.ask_leader("read-index", &()).await?;
-                    self.core
-                        .raft
-                        .wait(Some(self.core.timeout()))
-                        .applied_index_at_least(Some(index), "linearizable read")
-                        .await
-                        .map(|_| ())
-                        .map_err(unavailable)
+                    Some(self.core.ask_leader::<_, u64>("read-index", &()).await?)
                 }
-                Err(e) => Err(unavailable(e)),
-            }
+                Err(e) => return Err(unavailable(e)),
+            };
+            let Some(index) = index else {
+                return Ok(());
+            };
+            self.core
+                .raft
+                .wait(Some(timeout))
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
         };
         tokio::time::timeout(self.core.timeout(), barrier)
             .await
@@ -263,7 +309,7 @@ impl Core {
             .body(body)
             .send()
             .await
-            .map_err(|e| unavailable(format!("leader {leader} unreachable: {e}")))?;
+            .map_err(|e| unavailable(format!("leader {leader} unreachable: {}", causes(&e))))?;
         if !response.status().is_success() {
             return Err(unavailable(format!(
                 "leader {leader} answered {}",
