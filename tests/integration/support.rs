@@ -194,19 +194,6 @@ impl Host {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
     }
-}
-
-/// Every host's log, each under its name: for a failure message, since the logs go with the
-/// test's temporary directory.
-pub fn logs(hosts: &[Host]) -> String {
-    hosts
-        .iter()
-        .map(|h| format!("--- {} ---\n{}", h.data.display(), h.log()))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-impl Host {
     /// `http://listen/path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.listen, path.trim_start_matches('/'))
@@ -321,6 +308,16 @@ impl Drop for Host {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Every host's log, each under its data directory: for a failure message, since the logs go
+/// with the test's temporary directory.
+pub fn logs(hosts: &[Host]) -> String {
+    hosts
+        .iter()
+        .map(|h| format!("--- {} ---\n{}", h.data.display(), h.log()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Waits until `check` holds, polling; panics with `what` after 30 s.

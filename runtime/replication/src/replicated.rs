@@ -244,7 +244,7 @@ impl ReplicatedStore {
                 .map(|_| ())
                 .map_err(unavailable)
         };
-        tokio::time::timeout(self.core.timeout(), barrier)
+        tokio::time::timeout(timeout, barrier)
             .await
             .map_err(|_| unavailable("no majority confirmed the read in time"))?
     }
