@@ -8,7 +8,7 @@ use doppel_guests as guests;
 
 use crate::support::{
     Host, Load, assert_all_readable, cluster, cluster_each, doppel, eventually, eventually_within,
-    http, identity, leader, logs, name, restart_in_place, status,
+    http, id_of, identity, leader, logs, name, restart_in_place, status,
 };
 
 #[test]
@@ -352,6 +352,38 @@ fn a_read_waits_out_a_majority_that_is_slow_for_a_moment() {
     }
     let (code, body) = read.join().unwrap();
     assert_eq!((code, body.as_str()), (200, "Kiel"), "{}", logs(&hosts));
+}
+
+/// SIGKILL of the leader under writes through another host, where the service runs. A write
+/// already on a connection to the old leader when it dies fails (it may or may not have been
+/// committed), but none fails because the leader's connection is refused: those were never sent,
+/// so they wait for the next leader instead of failing through the whole election.
+#[test]
+fn killing_the_leader_fails_only_the_writes_on_their_way_to_it() {
+    let mut hosts = cluster(3, &[]);
+    let l = leader(&hosts);
+    let active = (l + 1) % 3;
+    hosts[active].deploy(guests::KV_DRAFT2, "kv", &[]);
+    let load = Load::start(&[hosts[active].url("/kv")], 4, "k");
+    load.wait_for(100);
+    hosts[l].kill();
+    eventually("a new leader", || {
+        status(&hosts[active])["cluster"]["leader"]
+            .as_str()
+            .is_some_and(|id| id != id_of(&hosts[l]))
+    });
+    load.wait_for(100);
+    let (acked, failed) = load.stop();
+    println!(
+        "{} writes acknowledged, {} failed: {failed:#?}",
+        acked.len(),
+        failed.len()
+    );
+    assert!(
+        failed.iter().all(|f| !f.contains("refused")),
+        "writes that never reached the dead leader failed: {failed:#?}"
+    );
+    assert_all_readable(&hosts[active], &acked);
 }
 
 /// Deploys of one name through two hosts at once never become the same version: each race has

@@ -58,6 +58,8 @@ struct Pending {
 
 /// How long to wait before asking the majority again after a leadership check came back short.
 const CONFIRM_AGAIN_AFTER: Duration = Duration::from_millis(10);
+/// How long to wait before asking the leader again after a connection to it was refused.
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(10);
 
 /// The log index a linearizable read must see (`None`: the log is empty), once this host has
 /// confirmed with a majority that it still leads.
@@ -111,7 +113,12 @@ impl ReplicatedStore {
             raft,
             state,
             log,
-            http: reqwest::Client::new(),
+            // A leader whose machine vanished answers no connection attempt at all; without a
+            // bound, a forwarded write would wait out the whole store timeout on it.
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .build()
+                .unwrap_or_default(),
             secret: secret.into(),
             timeout_ms: AtomicU64::new(5_000),
             in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
@@ -299,17 +306,37 @@ impl Core {
     where
         E: DeserializeOwned + std::fmt::Display,
     {
-        let (leader, addr) = self.leader_addr().await?;
         let body = postcard::to_stdvec(req).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let response = self
-            .http
-            .post(format!("http://{addr}/raft/v1/{path}"))
-            .bearer_auth(&*self.secret)
-            .timeout(self.timeout())
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| unavailable(format!("leader {leader} unreachable: {}", causes(&e))))?;
+        let deadline = Instant::now() + self.timeout();
+        let (leader, response) = loop {
+            let (leader, addr) = self.leader_addr().await?;
+            let sent = self
+                .http
+                .post(format!("http://{addr}/raft/v1/{path}"))
+                .bearer_auth(&*self.secret)
+                .timeout(self.timeout())
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(response) => break (leader, response),
+                // Not even connected, so nothing was sent: the leader's process is gone (killed,
+                // restarting) and this host has not heard of the next one yet. Ask whoever leads
+                // once one is known rather than failing every write of the election. Anything
+                // else (a reset mid-request, a timeout) may have reached the leader and is not
+                // repeated: a write sent twice could count twice.
+                Err(e) if e.is_connect() && Instant::now() + ASK_AGAIN_AFTER < deadline => {
+                    tracing::debug!(leader, error = %causes(&e), "leader unreachable; asking again");
+                    tokio::time::sleep(ASK_AGAIN_AFTER).await;
+                }
+                Err(e) => {
+                    return Err(unavailable(format!(
+                        "leader {leader} unreachable: {}",
+                        causes(&e)
+                    )));
+                }
+            }
+        };
         if !response.status().is_success() {
             return Err(unavailable(format!(
                 "leader {leader} answered {}",
@@ -365,7 +392,10 @@ impl Core {
                 }
             }
             Err(e) => {
-                let why = e.to_string();
+                let why = match e {
+                    StoreError::Unavailable(why) => why,
+                    other => other.to_string(),
+                };
                 for answer in answers {
                     let _ = answer.send(Err(StoreError::Unavailable(why.clone())));
                 }
