@@ -306,7 +306,10 @@ impl Core {
     where
         E: DeserializeOwned + std::fmt::Display,
     {
-        let body = postcard::to_stdvec(req).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Shared, not copied, by each attempt.
+        let body = axum::body::Bytes::from(
+            postcard::to_stdvec(req).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
         let deadline = Instant::now() + self.timeout();
         let (leader, response) = loop {
             let (leader, addr) = self.leader_addr().await?;
