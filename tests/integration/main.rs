@@ -5,6 +5,7 @@ mod cluster;
 mod crashes;
 mod durability;
 mod interfaces;
+mod layout;
 mod limits;
 mod operator;
 mod partition;

@@ -21,6 +21,12 @@
 //! | `GET /v1/events?service=S&limit=N` | | `[`[`PlacementEvent`]`]`, oldest first |
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
+//!
+//! The wire-level rules both sides check live here too, once: service names
+//! ([`check_service_name`]), labels ([`parse_label`]), the replicas range ([`MAX_REPLICAS`]), and
+//! how a bearer credential is compared ([`auth`]).
+
+pub mod auth;
 
 use std::collections::BTreeMap;
 
@@ -136,6 +142,23 @@ pub struct PlacementRules {
 
 fn one() -> u32 {
     1
+}
+
+/// The most hosts a service may be active on at once (`--replicas`).
+pub const MAX_REPLICAS: u32 = 100;
+
+impl PlacementRules {
+    /// Checks the rules as a deploy must: every label well-formed, replicas within
+    /// `1..=`[`MAX_REPLICAS`].
+    pub fn check(&self) -> Result<(), String> {
+        for (key, value) in &self.on {
+            check_label(key, value)?;
+        }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(format!("--replicas must be between 1 and {MAX_REPLICAS}"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for PlacementRules {
@@ -400,4 +423,50 @@ pub fn check_label(key: &str, value: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks a service name: it becomes a URL path segment and a bucket namespace, so 1 to 63
+/// characters `a-z 0-9 -`, starting with a letter. The error says so in full.
+pub fn check_service_name(name: &str) -> Result<(), String> {
+    let valid = (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid service name {name:?}: use 1 to 63 characters a-z, 0-9 and '-', starting \
+             with a letter (it becomes the URL prefix)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names() {
+        for good in ["a", "hello", "permits-2", &"a".repeat(63)] {
+            assert!(check_service_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "2a", "-a", "Hello", "a_b", "a/b", &"a".repeat(64)] {
+            let why = check_service_name(bad).unwrap_err();
+            assert!(why.contains("starting with a letter"), "{why}");
+        }
+    }
+
+    #[test]
+    fn replicas_range() {
+        let rules = |replicas| PlacementRules {
+            replicas,
+            ..PlacementRules::default()
+        };
+        assert!(rules(1).check().is_ok());
+        assert!(rules(MAX_REPLICAS).check().is_ok());
+        assert!(rules(0).check().unwrap_err().contains("between 1 and 100"));
+        assert!(rules(MAX_REPLICAS + 1).check().is_err());
+    }
 }

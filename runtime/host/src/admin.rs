@@ -11,13 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use doppel_api::{ApiError, ClusterInfo, DeployRequest, HostInfo, HostStatus, KeyPage};
-use doppel_replication::ReplicatedStore;
+use doppel_replication::Member;
 use doppel_store::{Command, Op, Space, StoreError};
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::cluster::{self, Identity, RemoveError};
+use crate::hosts::{self, RemoveError};
 use crate::moves::Mover;
 use crate::operator;
 use crate::services::{DeployError, Registry};
@@ -33,10 +33,8 @@ pub struct AdminState {
     pub max_module_size: usize,
     /// What `GET /v1/host` answers.
     pub info: Arc<HostInfo>,
-    /// The cluster's store, for membership and status.
-    pub cluster: Arc<ReplicatedStore>,
-    /// This host's id and the cluster secret (the join token).
-    pub identity: Identity,
+    /// This host's membership, for status, removals and the join token.
+    pub member: Arc<Member>,
     /// Moves services between hosts.
     pub mover: Mover,
 }
@@ -72,7 +70,8 @@ impl From<StoreError> for AdminError {
     }
 }
 
-pub(crate) type Answer<T> = Result<T, AdminError>;
+/// What an admin handler answers.
+pub(crate) type AdminResult<T> = Result<T, AdminError>;
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
@@ -104,23 +103,9 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from response times.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether `request` carries `Authorization: Bearer SECRET` (compared in constant time).
-pub(crate) fn bears(request: &Request, secret: &str) -> bool {
-    request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|token| same(token.as_bytes(), secret.as_bytes()))
-}
-
 async fn authenticate(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    if bears(&request, &state.token) {
+    let presented = request.headers().get(header::AUTHORIZATION);
+    if doppel_api::auth::bears(presented.map(|v| v.as_bytes()), &state.token) {
         return next.run(request).await;
     }
     // Never echo what was presented: a mistyped token is often one character from the real one.
@@ -133,26 +118,27 @@ async fn authenticate(State(state): State<AdminState>, request: Request, next: N
     .into_response()
 }
 
-async fn cluster_status(State(state): State<AdminState>) -> Answer<Json<ClusterInfo>> {
+async fn cluster_status(State(state): State<AdminState>) -> AdminResult<Json<ClusterInfo>> {
     Ok(Json(
-        cluster::info(&state.cluster, state.identity.id, &state.identity.secret).await?,
+        hosts::info(&state.member, &state.mover.liveness).await?,
     ))
 }
 
-/// The join token. It is the cluster secret itself, behind the admin token like everything here.
+/// The join token, behind the admin token like everything here.
 async fn join_token(State(state): State<AdminState>) -> String {
-    state.identity.secret.clone()
+    state.member.join_token()
 }
 
 async fn remove_host(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-) -> Answer<Json<HostStatus>> {
-    let record = cluster::remove(&state.cluster, &name)
+) -> AdminResult<Json<HostStatus>> {
+    let record = hosts::remove(&state.member, &name)
         .await
         .map_err(|e| match e {
             RemoveError::NoHost(_) => AdminError(StatusCode::NOT_FOUND, e.to_string()),
             RemoveError::Store(e) => e.into(),
+            RemoveError::Member(e) => AdminError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         })?;
     Ok(Json(HostStatus {
         id: record.id.to_string(),
@@ -162,7 +148,7 @@ async fn remove_host(
         role: "removed".into(),
         behind: None,
         health: "removed".into(),
-        this: record.id == state.identity.id,
+        this: record.id == state.member.id(),
         labels: record.labels,
         drained: false,
     }))
@@ -174,7 +160,7 @@ async fn host(State(state): State<AdminState>) -> Json<HostInfo> {
     Json(info)
 }
 
-async fn upload(State(state): State<AdminState>, body: Body) -> Answer<Response> {
+async fn upload(State(state): State<AdminState>, body: Body) -> AdminResult<Response> {
     let max = state.max_module_size;
     let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
         AdminError(
@@ -186,11 +172,11 @@ async fn upload(State(state): State<AdminState>, body: Body) -> Answer<Response>
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
-async fn list(State(state): State<AdminState>) -> Answer<Response> {
+async fn list(State(state): State<AdminState>) -> AdminResult<Response> {
     Ok(Json(state.registry.list().await?).into_response())
 }
 
-async fn show(State(state): State<AdminState>, Path(name): Path<String>) -> Answer<Response> {
+async fn show(State(state): State<AdminState>, Path(name): Path<String>) -> AdminResult<Response> {
     Ok(Json(state.registry.info(&name).await?).into_response())
 }
 
@@ -199,7 +185,7 @@ async fn deploy(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Answer<Response> {
+) -> AdminResult<Response> {
     let request: DeployRequest = serde_json::from_slice(&body)
         .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("bad deploy request: {e}")))?;
     let actor = actor(&state, &headers);
@@ -230,7 +216,7 @@ async fn remove(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     Query(q): Query<RemoveQuery>,
-) -> Answer<Response> {
+) -> AdminResult<Response> {
     Ok(Json(state.registry.remove(&name, q.purge).await?).into_response())
 }
 
@@ -245,7 +231,7 @@ async fn logs(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     Query(q): Query<LogQuery>,
-) -> Answer<Response> {
+) -> AdminResult<Response> {
     if state.registry.get(&name).is_none() {
         return Err(DeployError::NoService(name).into());
     }
@@ -273,7 +259,7 @@ async fn logs(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-fn space(state: &AdminState, service: &str, bucket: &str) -> Answer<Space> {
+fn space(state: &AdminState, service: &str, bucket: &str) -> AdminResult<Space> {
     if state.registry.get(service).is_none() {
         return Err(DeployError::NoService(service.to_string()).into());
     }
@@ -281,7 +267,10 @@ fn space(state: &AdminState, service: &str, bucket: &str) -> Answer<Space> {
     Ok(Space::bucket(service, bucket))
 }
 
-async fn buckets(State(state): State<AdminState>, Path(name): Path<String>) -> Answer<Response> {
+async fn buckets(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> AdminResult<Response> {
     space(&state, &name, "default")?;
     Ok(Json(state.registry.store().buckets(&name).await?).into_response())
 }
@@ -296,7 +285,7 @@ async fn keys(
     State(state): State<AdminState>,
     Path((name, bucket)): Path<(String, String)>,
     Query(q): Query<KeyQuery>,
-) -> Answer<Response> {
+) -> AdminResult<Response> {
     let space = space(&state, &name, &bucket)?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let keys = state
@@ -319,7 +308,7 @@ async fn keys(
 async fn kv_get(
     State(state): State<AdminState>,
     Path((name, bucket, key)): Path<(String, String, String)>,
-) -> Answer<Response> {
+) -> AdminResult<Response> {
     let space = space(&state, &name, &bucket)?;
     match state.registry.store().get(&space, key.as_bytes()).await? {
         Some(value) => {
@@ -336,7 +325,7 @@ async fn kv_put(
     State(state): State<AdminState>,
     Path((name, bucket, key)): Path<(String, String, String)>,
     value: Bytes,
-) -> Answer<Response> {
+) -> AdminResult<Response> {
     let space = space(&state, &name, &bucket)?;
     let limits = state
         .registry
@@ -365,7 +354,7 @@ async fn kv_put(
 async fn kv_delete(
     State(state): State<AdminState>,
     Path((name, bucket, key)): Path<(String, String, String)>,
-) -> Answer<Response> {
+) -> AdminResult<Response> {
     let space = space(&state, &name, &bucket)?;
     state
         .registry

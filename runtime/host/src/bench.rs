@@ -63,7 +63,7 @@ impl Instantiation {
             runtime.clone(),
             store.clone(),
             ModuleCache::new(&dir.join("cache"), &runtime.engine)?,
-            Arc::new(Placements::new(1)),
+            Arc::new(Placements::new(1, store.clone())),
         );
         let module = registry.upload(component.clone()).await?;
         registry

@@ -1,9 +1,9 @@
-//! Starting and stopping a host: data directory, admin token, store, services, both servers.
+//! Starting and stopping a host: data directory, admin token, membership, services, both
+//! servers.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,19 +11,20 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use doppel_api::HostInfo;
-use doppel_replication::ReplicatedStore;
+use doppel_replication::{JoinTarget, Member, MemberConfig};
+use doppel_store::files::write_private;
 use doppel_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::admin::{AdminState, router};
-use crate::cluster::{self, HostRecord, JoinTarget};
-use crate::failover;
+use crate::hosts::{self, HostRecord};
 use crate::ingress::{self, IngressLimits};
 use crate::modules::ModuleCache;
 use crate::moves::{self, Mover};
 use crate::placement::Placements;
 use crate::runtime::Runtime;
+use crate::scheduler;
 use crate::services::Registry;
 
 /// Everything `doppel host` can be told. Built by the CLI from flags; validated here.
@@ -53,7 +54,7 @@ pub struct HostConfig {
     /// Failover after a leader dies takes about this long; hosts far apart need more. One value
     /// per cluster: `None` takes the cluster's (`doppel_replication::LEADER_LEASE` for a new
     /// one); a value that disagrees with the running members' is refused, and with none running
-    /// it becomes the cluster's (`cluster::settle_lease`).
+    /// it becomes the cluster's (`doppel_replication::Member::open`).
     pub leader_lease: Option<Duration>,
     /// Labels placement rules match (`--label provider=ionos`).
     pub labels: BTreeMap<String, String>,
@@ -118,38 +119,12 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
             getrandom::fill(&mut raw)
                 .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
             let token = hex::encode(raw);
-            write_private(&path, token.as_bytes())?;
+            write_private(&path, token.as_bytes())
+                .with_context(|| format!("while writing the admin token to {}", path.display()))?;
             Ok(token)
         }
         Err(e) => Err(e).with_context(|| format!("while reading {}", path.display())),
     }
-}
-
-/// Creates `path` (which must not exist) readable by the owner only, with `bytes`, synced.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("while creating {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
-}
-
-/// Writes `bytes` to `path`, owner-only, in place of whatever was there: a new file, synced, then
-/// renamed over the old one, so that a crash leaves the old or the new one whole.
-pub(crate) fn replace_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    // Left by a crash between writing and renaming: the file it was to replace is still whole.
-    let _ = std::fs::remove_file(&tmp);
-    write_private(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("while replacing {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 fn write_endpoint(data_dir: &Path, endpoint: &Endpoint) -> anyhow::Result<()> {
@@ -186,43 +161,16 @@ pub async fn run(
         );
     }
     let token = admin_token(data)?;
-    let (mut identity, first_start) = match cluster::read_identity(data)? {
-        Some(identity) => {
-            if config.join.is_some() {
-                tracing::warn!("this host is already a cluster member; --join is ignored");
-            }
-            (identity, false)
-        }
-        None => {
-            // A first start that never finished (no identity was saved) may have left raft
-            // state for an id that no longer exists; start that part afresh.
-            let raft_dir = data.join("raft");
-            if raft_dir.exists() {
-                std::fs::remove_dir_all(&raft_dir).with_context(|| {
-                    format!(
-                        "while clearing an unfinished first start in {}",
-                        raft_dir.display()
-                    )
-                })?;
-            }
-            (cluster::new_identity(config.join.as_ref())?, true)
-        }
-    };
-    let storage = cluster::open(data)?;
-    let running = cluster::running_leases(&storage, &identity).await;
-    let kept_lease = identity.lease_ms;
-    let lease = cluster::settle_lease(
-        &mut identity,
-        first_start,
-        config.join.as_ref(),
-        config.leader_lease,
-        &running,
-    )
+    let member = Member::open(MemberConfig {
+        data_dir: data.clone(),
+        join: config.join.clone(),
+        leader_lease: config.leader_lease,
+        snapshot_every: config.snapshot_every,
+    })
     .await?;
-    if !first_start && identity.lease_ms != kept_lease {
-        cluster::save_identity(data, &identity)?;
-    }
-    let store = cluster::start(storage, &identity, config.snapshot_every, lease).await?;
+    let member = Arc::new(member);
+    let store = member.store().clone();
+    let first_start = member.first_start();
 
     let ingress_listener = bind(config.listen, "--listen").await?;
     let admin_listener = bind(config.admin, "--admin").await?;
@@ -236,7 +184,10 @@ pub async fn run(
     let runtime = Runtime::new()?;
     let cache = ModuleCache::new(&data.join("cache"), &runtime.engine)
         .with_context(|| format!("while creating the module cache in {}", data.display()))?;
-    let placements = Arc::new(Placements::new(identity.id));
+    let placements = Arc::new(Placements::new(
+        member.id(),
+        store.clone() as Arc<dyn Store>,
+    ));
     let registry = Arc::new(Registry::new(
         runtime,
         store.clone() as Arc<dyn Store>,
@@ -253,10 +204,9 @@ pub async fn run(
         services: 0,
     });
     let mover = Mover {
-        store: store.clone(),
+        member: member.clone(),
         registry: registry.clone(),
-        secret: identity.secret.as_str().into(),
-        http: reqwest::Client::new(),
+        liveness: member.liveness(),
     };
     let admin_state = AdminState {
         mover: mover.clone(),
@@ -264,8 +214,7 @@ pub async fn run(
         token: token.into(),
         max_module_size: config.max_module_size,
         info,
-        cluster: store.clone(),
-        identity: identity.clone(),
+        member: member.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -280,44 +229,24 @@ pub async fn run(
             admin_listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             }),
-            router(admin_state)
-                .merge(doppel_replication::router(
-                    store.raft().clone(),
-                    store.log().clone(),
-                    &identity.secret,
-                ))
-                .merge(moves::peer_router(mover.clone())),
+            router(admin_state).merge(member.peer_router(moves::host_routes(mover.clone()))),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future(),
     );
-    let joined = match (&config.join, first_start) {
-        (Some(target), true) => {
-            tracing::info!(url = %target.url, "joining the cluster");
-            cluster::join(target, identity.id, &advertise).await?;
-            true
-        }
-        (None, true) => {
-            cluster::create(&store, identity.id, &advertise).await?;
-            false
-        }
-        _ => false,
-    };
-    if first_start {
-        cluster::save_identity(data, &identity)?;
-    }
-    let services = load_when_available(&registry, &store).await?;
-    if store.address_of(identity.id).as_deref() != Some(advertise.as_str()) {
-        tracing::info!(%advertise, "this host's address changed; telling the cluster");
-        store
-            .set_address(identity.id, &advertise)
-            .await
-            .context("while recording this host's new address in the cluster")?;
-    }
-    cluster::register(
+    let joined = member
+        .enter(&advertise)
+        .await
+        .context("while becoming a member of the cluster")?;
+    let services = load_when_available(&registry, &member).await?;
+    member
+        .advertise(&advertise)
+        .await
+        .context("while recording this host's new address in the cluster")?;
+    hosts::register(
         store.as_ref(),
         &HostRecord {
-            id: identity.id,
+            id: member.id(),
             name: config.name.clone(),
             admin: advertise.clone(),
             listen: listen.to_string(),
@@ -327,11 +256,8 @@ pub async fn run(
     )
     .await
     .context("while registering this host in the cluster")?;
-    let syncing = tokio::spawn(follow_deploys(
-        registry.clone(),
-        store.state().system_changes(),
-    ));
-    let failing_over = tokio::spawn(failover::run(mover));
+    let syncing = tokio::spawn(follow_deploys(registry.clone(), store.system_changes()));
+    let scheduling = tokio::spawn(scheduler::run(mover));
 
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,
@@ -359,7 +285,7 @@ pub async fn run(
             pid: std::process::id(),
         },
     )?;
-    tracing::info!(name = %config.name, id = identity.id, %listen, admin = %admin_addr, services, hosts, "host ready");
+    tracing::info!(name = %config.name, id = member.id(), %listen, admin = %admin_addr, services, hosts, "host ready");
     ready(&started);
 
     shutdown.await;
@@ -367,21 +293,11 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = ingress.await;
     syncing.abort();
-    failing_over.abort();
+    scheduling.abort();
     let _ = tokio::time::timeout(config.grace, admin).await;
     let _ = std::fs::remove_file(endpoint_path(data));
     drop(registry);
-    store
-        .raft()
-        .shutdown()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("while stopping the consensus node")?;
-    let state = store.state().clone();
-    tokio::task::spawn_blocking(move || state.engine().checkpoint())
-        .await
-        .context("while closing the store")?
-        .context("while closing the store")?;
+    member.shutdown().await.context("while stopping")?;
     tracing::info!("stopped cleanly");
     drop(lock);
     Ok(())
@@ -389,12 +305,9 @@ pub async fn run(
 
 /// Loads the deployed services once the store can answer linearizably, which needs a majority
 /// of the cluster; a host restarting while most of its cluster is down waits for it.
-async fn load_when_available(
-    registry: &Registry,
-    store: &ReplicatedStore,
-) -> anyhow::Result<usize> {
+async fn load_when_available(registry: &Registry, member: &Member) -> anyhow::Result<usize> {
     loop {
-        let alone = store.member_count() == 1;
+        let alone = member.store().member_count() == 1;
         match registry.load_all(alone).await {
             Ok(count) => return Ok(count),
             Err(e) if is_unavailable(&e) => {

@@ -1,5 +1,5 @@
 //! Service traffic: `http://HOST:PORT/<service>/<rest>` reaches `<service>`, which sees `/<rest>`
-//! as its path and the prefix in `x-forwarded-prefix` (design §4.4).
+//! as its path and the prefix in `x-forwarded-prefix`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -178,7 +178,30 @@ pub(crate) fn split_path(path: &str) -> (&str, &str) {
     }
 }
 
-static NO_RULES: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+/// A request for a service, as routing sees it.
+struct Asked<'a> {
+    /// The service's name (the first path segment).
+    name: &'a str,
+    /// The rest of the path, which the guest sees.
+    rest: &'a str,
+    /// How many hosts it passed through already.
+    hops: usize,
+    /// The service, when this host has it loaded.
+    service: Option<Arc<Service>>,
+}
+
+impl Asked<'_> {
+    /// Where to serve it, by this host's view of the placements.
+    fn decide(&self, registry: &Registry) -> Route {
+        static NO_RULES: std::collections::BTreeMap<String, String> =
+            std::collections::BTreeMap::new();
+        let on = self
+            .service
+            .as_ref()
+            .map_or(&NO_RULES, |s| &s.record.placement.on);
+        registry.placements().route(self.name, self.hops, on)
+    }
+}
 
 async fn route(
     registry: &Registry,
@@ -194,100 +217,112 @@ async fn route(
             "this is a doppel host; services answer at /SERVICE/... (`doppel ls` lists them)",
         );
     }
-    // Each host a request passes through adds itself; see `Placements::route`.
-    let hops = req.headers().get_all(FORWARDED_BY).iter().count();
-    let placements = registry.placements();
     let mut service = registry.get(name);
     if service.is_none() {
         // Perhaps deployed through another host a moment ago and not loaded here yet.
         service = registry.load_if_deployed(name).await;
     }
-    let in_flight = service.as_ref().map(|s| InFlight::start(&s.stats));
-    let on = service.as_ref().map(|s| &s.record.placement.on);
-    let epoch = match placements.route(name, hops, on.unwrap_or(&NO_RULES)) {
-        Route::Local(epoch) => epoch,
-        Route::Unavailable(reason) => {
-            let mut response = host_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the service {name:?} cannot run now: {reason}"),
-            );
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
-            return response;
-        }
-        Route::Forward(targets) => {
-            drop(in_flight);
-            if let Some(service) = &service {
-                service.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-            }
-            let limits = service.as_ref().map(|s| s.limits.clone());
-            let max_body = limits
-                .as_ref()
-                .map_or(Limits::default().max_body, |l| l.max_body);
-            let timeout = Duration::from_millis(
-                limits.map_or(Limits::default().timeout_ms, |l| l.timeout_ms) + 5_000,
-            );
-            let (parts, body) =
-                match forward::buffer(req.map(|body| Drain(Some(body))), max_body).await {
-                    Ok(buffered) => buffered,
-                    Err(response) => return response,
-                };
-            let this = placements.this();
-            let why = match forward::send(forwarder, this, &targets, timeout, &parts, &body).await {
-                Ok(response) => return response,
-                Err(why) => why,
-            };
-            // This host's view may be behind (the service moved from a dead host a moment
-            // ago): look again once before giving up.
-            if let Err(e) = placements.refresh(registry.store().as_ref()).await {
-                tracing::debug!(error = %e, "cannot refresh placements");
-                return forward::unavailable(&why);
-            }
-            let on = service.as_ref().map(|s| &s.record.placement.on);
-            return match placements.route(name, hops, on.unwrap_or(&NO_RULES)) {
-                Route::Forward(again) if again != targets => {
-                    match forward::send(forwarder, this, &again, timeout, &parts, &body).await {
-                        Ok(response) => response,
-                        Err(why) => forward::unavailable(&why),
-                    }
-                }
-                Route::Local(epoch) => match service {
-                    Some(service) => {
-                        let in_flight = InFlight::start(&service.stats);
-                        let req = Request::from_parts(parts, Full::new(body));
-                        serve_here(registry, service, name, rest, epoch, in_flight, req).await
-                    }
-                    None => forward::unavailable(&why),
-                },
-                _ => forward::unavailable(&why),
-            };
-        }
-    };
-    let (Some(service), Some(in_flight)) = (service, in_flight) else {
-        return host_response(
-            StatusCode::NOT_FOUND,
-            format!("no service named {name:?} is deployed here"),
-        );
-    };
-    serve_here(
-        registry,
-        service,
+    let asked = Asked {
         name,
         rest,
-        epoch,
-        in_flight,
-        req.map(|body| Drain(Some(body))),
-    )
-    .await
+        // Each host a request passes through adds itself; see `Placements::route`.
+        hops: req.headers().get_all(FORWARDED_BY).iter().count(),
+        service,
+    };
+    // Counted before the route is decided, so that a hand-over that switches the route meanwhile
+    // still waits for this request (see `moves`).
+    let in_flight = asked.service.as_ref().map(|s| InFlight::start(&s.stats));
+    match asked.decide(registry) {
+        Route::Local(epoch) => match in_flight {
+            Some(in_flight) => {
+                serve_here(
+                    registry,
+                    &asked,
+                    epoch,
+                    in_flight,
+                    req.map(|b| Drain(Some(b))),
+                )
+                .await
+            }
+            None => not_deployed(name),
+        },
+        Route::Unavailable(reason) => cannot_run(name, &reason),
+        Route::Forward(targets) => {
+            drop(in_flight);
+            forward_once_more(registry, forwarder, &asked, targets, req).await
+        }
+    }
 }
 
-/// Runs a request for `service` here, its writes carrying `epoch`.
+/// Forwards a request to the hosts the service is active on. When none answers, this host's view
+/// may be behind (the service moved from a dead host a moment ago): it reads the placements
+/// again and decides once more — forward to the new hosts, or serve here — before giving up.
+async fn forward_once_more(
+    registry: &Registry,
+    forwarder: &reqwest::Client,
+    asked: &Asked<'_>,
+    targets: Vec<String>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let limits = asked
+        .service
+        .as_ref()
+        .map_or_else(Limits::default, |s| (*s.limits).clone());
+    if let Some(service) = &asked.service {
+        service.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+    let timeout = Duration::from_millis(limits.timeout_ms + 5_000);
+    let (parts, body) = match forward::buffer(req.map(|b| Drain(Some(b))), limits.max_body).await {
+        Ok(buffered) => buffered,
+        Err(response) => return response,
+    };
+    let this = registry.placements().this();
+    let why = match forward::send(forwarder, this, &targets, timeout, &parts, &body).await {
+        Ok(response) => return response,
+        Err(why) => why,
+    };
+    if let Err(e) = registry.placements().refresh().await {
+        tracing::debug!(error = %e, "cannot refresh placements");
+        return forward::unavailable(&why);
+    }
+    match (asked.decide(registry), &asked.service) {
+        (Route::Forward(again), _) if again != targets => {
+            match forward::send(forwarder, this, &again, timeout, &parts, &body).await {
+                Ok(response) => response,
+                Err(why) => forward::unavailable(&why),
+            }
+        }
+        (Route::Local(epoch), Some(service)) => {
+            let in_flight = InFlight::start(&service.stats);
+            let req = Request::from_parts(parts, Full::new(body));
+            serve_here(registry, asked, epoch, in_flight, req).await
+        }
+        _ => forward::unavailable(&why),
+    }
+}
+
+fn not_deployed(name: &str) -> Response<ResponseBody> {
+    host_response(
+        StatusCode::NOT_FOUND,
+        format!("no service named {name:?} is deployed here"),
+    )
+}
+
+fn cannot_run(name: &str, reason: &str) -> Response<ResponseBody> {
+    let mut response = host_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the service {name:?} cannot run now: {reason}"),
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+/// Runs a request for `asked`'s service here, its writes carrying `epoch`.
 async fn serve_here<B>(
     registry: &Registry,
-    service: Arc<Service>,
-    name: &str,
-    rest: &str,
+    asked: &Asked<'_>,
     epoch: Option<u64>,
     in_flight: InFlight,
     mut req: Request<B>,
@@ -296,7 +331,11 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let prefix = format!("/{name}");
+    let Some(service) = asked.service.clone() else {
+        return not_deployed(asked.name);
+    };
+    let prefix = format!("/{}", asked.name);
+    let rest = asked.rest;
     let path_and_query = match req.uri().query() {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),

@@ -1,10 +1,13 @@
-//! The doppel host: the wasmtime embedding that runs services, and the servers around it.
+//! The doppel host: the wasmtime embedding that runs services, where they run, and the admin API.
 //!
-//! A host keeps every service's record, module and buckets in a [`doppel_store::Store`] — the
-//! replicated one of `doppel-replication`; a host started alone is a one-member cluster — loads
-//! each service as a pre-instantiated component (precompiled on disk, so a restart does not
-//! compile), and serves two listeners: service traffic (`ingress`), where each request gets a
-//! fresh instance with the service's limits, and the admin API the `doppel` CLI talks to.
+//! A host is three things on top of its membership (`doppel_replication::Member`, which owns
+//! raft, the peer transport and liveness; this crate never names openraft or a peer URL):
+//! - **wasm**: each service loaded as a pre-instantiated component (precompiled on disk, so a
+//!   restart does not compile), a fresh instance per request with the service's limits, and the
+//!   guest contract (`linker`, `keyvalue/`, `state`);
+//! - **placement**: where each service is active (`placement`, `schedule`, `scheduler`,
+//!   `moves`), and routing each request to be served here or forwarded (`ingress`, `forward`);
+//! - **admin**: the API the `doppel` CLI talks to (`admin`, `operator`), and the hosts table.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -33,10 +36,10 @@
 mod admin;
 #[doc(hidden)]
 pub mod bench;
-mod cluster;
-mod failover;
+mod clock;
 mod forward;
 mod host;
+mod hosts;
 mod ingress;
 mod invoke;
 mod keyvalue;
@@ -48,12 +51,12 @@ mod operator;
 mod placement;
 mod runtime;
 mod schedule;
+mod scheduler;
 mod services;
 mod state;
 
-pub use cluster::JoinTarget;
+pub use doppel_replication::JoinTarget;
 pub use host::{Endpoint, HostConfig, Started, endpoint_path, run, token_path};
 pub use ingress::IngressLimits;
 pub use modules::{ModuleError, digest};
 pub use runtime::{MAX_MEMORY_LIMIT, Runtime};
-pub use services::valid_name;

@@ -1,4 +1,4 @@
-//! The guest contract (design §4.1): which interfaces a component may import.
+//! The guest contract: which interfaces a component may import (the table is in ARCHITECTURE.md).
 
 use anyhow::Context as _;
 use wasmtime::Engine;

@@ -9,12 +9,13 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use doppel_api::LogLine;
 use tokio::io::AsyncWrite;
 use tokio::sync::broadcast;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+use crate::clock::now_ms;
 
 /// Lines kept per service.
 const KEEP: usize = 10_000;
@@ -34,12 +35,6 @@ impl Default for ServiceLog {
             live: broadcast::channel(1024).0,
         }
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl ServiceLog {

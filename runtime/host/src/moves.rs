@@ -10,41 +10,45 @@
 //!
 //! `doppel migrate` runs these steps from the host the operator talks to; the scheduler runs
 //! steps 3–4 for the moves it decides itself (a drained host, changed rules). The steps that run
-//! on the old host and on the target are the peer routes here, authenticated by the cluster
-//! secret like every peer route.
+//! on the old host and on the target are the host's peer routes here ([`host_routes`]), served
+//! and authenticated by the peer transport like every peer route.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use doppel_api::MoveReport;
-use doppel_replication::{NodeId, ReplicatedStore};
-use doppel_store::{ApplyError, StoreError};
+use doppel_replication::{HostRoute, Liveness, Member, NodeId, PeerError};
+use doppel_store::StoreError;
 use serde::{Deserialize, Serialize};
 
 use crate::invoke::new_store;
-use crate::placement::{self, Change, Placement};
-use crate::schedule::{self, HostView};
+use crate::placement::{Change, Placement};
+use crate::schedule;
 use crate::services::Registry;
 
 /// What the move steps need.
 #[derive(Clone)]
 pub struct Mover {
-    /// The cluster's store.
-    pub store: Arc<ReplicatedStore>,
+    /// This host's membership: the peer transport for the steps on other hosts.
+    pub member: Arc<Member>,
     /// This host's services.
     pub registry: Arc<Registry>,
-    /// The cluster secret, for peer calls.
-    pub secret: Arc<str>,
-    /// For peer calls.
-    pub http: reqwest::Client,
+    /// Who is alive, from the probe loop.
+    pub liveness: Liveness,
 }
+
+/// Step 1, on the target: get ready to serve a service.
+const WARM: HostRoute = HostRoute("/warm");
+/// Step 3, on the old host: report once the requests of a service running here are done.
+const HANDOVER: HostRoute = HostRoute("/handover");
+/// A service's counters on a host, read before a move to report what it forwarded meanwhile.
+const COUNTERS: HostRoute = HostRoute("/counters");
 
 /// Why a move could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -63,14 +67,14 @@ pub enum MoveError {
     Store(#[from] StoreError),
 }
 
-/// `POST /peer/v1/warm`: get ready to serve a service.
+/// What [`WARM`] asks.
 #[derive(Serialize, Deserialize)]
 struct WarmRequest {
     service: String,
     version: u64,
 }
 
-/// `POST /peer/v1/handover`: report once the requests of a service running here are done.
+/// What [`HANDOVER`] asks.
 #[derive(Serialize, Deserialize)]
 struct HandoverRequest {
     service: String,
@@ -97,22 +101,14 @@ struct HandoverReport {
     counters: Counters,
 }
 
-/// The peer routes of moves, under the cluster secret.
-pub fn peer_router(mover: Mover) -> Router {
+/// The host's peer routes of moves, for [`Member::peer_router`], which serves and authenticates
+/// them.
+pub fn host_routes(mover: Mover) -> Router {
     Router::new()
-        .route("/peer/v1/warm", post(warm))
-        .route("/peer/v1/handover", post(handover))
-        .route("/peer/v1/counters/{service}", get(counters))
-        .layer(middleware::from_fn_with_state(mover.clone(), peer_only))
+        .route(WARM.0, post(warm))
+        .route(HANDOVER.0, post(handover))
+        .route(COUNTERS.0, post(counters))
         .with_state(mover)
-}
-
-async fn peer_only(State(mover): State<Mover>, request: Request, next: Next) -> Response {
-    if crate::admin::bears(&request, &mover.secret) {
-        next.run(request).await
-    } else {
-        (StatusCode::UNAUTHORIZED, "not a member of this cluster").into_response()
-    }
 }
 
 fn peer_error(status: StatusCode, text: impl Into<String>) -> Response {
@@ -167,7 +163,7 @@ fn counters_of(registry: &Registry, service: &str) -> Counters {
     }
 }
 
-async fn counters(State(mover): State<Mover>, Path(service): Path<String>) -> Json<Counters> {
+async fn counters(State(mover): State<Mover>, Json(service): Json<String>) -> Json<Counters> {
     Json(counters_of(&mover.registry, &service))
 }
 
@@ -176,7 +172,7 @@ async fn handover(State(mover): State<Mover>, Json(req): Json<HandoverRequest>) 
     let placements = registry.placements();
     // Route by the placement that makes this host leaving before counting what still runs.
     if placements.get(&req.service).map_or(0, |p| p.epoch) < req.epoch
-        && let Err(e) = placements.refresh(mover.store.as_ref()).await
+        && let Err(e) = placements.refresh().await
     {
         return peer_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
@@ -210,52 +206,31 @@ impl Mover {
             .ok_or_else(|| MoveError::Peer(format!("host #{id} has not registered an address")))
     }
 
+    /// Runs `route` on host `host` (with `body` as a POST); errors name the host.
     async fn call<T: Serialize, R: for<'de> Deserialize<'de>>(
         &self,
         host: NodeId,
-        method: reqwest::Method,
-        path: &str,
+        route: HostRoute,
         body: Option<&T>,
         timeout: Duration,
     ) -> Result<R, MoveError> {
         let name = self.registry.placements().host_name(host);
-        let url = format!("http://{}{path}", self.admin_of(host)?);
-        let mut request = self
-            .http
-            .request(method, url)
-            .bearer_auth(&*self.secret)
-            .timeout(timeout);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let answer = request
-            .send()
+        let addr = self.admin_of(host)?;
+        self.member
+            .peers()
+            .call(&addr, route, body, timeout)
             .await
-            .map_err(|e| MoveError::Peer(format!("{name} does not answer: {e}")))?;
-        if !answer.status().is_success() {
-            let status = answer.status();
-            let text = answer.text().await.unwrap_or_default();
-            return Err(MoveError::Peer(format!(
-                "{name} refused ({status}): {text}"
-            )));
-        }
-        answer
-            .json()
-            .await
-            .map_err(|e| MoveError::Peer(format!("{name} answered badly: {e}")))
+            .map_err(|e| match e {
+                PeerError::Status { status, text } => {
+                    MoveError::Peer(format!("{name} refused ({status}): {text}"))
+                }
+                e => MoveError::Peer(format!("{name} does not answer: {e}")),
+            })
     }
 
-    async fn answers(&self, host: NodeId) -> bool {
-        let Ok(admin) = self.admin_of(host) else {
-            return false;
-        };
-        self.http
-            .post(format!("http://{admin}/raft/v1/ping"))
-            .bearer_auth(&*self.secret)
-            .timeout(Duration::from_millis(500))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
+    /// Whether host `host` answers probes now.
+    fn answers(&self, host: NodeId) -> bool {
+        self.liveness.now().is_alive(host)
     }
 
     /// Finds the host `to` names: a host name (or id), or `KEY=VALUE` for the least busy live
@@ -273,15 +248,9 @@ impl Mover {
             .get(service)
             .map(|s| s.record.placement.clone())
             .unwrap_or_default();
-        let view = |id: NodeId, alive: bool| {
-            let h = &hosts[&id];
-            HostView {
-                id,
-                name: &h.name,
-                labels: &h.labels,
-                alive,
-                drained: placements.is_drained(id),
-            }
+        let view = |id: NodeId| {
+            let mut views = placements.views([id], |id| self.answers(id));
+            views.remove(0)
         };
         if let Some((key, value)) = to.split_once('=') {
             let load = placements.load();
@@ -294,8 +263,7 @@ impl Mover {
             candidates.sort_by_key(|id| (load.get(id).copied().unwrap_or(0), *id));
             let mut refusals = Vec::new();
             for id in candidates {
-                let alive = self.answers(id).await;
-                match schedule::why_not(&rules, &view(id, alive)) {
+                match schedule::why_not(&rules, &view(id)) {
                     None => return Ok(id),
                     Some(why) => refusals.push(why),
                 }
@@ -323,8 +291,7 @@ impl Mover {
                 "{service} is already active on {to}"
             )));
         }
-        let alive = self.answers(id).await;
-        if let Some(why) = schedule::why_not(&rules, &view(id, alive)) {
+        if let Some(why) = schedule::why_not(&rules, &view(id)) {
             return Err(MoveError::Refused(format!(
                 "{service} cannot move to {to}: {why} (it needs {rules})"
             )));
@@ -340,7 +307,7 @@ impl Mover {
         from: Option<&str>,
     ) -> Result<(Placement, NodeId, NodeId), MoveError> {
         let placements = self.registry.placements();
-        placements.refresh(self.store.as_ref()).await?;
+        placements.refresh().await?;
         if self.registry.get(service).is_none() {
             return Err(MoveError::NoService(service.to_string()));
         }
@@ -396,16 +363,10 @@ impl Mover {
             .ok_or_else(|| MoveError::NoService(service.to_string()))?
             .record
             .version;
-        let source_up = self.answers(source).await;
+        let source_up = self.answers(source);
         let before = if source_up {
-            self.call::<(), Counters>(
-                source,
-                reqwest::Method::GET,
-                &format!("/peer/v1/counters/{service}"),
-                None,
-                Duration::from_secs(5),
-            )
-            .await?
+            self.call(source, COUNTERS, Some(&service), Duration::from_secs(5))
+                .await?
         } else {
             Counters::default()
         };
@@ -413,8 +374,7 @@ impl Mover {
         let warm_ms: u64 = self
             .call(
                 target,
-                reqwest::Method::POST,
-                "/peer/v1/warm",
+                WARM,
                 Some(&WarmRequest {
                     service: service.to_string(),
                     version,
@@ -427,22 +387,22 @@ impl Mover {
         let mut active: Vec<NodeId> = vec![target];
         active.extend(placement.active.iter().filter(|id| **id != source));
         let cause = format!("migrate from {from_name} to {to_name}");
-        let switched = placement::place(
-            self.store.as_ref(),
-            service,
-            placement.epoch,
-            Change {
-                active: active.clone(),
-                leaving: if source_up { vec![source] } else { vec![] },
-                deposed: if source_up { vec![] } else { vec![source] },
-                cause: cause.clone(),
-                actor: actor.to_string(),
-                unmet: placement.unmet.clone(),
-            },
-        )
-        .await
-        .map_err(|e| moved_meanwhile(service, e))?;
-        placements.refresh(self.store.as_ref()).await?;
+        let switched = placements
+            .propose(
+                service,
+                placement.epoch,
+                Change {
+                    active: active.clone(),
+                    leaving: if source_up { vec![source] } else { vec![] },
+                    deposed: if source_up { vec![] } else { vec![source] },
+                    cause: cause.clone(),
+                    actor: actor.to_string(),
+                    unmet: placement.unmet.clone(),
+                },
+            )
+            .await?
+            .ok_or_else(|| moved_meanwhile(service))?;
+        placements.refresh().await?;
         let switch_ms = switch.elapsed().as_millis() as u64;
         if !source_up {
             return Ok(MoveReport {
@@ -491,8 +451,7 @@ impl Mover {
         let report = match self
             .call::<_, HandoverReport>(
                 leaving,
-                reqwest::Method::POST,
-                "/peer/v1/handover",
+                HANDOVER,
                 Some(&HandoverRequest {
                     service: service.to_string(),
                     epoch: switched.epoch,
@@ -514,33 +473,31 @@ impl Mover {
             }
             Err(e) => return Err(e),
         };
-        let done = placement::place(
-            self.store.as_ref(),
-            service,
-            switched.epoch,
-            Change {
-                active: switched.active.clone(),
-                leaving: switched
-                    .leaving
-                    .iter()
-                    .copied()
-                    .filter(|id| *id != leaving)
-                    .collect(),
-                deposed: vec![leaving],
-                cause: format!(
-                    "{cause}: {} finished its requests",
-                    self.registry.placements().host_name(leaving)
-                ),
-                actor: actor.to_string(),
-                unmet: switched.unmet.clone(),
-            },
-        )
-        .await
-        .map_err(|e| moved_meanwhile(service, e))?;
-        self.registry
-            .placements()
-            .refresh(self.store.as_ref())
-            .await?;
+        let placements = self.registry.placements();
+        let done = placements
+            .propose(
+                service,
+                switched.epoch,
+                Change {
+                    active: switched.active.clone(),
+                    leaving: switched
+                        .leaving
+                        .iter()
+                        .copied()
+                        .filter(|id| *id != leaving)
+                        .collect(),
+                    deposed: vec![leaving],
+                    cause: format!(
+                        "{cause}: {} finished its requests",
+                        placements.host_name(leaving)
+                    ),
+                    actor: actor.to_string(),
+                    unmet: switched.unmet.clone(),
+                },
+            )
+            .await?
+            .ok_or_else(|| moved_meanwhile(service))?;
+        placements.refresh().await?;
         Ok((report, done.epoch))
     }
 
@@ -566,14 +523,8 @@ impl Mover {
     }
 }
 
-fn moved_meanwhile(service: &str, e: StoreError) -> MoveError {
-    match e {
-        StoreError::Rejected(ApplyError::StaleEpoch { current, .. }) => {
-            MoveError::Refused(format!(
-                "{service} was moved by someone else meanwhile (it is at epoch {current} now); \
-             see `doppel events {service}` and retry"
-            ))
-        }
-        e => MoveError::Store(e),
-    }
+fn moved_meanwhile(service: &str) -> MoveError {
+    MoveError::Refused(format!(
+        "{service} was moved by someone else meanwhile; see `doppel events {service}` and retry"
+    ))
 }

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 
-use crate::admin::{AdminError, AdminState, Answer, actor};
-use crate::cluster::{self, HostRecord, RemoveError};
+use crate::admin::{AdminError, AdminResult, AdminState, actor};
+use crate::hosts::{self, HostRecord, RemoveError};
 use crate::moves::MoveError;
 use crate::placement;
 
@@ -48,7 +48,7 @@ fn progress_stream() -> (mpsc::UnboundedSender<Progress>, Response) {
     (tx, response)
 }
 
-fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes, what: &str) -> Answer<T> {
+fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes, what: &str) -> AdminResult<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("bad {what} request: {e}")))
 }
@@ -59,7 +59,7 @@ pub async fn migrate(
     Path(name): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Answer<Response> {
+) -> AdminResult<Response> {
     let request: MigrateRequest = body(&bytes, "migrate")?;
     let mover = state.mover.clone();
     // Refusals (unknown host, a rule, already there) come back as an error status, before any
@@ -100,7 +100,7 @@ pub async fn migrate(
     Ok(response)
 }
 
-fn find_host(state: &AdminState, name: &str) -> Answer<HostRecord> {
+fn find_host(state: &AdminState, name: &str) -> AdminResult<HostRecord> {
     state
         .registry
         .placements()
@@ -121,17 +121,17 @@ pub async fn drain(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     bytes: Bytes,
-) -> Answer<Response> {
+) -> AdminResult<Response> {
     let request: DrainRequest = if bytes.is_empty() {
         DrainRequest::default()
     } else {
         body(&bytes, "drain")?
     };
     let placements = state.registry.placements().clone();
-    placements.refresh(state.cluster.as_ref()).await?;
+    placements.refresh().await?;
     let host = find_host(&state, &name)?;
-    cluster::set_drained(state.cluster.as_ref(), host.id, true).await?;
-    placements.refresh(state.cluster.as_ref()).await?;
+    hosts::set_drained(state.member.store().as_ref(), host.id, true).await?;
+    placements.refresh().await?;
     let (tx, response) = progress_stream();
     tokio::spawn(async move {
         let started = Instant::now();
@@ -166,7 +166,7 @@ pub async fn drain(
             // then is only a safety net (every read asks the leader).
             rounds += 1;
             if rounds.is_multiple_of(25)
-                && let Err(e) = placements.refresh(state.cluster.as_ref()).await
+                && let Err(e) = placements.refresh().await
             {
                 tracing::warn!(error = %e, "drain: cannot read placements yet");
             }
@@ -229,7 +229,7 @@ pub async fn drain(
                 return;
             }
             say(format!("removing {} from the cluster", host.name));
-            match cluster::remove(&state.cluster, &host.id.to_string()).await {
+            match hosts::remove(&state.member, &host.id.to_string()).await {
                 Ok(_) => say(format!(
                     "{} is out of the cluster; stop its process (its data directory can go)",
                     host.name
@@ -257,13 +257,13 @@ pub async fn drain(
 pub async fn undrain(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-) -> Answer<Json<HostStatus>> {
+) -> AdminResult<Json<HostStatus>> {
     let placements = state.registry.placements();
-    placements.refresh(state.cluster.as_ref()).await?;
+    placements.refresh().await?;
     let host = find_host(&state, &name)?;
-    cluster::set_drained(state.cluster.as_ref(), host.id, false).await?;
-    placements.refresh(state.cluster.as_ref()).await?;
-    let info = cluster::info(&state.cluster, state.identity.id, &state.identity.secret).await?;
+    hosts::set_drained(state.member.store().as_ref(), host.id, false).await?;
+    placements.refresh().await?;
+    let info = hosts::info(&state.member, &state.mover.liveness).await?;
     info.hosts
         .into_iter()
         .find(|h| h.id == host.id.to_string())
@@ -286,14 +286,11 @@ pub struct EventsQuery {
 pub async fn events(
     State(state): State<AdminState>,
     Query(q): Query<EventsQuery>,
-) -> Answer<Json<Vec<PlacementEvent>>> {
+) -> AdminResult<Json<Vec<PlacementEvent>>> {
     let placements = state.registry.placements();
-    let history = placement::history(
-        state.cluster.as_ref(),
-        q.service.as_deref(),
-        q.limit.unwrap_or(1_000),
-    )
-    .await?;
+    let history = placements
+        .history(q.service.as_deref(), q.limit.unwrap_or(1_000))
+        .await?;
     let names =
         |ids: &[u64]| -> Vec<String> { ids.iter().map(|id| placements.host_name(*id)).collect() };
     Ok(Json(

@@ -3,16 +3,21 @@
 //! too) that forwards the service's requests to an active host. Every state write a service makes
 //! carries the epoch its host knew when the request started; the store refuses writes from an
 //! older epoch, so a host that was replaced (and does not know it yet) cannot change state.
+//!
+//! Placements have one way in: [`Placements::propose`] is the only writer of [`Op::Place`], used
+//! by deploys, the leader's scheduler and operators' moves alike, each deciding from the same
+//! [`Placements::views`] of the hosts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use doppel_replication::NodeId;
-use doppel_store::{Command, Op, Space, Store, StoreError};
+use doppel_store::{ApplyError, Command, Op, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::HostRecord;
-use crate::logs::now_ms;
+use crate::clock::now_ms;
+use crate::hosts::{self, HostRecord};
+use crate::schedule::HostView;
 
 /// A service's placement as the store keeps it (JSON under `placements/NAME`, written only with
 /// [`Op::Place`], which also moves the service's epoch and keeps the record in the service's
@@ -71,16 +76,18 @@ pub enum Route {
 /// the host's own tables change.
 pub struct Placements {
     this: NodeId,
+    store: Arc<dyn Store>,
     placements: RwLock<HashMap<String, Placement>>,
     hosts: RwLock<HashMap<NodeId, HostRecord>>,
     drained: RwLock<HashSet<NodeId>>,
 }
 
 impl Placements {
-    /// An empty view for host `this`.
-    pub fn new(this: NodeId) -> Placements {
+    /// An empty view for host `this`, read from `store`.
+    pub fn new(this: NodeId, store: Arc<dyn Store>) -> Placements {
         Placements {
             this,
+            store,
             placements: RwLock::default(),
             hosts: RwLock::default(),
             drained: RwLock::default(),
@@ -170,7 +177,8 @@ impl Placements {
     }
 
     /// Reloads every placement and the hosts' addresses from the store.
-    pub async fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let store = self.store.as_ref();
         let mut placements = HashMap::new();
         for (key, bytes) in read_table(store, &Space::placements()).await? {
             let placement: Placement = serde_json::from_slice(&bytes).map_err(|e| {
@@ -178,12 +186,12 @@ impl Placements {
             })?;
             placements.insert(String::from_utf8_lossy(&key).into_owned(), placement);
         }
-        let hosts = crate::cluster::hosts(store)
+        let hosts = hosts::hosts(store)
             .await?
             .into_iter()
             .map(|h| (h.id, h))
             .collect();
-        let drained = crate::cluster::drained(store).await?;
+        let drained = hosts::drained(store).await?;
         *self.placements.write().unwrap_or_else(|e| e.into_inner()) = placements;
         *self.hosts.write().unwrap_or_else(|e| e.into_inner()) = hosts;
         *self.drained.write().unwrap_or_else(|e| e.into_inner()) = drained;
@@ -233,6 +241,125 @@ impl Placements {
             .get(&id)
             .map_or_else(|| format!("#{id}"), |h| h.name.clone())
     }
+
+    /// The names of hosts `ids`, joined for a message.
+    pub fn host_names(&self, ids: &[NodeId]) -> String {
+        ids.iter()
+            .map(|id| self.host_name(*id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// What the planner knows of each of `members`: its name and labels as it registered (a
+    /// member that has not registered yet has none), whether it is `alive`, whether it is
+    /// drained. Every placement decision starts from this.
+    pub fn views(
+        &self,
+        members: impl IntoIterator<Item = NodeId>,
+        alive: impl Fn(NodeId) -> bool,
+    ) -> Vec<HostView> {
+        let hosts = self.hosts.read().unwrap_or_else(|e| e.into_inner());
+        members
+            .into_iter()
+            .map(|id| {
+                let record = hosts.get(&id).filter(|h| !h.removed);
+                HostView {
+                    id,
+                    name: record.map_or_else(|| "(unregistered)".into(), |h| h.name.clone()),
+                    labels: record.map(|h| h.labels.clone()).unwrap_or_default(),
+                    alive: alive(id),
+                    drained: self.is_drained(id),
+                }
+            })
+            .collect()
+    }
+
+    /// Moves `service` from `from_epoch` to the next epoch with `change`: the one way a placement
+    /// is written. `None` when someone moved it first (a deploy through another host, a previous
+    /// leader's last act, a migration): the caller decides again from what is stored now.
+    pub async fn propose(
+        &self,
+        service: &str,
+        from_epoch: u64,
+        change: Change,
+    ) -> Result<Option<Placement>, StoreError> {
+        let placement = Placement {
+            epoch: from_epoch + 1,
+            active: change.active,
+            leaving: change.leaving,
+            cause: change.cause,
+            actor: change.actor,
+            at_ms: now_ms(),
+            unmet: change.unmet,
+        };
+        let command = Command::new(Op::Place {
+            service: service.to_string(),
+            epoch: placement.epoch,
+            placement: serde_json::to_vec(&placement).expect("a placement always encodes"),
+            deposed: change.deposed,
+        });
+        match self.store.apply(command).await {
+            Ok(_) => Ok(Some(placement)),
+            Err(StoreError::Rejected(ApplyError::StaleEpoch { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The epoch `service` is at in the store (0 before its first placement).
+    pub async fn current_epoch(&self, service: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .store
+            .get(&Space::epochs(), service.as_bytes())
+            .await?
+            .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Whether `service` has a placement in the store (read linearizably, not from this view).
+    pub async fn is_placed(&self, service: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .get(&Space::placements(), service.as_bytes())
+            .await?
+            .is_some())
+    }
+
+    /// Every placement every service has had (`doppel events`), oldest first; at most `limit`, the
+    /// newest ones.
+    pub async fn history(
+        &self,
+        service: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Placement)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, bytes) in read_table(self.store.as_ref(), &Space::placement_history()).await? {
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let Some((name, _)) = key.rsplit_once('/') else {
+                continue;
+            };
+            if service.is_some_and(|s| s != name) {
+                continue;
+            }
+            let placement: Placement = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("placement history {key}: {e}")))?;
+            out.push((name.to_string(), placement));
+        }
+        out.sort_by_key(|(name, p)| (p.at_ms, name.clone(), p.epoch));
+        let skip = out.len().saturating_sub(limit);
+        Ok(out.split_off(skip))
+    }
+
+    /// Forgets `service`'s placement (it was removed); its epoch stays, so a later deploy of the
+    /// same name starts past every write of the old one.
+    pub async fn unplace(&self, service: &str) -> Result<(), StoreError> {
+        self.store
+            .apply(Command::new(Op::Delete {
+                space: Space::placements(),
+                key: service.as_bytes().to_vec(),
+            }))
+            .await?;
+        Ok(())
+    }
 }
 
 /// Every key and value of a system table.
@@ -254,78 +381,4 @@ async fn read_table(
             _ => return Ok(out),
         }
     }
-}
-
-/// The epoch `service` is at in the store (0 before its first placement).
-pub async fn current_epoch(store: &dyn Store, service: &str) -> Result<u64, StoreError> {
-    Ok(store
-        .get(&Space::epochs(), service.as_bytes())
-        .await?
-        .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
-        .unwrap_or(0))
-}
-
-/// Moves `service` from `from_epoch` to the next epoch with `change`. Fails with a `StaleEpoch`
-/// refusal if someone else moved it first.
-pub async fn place(
-    store: &dyn Store,
-    service: &str,
-    from_epoch: u64,
-    change: Change,
-) -> Result<Placement, StoreError> {
-    let placement = Placement {
-        epoch: from_epoch + 1,
-        active: change.active,
-        leaving: change.leaving,
-        cause: change.cause,
-        actor: change.actor,
-        at_ms: now_ms(),
-        unmet: change.unmet,
-    };
-    store
-        .apply(Command::new(Op::Place {
-            service: service.to_string(),
-            epoch: placement.epoch,
-            placement: serde_json::to_vec(&placement).expect("a placement always encodes"),
-            deposed: change.deposed,
-        }))
-        .await?;
-    Ok(placement)
-}
-
-/// Every placement every service has had (`doppel events`), oldest first; at most `limit`, the
-/// newest ones.
-pub async fn history(
-    store: &dyn Store,
-    service: Option<&str>,
-    limit: usize,
-) -> Result<Vec<(String, Placement)>, StoreError> {
-    let mut out = Vec::new();
-    for (key, bytes) in read_table(store, &Space::placement_history()).await? {
-        let key = String::from_utf8_lossy(&key).into_owned();
-        let Some((name, _)) = key.rsplit_once('/') else {
-            continue;
-        };
-        if service.is_some_and(|s| s != name) {
-            continue;
-        }
-        let placement: Placement = serde_json::from_slice(&bytes)
-            .map_err(|e| StoreError::Corrupt(format!("placement history {key}: {e}")))?;
-        out.push((name.to_string(), placement));
-    }
-    out.sort_by_key(|(name, p)| (p.at_ms, name.clone(), p.epoch));
-    let skip = out.len().saturating_sub(limit);
-    Ok(out.split_off(skip))
-}
-
-/// Forgets `service`'s placement (it was removed); its epoch stays, so a later deploy of the same
-/// name starts past every write of the old one.
-pub async fn unplace(store: &dyn Store, service: &str) -> Result<(), StoreError> {
-    store
-        .apply(Command::new(Op::Delete {
-            space: Space::placements(),
-            key: service.as_bytes().to_vec(),
-        }))
-        .await?;
-    Ok(())
 }

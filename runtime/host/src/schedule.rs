@@ -14,13 +14,14 @@ use doppel_api::PlacementRules;
 use doppel_replication::NodeId;
 
 /// What the planner knows about one host.
-pub struct HostView<'a> {
+#[derive(Clone, Debug)]
+pub struct HostView {
     /// Its raft id.
     pub id: NodeId,
     /// Its name.
-    pub name: &'a str,
+    pub name: String,
     /// Its labels.
-    pub labels: &'a std::collections::BTreeMap<String, String>,
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Whether it answers probes.
     pub alive: bool,
     /// Whether an operator drained it.
@@ -175,13 +176,13 @@ mod tests {
     struct Hosts(Vec<Owned>);
 
     impl Hosts {
-        fn views(&self) -> Vec<HostView<'_>> {
+        fn views(&self) -> Vec<HostView> {
             self.0
                 .iter()
                 .map(|h| HostView {
                     id: h.id,
-                    name: h.name,
-                    labels: &h.labels,
+                    name: h.name.to_string(),
+                    labels: h.labels.clone(),
                     alive: h.alive,
                     drained: h.drained,
                 })

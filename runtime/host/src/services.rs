@@ -6,16 +6,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use doppel_api::{DeployRequest, Limits, ModuleInfo, PlacementRules, ServiceInfo};
-use doppel_store::{ApplyError, Command, Op, Outcome, Space, Store, StoreError};
+use doppel_store::{Command, Op, Outcome, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::logs::{ServiceLog, now_ms};
+use crate::clock::now_ms;
+use crate::logs::ServiceLog;
 use crate::modules::{self, ModuleCache, ModuleError};
-use crate::placement::{self, Change, Placement, Placements};
+use crate::placement::{Change, Placement, Placements};
 use crate::runtime::{MAX_MEMORY_LIMIT, Runtime};
-use crate::schedule::{self, HostView};
+use crate::schedule;
 use crate::state::RequestState;
 
 /// A deployed service as the store keeps it (JSON under `services/NAME`).
@@ -77,10 +78,8 @@ pub struct Service {
 /// Why a deploy or removal was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
-    /// The name cannot be a service name.
-    #[error(
-        "invalid service name {0:?}: use 1 to 63 characters a-z, 0-9 and '-', starting with a letter (it becomes the URL prefix)"
-    )]
+    /// The name cannot be a service name (why, from `doppel_api::check_service_name`).
+    #[error("{0}")]
     BadName(String),
     /// The module is not in the store.
     #[error(
@@ -134,15 +133,6 @@ pub struct Registry {
 /// How long a name found not deployed is taken as not deployed without asking the store again.
 const ABSENT_FOR: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Checks a service name: it is a URL path segment and a bucket namespace.
-pub fn valid_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
 impl Registry {
     /// A registry over `store`, with precompiled modules under `cache`.
     pub fn new(
@@ -191,9 +181,7 @@ impl Registry {
     /// through another host a moment ago): asks the store (linearizably, so a deploy that was
     /// acknowledged is seen) and loads it. `None` when it is not deployed.
     pub async fn load_if_deployed(&self, name: &str) -> Option<Arc<Service>> {
-        if !valid_name(name) {
-            return None;
-        }
+        doppel_api::check_service_name(name).ok()?;
         {
             let mut absent = self.absent.lock().unwrap_or_else(|e| e.into_inner());
             let now = std::time::Instant::now();
@@ -269,7 +257,7 @@ impl Registry {
                 }
             }
         }
-        self.placements.refresh(self.store.as_ref()).await?;
+        self.placements.refresh().await?;
         Ok(count)
     }
 
@@ -323,7 +311,7 @@ impl Registry {
             }
         }
         let before = self.placements.all();
-        self.placements.refresh(self.store.as_ref()).await?;
+        self.placements.refresh().await?;
         self.note_placement_changes(&before);
         Ok(())
     }
@@ -515,12 +503,10 @@ impl Registry {
         request: DeployRequest,
         actor: &str,
     ) -> Result<ServiceInfo, DeployError> {
-        if !valid_name(name) {
-            return Err(DeployError::BadName(name.to_string()));
-        }
+        doppel_api::check_service_name(name).map_err(DeployError::BadName)?;
         let limits = request.limits.apply_to(Limits::default());
         check_limits(&limits)?;
-        check_rules(&request.placement)?;
+        request.placement.check().map_err(DeployError::BadLimit)?;
         let bytes = self
             .store
             .get(&Space::modules(), request.module.as_bytes())
@@ -566,54 +552,31 @@ impl Registry {
             record.version, record.module
         ));
         self.insert(service);
-        if self
-            .store
-            .get(&Space::placements(), name.as_bytes())
-            .await?
-            .is_none()
-        {
+        let placements = &self.placements;
+        if !placements.is_placed(name).await? {
             // First deploy of this name: active where the rules allow, preferring this host.
             // Health is the leader's to judge; its scheduler corrects this within a moment.
-            let epoch = placement::current_epoch(self.store.as_ref(), name).await?;
-            let this = self.placements.this();
-            let hosts = self.placements.hosts();
-            let views: Vec<HostView> = hosts
-                .values()
-                .map(|h| HostView {
-                    id: h.id,
-                    name: &h.name,
-                    labels: &h.labels,
-                    alive: true,
-                    drained: self.placements.is_drained(h.id),
-                })
-                .collect();
+            let epoch = placements.current_epoch(name).await?;
+            let this = placements.this();
+            let views = placements.views(placements.hosts().into_keys(), |_| true);
             let plan = schedule::plan(
                 &record.placement,
                 &[],
                 &views,
-                &self.placements.load(),
+                &placements.load(),
                 Some(this),
             );
-            let placed = placement::place(
-                self.store.as_ref(),
-                name,
-                epoch,
-                Change {
-                    active: plan.active,
-                    cause: format!("deployed through {}", self.placements.host_name(this)),
-                    actor: actor.to_string(),
-                    unmet: plan.unmet,
-                    ..Change::default()
-                },
-            )
-            .await;
-            match placed {
-                // A deploy of the same name through another host placed it first: it is placed.
-                Ok(_) | Err(StoreError::Rejected(ApplyError::StaleEpoch { .. })) => {}
-                Err(e) => return Err(e.into()),
-            }
+            let change = Change {
+                active: plan.active,
+                cause: format!("deployed through {}", placements.host_name(this)),
+                actor: actor.to_string(),
+                unmet: plan.unmet,
+                ..Change::default()
+            };
+            // `None`: a deploy of the same name through another host placed it first.
+            placements.propose(name, epoch, change).await?;
         }
-        self.placements.refresh(self.store.as_ref()).await?;
+        placements.refresh().await?;
         if let Some(previous) = previous {
             self.forget_module_if_unused(&previous.module).await?;
         }
@@ -639,8 +602,8 @@ impl Registry {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
-        placement::unplace(self.store.as_ref(), name).await?;
-        self.placements.refresh(self.store.as_ref()).await?;
+        self.placements.unplace(name).await?;
+        self.placements.refresh().await?;
         if purge {
             self.store
                 .apply(Command::new(Op::PurgeService {
@@ -741,18 +704,6 @@ impl Registry {
         }
         Ok(out)
     }
-}
-
-fn check_rules(rules: &PlacementRules) -> Result<(), DeployError> {
-    for (key, value) in &rules.on {
-        doppel_api::check_label(key, value).map_err(DeployError::BadLimit)?;
-    }
-    if !(1..=100).contains(&rules.replicas) {
-        return Err(DeployError::BadLimit(
-            "--replicas must be between 1 and 100".into(),
-        ));
-    }
-    Ok(())
 }
 
 fn check_limits(limits: &Limits) -> Result<(), DeployError> {

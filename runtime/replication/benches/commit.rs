@@ -46,13 +46,20 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path().join("local")).unwrap());
     let replicated: Arc<dyn Store> = rt.block_on(async {
-        let node = doppel_replication::start(1, &dir.path().join("raft"), "secret")
-            .await
-            .unwrap();
+        let node = doppel_replication::start(
+            1,
+            &dir.path().join("raft"),
+            doppel_replication::PeerClient::new("secret"),
+        )
+        .await
+        .unwrap();
         let members: BTreeMap<u64, openraft::BasicNode> =
             [(1, openraft::BasicNode::new("127.0.0.1:1"))].into();
         node.raft.initialize(members).await.unwrap();
-        Arc::new(ReplicatedStore::new(node, "secret"))
+        Arc::new(ReplicatedStore::new(
+            node,
+            doppel_replication::PeerClient::new("secret"),
+        ))
     });
     println!("store commits (counter increments), one host:");
     for writers in [1usize, 64] {

@@ -2,14 +2,14 @@
 //!
 //! An append is on the path of every acknowledged write, so it skips the HTTP request per call:
 //! the leader opens the connection with an authenticated HTTP request that upgrades it
-//! (`Upgrade: doppel-raft-append/1`, the cluster secret as bearer token, checked like every
-//! peer route), and from then on each append is one frame each way:
+//! (`Upgrade: doppel-raft-append/1`, authenticated like every peer request by the transport), and from then on each append is one frame each way:
 //! `len: u32 LE | postcard payload`. openraft sends one append at a time to each follower, so
 //! request and answer alternate and need no ids. Between two processes on loopback a round trip
 //! takes ~0.7 of a POST's (`cargo bench -p doppel-replication --bench round_trip`).
 //!
 //! A connection that fails or times out is dropped (an answer may still be on its way, so the
-//! lockstep is lost) and the next append opens another. TLS would wrap the same connection.
+//! lockstep is lost) and the next append opens another. It is opened through the peer transport,
+//! so whatever wraps the transport (TLS) wraps it too.
 
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
@@ -19,13 +19,14 @@ use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::{NodeId, TypeConfig};
+use crate::transport::{LEASE_HEADER, MAX_RPC, PeerClient, RaftRoute};
+use crate::types::{NodeId, TypeConfig};
 
 /// The protocol named in the upgrade.
 const PROTOCOL: &str = "doppel-raft-append/1";
 
 /// What a follower answers to one append.
-pub(crate) type Answer = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
+pub(crate) type AppendAnswer = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
 
 /// Writes one frame (one write call, so one segment for a small frame).
 async fn write_frame(io: &mut (impl AsyncWrite + Unpin), payload: &[u8]) -> std::io::Result<()> {
@@ -86,17 +87,15 @@ pub(crate) struct AppendStream {
 }
 
 impl AppendStream {
-    /// Opens the connection: one HTTP request to `{base}/append-stream`, upgraded.
+    /// Opens the connection to the member at `addr`: one peer request, upgraded.
     pub(crate) async fn open(
-        http: &reqwest::Client,
-        base: &str,
-        secret: &str,
+        peers: &PeerClient,
+        addr: &str,
         lease_ms: u64,
     ) -> Result<AppendStream, StreamError> {
-        let response = http
-            .post(format!("{base}/append-stream"))
-            .bearer_auth(secret)
-            .header(crate::network::LEASE_HEADER, lease_ms)
+        let response = peers
+            .raft(addr, RaftRoute::AppendStream)
+            .header(LEASE_HEADER, lease_ms)
             .header(header::CONNECTION, "upgrade")
             .header(header::UPGRADE, PROTOCOL)
             .send()
@@ -128,11 +127,11 @@ impl AppendStream {
     pub(crate) async fn append(
         &mut self,
         rpc: &AppendEntriesRequest<TypeConfig>,
-    ) -> Result<Answer, StreamError> {
+    ) -> Result<AppendAnswer, StreamError> {
         let io = self.io.get_mut().unwrap_or_else(|e| e.into_inner());
         let payload = postcard::to_stdvec(rpc).map_err(broken)?;
         write_frame(io, &payload).await.map_err(broken)?;
-        let answer = read_frame(io, crate::network::MAX_RPC)
+        let answer = read_frame(io, MAX_RPC)
             .await
             .map_err(broken)?
             .ok_or_else(|| broken("the peer closed the connection"))?;
@@ -140,7 +139,7 @@ impl AppendStream {
     }
 }
 
-/// The follower's end: the route that upgrades the connection (reached only with the secret,
+/// The follower's end: the route that upgrades the connection (authenticated by the transport
 /// like every peer route), then answers appends on it until the leader closes it.
 pub(crate) async fn accept(raft: Raft<TypeConfig>, mut request: Request) -> Response {
     let asked = request
@@ -173,7 +172,7 @@ pub(crate) async fn accept(raft: Raft<TypeConfig>, mut request: Request) -> Resp
 /// (the connection is then closed: a garbled stream cannot be resynchronised).
 async fn serve(raft: Raft<TypeConfig>, mut io: impl AsyncRead + AsyncWrite + Unpin) {
     loop {
-        let frame = match read_frame(&mut io, crate::network::MAX_RPC).await {
+        let frame = match read_frame(&mut io, MAX_RPC).await {
             Ok(Some(frame)) => frame,
             Ok(None) => return,
             Err(e) => {
@@ -188,7 +187,7 @@ async fn serve(raft: Raft<TypeConfig>, mut io: impl AsyncRead + AsyncWrite + Unp
                 return;
             }
         };
-        let answer: Answer = raft.append_entries(rpc).await;
+        let answer: AppendAnswer = raft.append_entries(rpc).await;
         let written = match postcard::to_stdvec(&answer) {
             Ok(bytes) => write_frame(&mut io, &bytes).await,
             Err(e) => Err(std::io::Error::other(e)),

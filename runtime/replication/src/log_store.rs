@@ -10,7 +10,8 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeId, StorageError, TypeConfig, framed, io_error};
+use crate::framed;
+use crate::types::{LogReach, NodeId, StorageError, TypeConfig, io_error};
 
 /// When the file has grown this much past what it must hold, it is rewritten after a purge.
 /// `DOPPEL_LOG_REWRITE_BYTES` sets another size: the crash tests rewrite after every purge.
@@ -139,9 +140,9 @@ impl LogStore {
     }
 
     /// How far the log reaches: its last entry's term and index (or the last purged one's).
-    pub fn reach(&self) -> crate::LogReach {
+    pub fn reach(&self) -> LogReach {
         let last = self.lock().last_log_id();
-        last.map_or_else(crate::LogReach::default, |id| crate::LogReach {
+        last.map_or_else(LogReach::default, |id| LogReach {
             term: id.leader_id.term,
             index: id.index,
         })

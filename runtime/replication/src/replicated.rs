@@ -7,13 +7,18 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use doppel_store::{Command, Outcome, Space, Store, StoreError};
+use openraft::Raft;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, Raft};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::log_store::LogStore;
 use crate::membership::{self, ClusterStatus, JoinRequest, Refusal};
-use crate::{LogStore, Node, NodeId, Response, StateMachine, TypeConfig};
+use crate::node::Node;
+use crate::read_index::confirmed_read_index;
+use crate::state_machine::StateMachine;
+use crate::transport::{PeerClient, RaftRoute, causes};
+use crate::types::{NodeId, Response, TypeConfig};
 
 /// Most commands packed into one raft entry, and most bytes of keys and values.
 const MAX_BATCH: usize = 512;
@@ -37,8 +42,7 @@ struct Core {
     raft: Raft<TypeConfig>,
     state: StateMachine,
     log: LogStore,
-    http: reqwest::Client,
-    secret: Arc<str>,
+    peers: PeerClient,
     /// How long a write or read may wait for agreement before answering "unavailable", in ms. A
     /// host cut off from the majority therefore refuses instead of hanging, and never
     /// acknowledges.
@@ -56,70 +60,23 @@ struct Pending {
     answer: tokio::sync::oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
-/// How long to wait before asking the majority again after a leadership check came back short.
-const CONFIRM_AGAIN_AFTER: Duration = Duration::from_millis(10);
 /// How long to wait before asking the leader again after a connection to it was refused.
 const ASK_AGAIN_AFTER: Duration = Duration::from_millis(10);
-
-/// The log index a linearizable read must see (`None`: the log is empty), once this host has
-/// confirmed with a majority that it still leads.
-///
-/// openraft 0.9 confirms with one heartbeat round whose replies are due within the heartbeat
-/// interval (40 ms at the default lease). A majority that is slow for a moment (a loaded
-/// machine, a congested link) misses that, and the check fails with `QuorumNotEnough` though
-/// nothing is wrong; the next round usually succeeds. So this asks again until `patience` runs
-/// out. A read is still only served after a round that a majority answered.
-pub(crate) async fn confirmed_read_index(
-    raft: &Raft<TypeConfig>,
-    patience: Duration,
-) -> Result<Option<u64>, RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>> {
-    let deadline = Instant::now() + patience;
-    loop {
-        match raft.get_read_log_id().await {
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(short)))
-                if Instant::now() + CONFIRM_AGAIN_AFTER < deadline =>
-            {
-                tracing::debug!(%short, "leadership not confirmed in one round; asking again");
-                tokio::time::sleep(CONFIRM_AGAIN_AFTER).await;
-            }
-            other => return other.map(|(read, _applied)| read.map(|id| id.index)),
-        }
-    }
-}
 
 fn unavailable(why: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(why.to_string())
 }
 
-/// `e` and its causes, joined: reqwest's own text ("error sending request for url ...") leaves out
-/// whether the connection was refused, reset or timed out, which is what an operator needs.
-pub(crate) fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 impl ReplicatedStore {
-    /// A store over the raft `node`, forwarding to peers with `secret`.
+    /// A store over the raft `node`, asking the leader through `peers`.
     /// Must be called within a tokio runtime: it starts the task that batches writes.
-    pub fn new(node: Node, secret: &str) -> ReplicatedStore {
+    pub fn new(node: Node, peers: PeerClient) -> ReplicatedStore {
         let Node { raft, state, log } = node;
         let core = Arc::new(Core {
             raft,
             state,
             log,
-            // A leader whose machine vanished answers no connection attempt at all; without a
-            // bound, a forwarded write would wait out the whole store timeout on it.
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(1))
-                .build()
-                .unwrap_or_default(),
-            secret: secret.into(),
+            peers,
             timeout_ms: AtomicU64::new(5_000),
             in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
             queued: AtomicUsize::new(0),
@@ -137,18 +94,24 @@ impl ReplicatedStore {
     }
 
     /// The raft node.
-    pub fn raft(&self) -> &Raft<TypeConfig> {
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
         &self.core.raft
     }
 
     /// The raft log of this host.
-    pub fn log(&self) -> &LogStore {
+    pub(crate) fn log(&self) -> &LogStore {
         &self.core.log
     }
 
-    /// The state machine (the applied state, and its change notifications).
-    pub fn state(&self) -> &StateMachine {
+    /// The state machine (the applied state).
+    pub(crate) fn state(&self) -> &StateMachine {
         &self.core.state
+    }
+
+    /// Changes whenever an applied entry touched the host's own tables (services, modules,
+    /// placements, hosts): a host watches it to load deploys made through other hosts.
+    pub fn system_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.core.state.system_changes()
     }
 
     /// The cluster as its leader sees it (with each member's replication progress); this host's
@@ -158,7 +121,10 @@ impl ReplicatedStore {
         if local.leader.is_none() || local.leader == Some(local.reported_by) {
             return local;
         }
-        self.core.ask_leader("status", &()).await.unwrap_or(local)
+        self.core
+            .ask_leader(RaftRoute::Status, &())
+            .await
+            .unwrap_or(local)
     }
 
     /// Records that host `id` is now reached at `addr` (it restarted on another address).
@@ -168,21 +134,21 @@ impl ReplicatedStore {
             addr: addr.to_string(),
         };
         let here = membership::add_member(&self.core.raft, req.clone()).await;
-        self.or_through_leader(here, "join", &req).await
+        self.or_through_leader(here, RaftRoute::Join, &req).await
     }
 
     /// A membership change made here, or — when this host is not the leader — made by the leader
-    /// through its `path` route.
+    /// through its `route`.
     async fn or_through_leader<Req: Serialize>(
         &self,
         here: Result<(), Refusal>,
-        path: &str,
+        route: RaftRoute,
         req: &Req,
     ) -> Result<(), StoreError> {
         match here {
             Ok(()) => Ok(()),
             Err(Refusal::NotLeader(_)) => {
-                self.core.ask_leader_as::<_, (), Refusal>(path, req).await
+                self.core.ask_leader_as::<_, (), Refusal>(route, req).await
             }
             Err(Refusal::Failed(why)) => Err(unavailable(why)),
         }
@@ -225,7 +191,7 @@ impl ReplicatedStore {
     /// Removes host `id` from the cluster for good (through the leader).
     pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
         let here = membership::remove_member(&self.core.raft, id).await;
-        self.or_through_leader(here, "remove", &id).await
+        self.or_through_leader(here, RaftRoute::Remove, &id).await
     }
 
     /// Waits until reading the local state machine is linearizable.
@@ -236,7 +202,11 @@ impl ReplicatedStore {
                 Ok(index) => index,
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                     // Not the leader: ask it how far this host must have applied.
-                    Some(self.core.ask_leader::<_, u64>("read-index", &()).await?)
+                    Some(
+                        self.core
+                            .ask_leader::<_, u64>(RaftRoute::ReadIndex, &())
+                            .await?,
+                    )
                 }
                 Err(e) => return Err(unavailable(e)),
             };
@@ -288,19 +258,19 @@ impl Core {
         Ok((leader, node.addr.clone()))
     }
 
-    /// Calls `path` on the leader with a postcard body; the leader answers `Result<T, String>`.
+    /// Calls `route` on the leader with a postcard body; the leader answers `Result<T, String>`.
     async fn ask_leader<Req: Serialize, T: DeserializeOwned>(
         &self,
-        path: &str,
+        route: RaftRoute,
         req: &Req,
     ) -> Result<T, StoreError> {
-        self.ask_leader_as::<Req, T, String>(path, req).await
+        self.ask_leader_as::<Req, T, String>(route, req).await
     }
 
     /// Like `ask_leader`, for routes whose error type is `E`.
     async fn ask_leader_as<Req: Serialize, T: DeserializeOwned, E>(
         &self,
-        path: &str,
+        route: RaftRoute,
         req: &Req,
     ) -> Result<T, StoreError>
     where
@@ -314,9 +284,8 @@ impl Core {
         let (leader, response) = loop {
             let (leader, addr) = self.leader_addr().await?;
             let sent = self
-                .http
-                .post(format!("http://{addr}/raft/v1/{path}"))
-                .bearer_auth(&*self.secret)
+                .peers
+                .raft(&addr, route)
                 .timeout(self.timeout())
                 .body(body.clone())
                 .send()
@@ -365,7 +334,7 @@ impl Core {
             match self.raft.client_write(commands.clone()).await {
                 Ok(written) => Ok(written.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    self.ask_leader::<_, Vec<Response>>("write", &commands)
+                    self.ask_leader::<_, Vec<Response>>(RaftRoute::Write, &commands)
                         .await
                 }
                 Err(e) => Err(unavailable(e)),

@@ -12,7 +12,8 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeId, Response, StorageError, TypeConfig, framed, io_error};
+use crate::framed;
+use crate::types::{NodeId, Response, StorageError, TypeConfig, io_error};
 
 /// What the state machine records with every apply, in the same atomic batch as the change.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -367,7 +368,7 @@ mod tests {
             }
         }
         let mut sm = StateMachine::open(dir.path()).unwrap();
-        let entry = Entry::<crate::TypeConfig> {
+        let entry = Entry::<TypeConfig> {
             log_id: id,
             payload: EntryPayload::Normal(vec![increment.clone(); 3]),
         };

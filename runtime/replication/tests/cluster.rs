@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use doppel_replication::{StateMachine, TypeConfig};
+use doppel_replication::{PeerClient, PeerServer, StateMachine, TypeConfig};
 use doppel_store::{Command, Op, Outcome, Space};
 use openraft::{BasicNode, Raft};
 
@@ -27,12 +27,17 @@ async fn node(id: u64) -> Node {
 async fn node_with(id: u64, config: openraft::Config) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let doppel_replication::Node { raft, state, log } =
-        doppel_replication::start_with(id, dir.path(), SECRET, config)
+        doppel_replication::start_with(id, dir.path(), PeerClient::new(SECRET), config)
             .await
             .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = doppel_replication::router(raft.clone(), log.clone(), SECRET);
+    let app = doppel_replication::peer_router(
+        raft.clone(),
+        log.clone(),
+        &PeerServer::new(SECRET),
+        axum::Router::new(),
+    );
     let server = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
@@ -179,7 +184,7 @@ async fn raft_messages_from_a_host_with_another_lease_are_refused() {
     let ms = Duration::from_millis;
     let member = node_with(2, doppel_replication::config_with_lease(ms(600))).await;
     let to_member = |lease| async move {
-        doppel_replication::Network::new(SECRET, lease)
+        doppel_replication::Network::new(PeerClient::new(SECRET), lease)
             .new_client(2, &BasicNode::new(member.addr))
             .await
     };
@@ -287,7 +292,7 @@ fn store(n: &Node) -> doppel_replication::ReplicatedStore {
         state: n.state.clone(),
         log: n.log.clone(),
     };
-    doppel_replication::ReplicatedStore::new(node, SECRET)
+    doppel_replication::ReplicatedStore::new(node, PeerClient::new(SECRET))
 }
 
 /// Every host answers reads and writes, linearizably: a write through one follower is seen by a

@@ -5,10 +5,13 @@
 //! state machine applies in log order, so that a replicated store can later put the same commands
 //! through consensus and apply them on every host.
 //!
-//! [`LocalStore`] is the single-host backend: a write-ahead log whose group commits are
-//! `fdatasync`ed before anything is acknowledged, in front of sled, which holds the applied state
-//! and is itself made durable (every file fsynced) only at checkpoints. See `ARCHITECTURE.md`
-//! ("Durability") for why sled's own flush is not enough.
+//! The [`Engine`] applies commands to sled deterministically; the host's store is
+//! `doppel-replication`'s `ReplicatedStore`, which puts every command through raft and applies it
+//! with this engine on every host. [`LocalStore`] (a group-committed write-ahead log in front of
+//! the same engine, no raft) is what the host used before hosts formed clusters: kept as the
+//! reference for the engine's raw write path (`benches/commit.rs`) and as a plain `Store` for
+//! tests and tools. See `ARCHITECTURE.md` ("Durability") for why sled's own flush is not enough.
+//! [`files`] writes the host's private files (credentials, identity).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), doppel_store::StoreError> {
@@ -23,6 +26,7 @@
 mod command;
 pub mod crash;
 mod engine;
+pub mod files;
 mod local;
 mod space;
 mod wal;
@@ -59,8 +63,9 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-/// The key-value state of a cluster as the host sees it. One implementation per backend; the
-/// host holds an `Arc<dyn Store>` and never knows which.
+/// The key-value state of a cluster as services and the host's tables see it. Everything that
+/// only reads and writes state (services, placements, the keyvalue interfaces) holds an
+/// `Arc<dyn Store>`; only the parts that manage the cluster itself hold the replicated store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The value stored under `key` in `space`, reflecting every acknowledged write.

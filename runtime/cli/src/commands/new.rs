@@ -7,7 +7,7 @@ use clap::Args;
 
 /// Flags of `doppel new`.
 #[derive(Args, Debug)]
-pub struct NewArgs {
+pub struct New {
     /// The service name (also the crate and directory name).
     pub name: String,
     /// Where to create it (default: ./NAME).
@@ -55,14 +55,9 @@ fn routes() -> Router {
 doppel_sdk::service!(routes);
 "#;
 
-impl NewArgs {
+impl New {
     pub fn run(self) -> anyhow::Result<()> {
-        if !doppel_host::valid_name(&self.name) {
-            bail!(
-                "invalid service name {:?}: use 1 to 63 characters a-z, 0-9 and '-', starting with a letter",
-                self.name
-            );
-        }
+        doppel_api::check_service_name(&self.name).map_err(anyhow::Error::msg)?;
         let dir = self
             .path
             .clone()

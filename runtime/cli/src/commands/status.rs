@@ -1,14 +1,25 @@
-//! `doppel status`, `doppel hosts rm`, `doppel cluster token`: the cluster as an operator sees it.
+//! `doppel status`: every host of the cluster, then every service.
 
-use clap::Subcommand;
-use doppel_api::{ClusterInfo, HostStatus, ServiceInfo};
-use reqwest::Method;
+use clap::Args;
+use doppel_api::{ClusterInfo, ServiceInfo};
 
-use crate::client::{Client, Target, segment};
-use crate::commands::{print_json, print_table};
+use crate::client::{Client, Target};
+use crate::output::{print_json, print_table};
 
-/// `doppel status`: every host, then every service.
-pub async fn status(target: &Target) -> anyhow::Result<()> {
+/// Flags of `doppel status`.
+#[derive(Args, Debug)]
+pub struct Status {
+    #[command(flatten)]
+    target: Target,
+}
+
+impl Status {
+    pub async fn run(self) -> anyhow::Result<()> {
+        status(&self.target).await
+    }
+}
+
+async fn status(target: &Target) -> anyhow::Result<()> {
     let client = Client::connect(target)?;
     let cluster: ClusterInfo = client.get_json("/v1/cluster").await?;
     let services: Vec<ServiceInfo> = client.get_json("/v1/services").await?;
@@ -102,63 +113,4 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
         println!("Hosts a service is not active on forward its requests to one that is.");
     }
     Ok(())
-}
-
-/// `doppel hosts ...`.
-#[derive(Subcommand, Debug)]
-pub enum Hosts {
-    /// Remove a host from the cluster for good (it is dead, or leaving). Its data directory is
-    /// no longer a member: to bring the machine back, start it with a fresh one and `--join`.
-    Rm {
-        /// The host's name (or id) as `doppel status` shows it.
-        name: String,
-    },
-}
-
-impl Hosts {
-    pub async fn run(self, target: &Target) -> anyhow::Result<()> {
-        match self {
-            Hosts::Rm { name } => {
-                let client = Client::connect(target)?;
-                let path = format!("/v1/hosts/{}", segment(&name));
-                let removed: HostStatus = client
-                    .send(client.request(Method::DELETE, &path))
-                    .await?
-                    .json()
-                    .await?;
-                if target.json {
-                    return print_json(&removed);
-                }
-                println!(
-                    "removed host {} ({}) from the cluster",
-                    removed.name, removed.admin
-                );
-                Ok(())
-            }
-        }
-    }
-}
-
-/// `doppel cluster ...`.
-#[derive(Subcommand, Debug)]
-pub enum ClusterCmd {
-    /// Print the token another host needs to join: `doppel host --join URL --token TOKEN`.
-    Token,
-}
-
-impl ClusterCmd {
-    pub async fn run(self, target: &Target) -> anyhow::Result<()> {
-        match self {
-            ClusterCmd::Token => {
-                let client = Client::connect(target)?;
-                let token = client
-                    .send(client.request(Method::GET, "/v1/cluster/token"))
-                    .await?
-                    .text()
-                    .await?;
-                println!("{token}");
-                Ok(())
-            }
-        }
-    }
 }

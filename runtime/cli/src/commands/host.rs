@@ -11,7 +11,7 @@ use crate::units::{parse_millis, parse_size};
 
 /// Flags of `doppel host`.
 #[derive(Args, Debug)]
-pub struct HostArgs {
+pub struct Host {
     /// This host's name (default: the machine's hostname).
     #[arg(long, env = "DOPPEL_NAME")]
     pub name: Option<String>,
@@ -139,7 +139,7 @@ fn banner(name: &str, data: &std::path::Path, started: &Started) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
-impl HostArgs {
+impl Host {
     pub async fn run(self) -> anyhow::Result<()> {
         let name = self.name.unwrap_or_else(hostname);
         let mut labels = std::collections::BTreeMap::new();

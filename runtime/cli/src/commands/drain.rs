@@ -1,0 +1,52 @@
+//! `doppel drain`: move every service off a host.
+
+use anyhow::Context as _;
+use clap::Args;
+use doppel_api::DrainRequest;
+use reqwest::Method;
+
+use crate::client::{Client, Target, segment};
+use crate::output::print_json;
+use crate::progress::{follow, outcome};
+
+/// Flags of `doppel drain`.
+#[derive(Args, Debug)]
+pub struct Drain {
+    #[command(flatten)]
+    target: Target,
+    /// The host.
+    host: String,
+    /// Then take the host out of the cluster too (hands over its consensus vote).
+    #[arg(long)]
+    remove: bool,
+}
+
+impl Drain {
+    pub async fn run(self) -> anyhow::Result<()> {
+        drain(&self.target, &self.host, self.remove).await
+    }
+}
+
+async fn drain(target: &Target, host: &str, remove: bool) -> anyhow::Result<()> {
+    let client = Client::connect(target)?;
+    let path = format!("/v1/hosts/{}/drain", segment(host));
+    let response = client
+        .send(
+            client
+                .request(Method::POST, &path)
+                .json(&DrainRequest { remove }),
+        )
+        .await
+        .with_context(|| format!("{host} was not drained"))?;
+    let lines = follow(response, target.json).await?;
+    if target.json {
+        print_json(&lines)?;
+        return outcome(&lines).map(|_| ());
+    }
+    let done = outcome(&lines).with_context(|| format!("{host} was not fully drained"))?;
+    println!("{done}");
+    if !remove {
+        println!("  `doppel undrain {host}` lets services be placed on it again");
+    }
+    Ok(())
+}

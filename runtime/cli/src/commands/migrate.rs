@@ -1,0 +1,69 @@
+//! `doppel migrate`: move a service to another host with no failed request.
+
+use anyhow::Context as _;
+use clap::Args;
+use doppel_api::{MigrateRequest, Progress};
+use reqwest::Method;
+
+use crate::client::{Client, Target, segment};
+use crate::output::print_json;
+use crate::progress::{follow, outcome};
+
+/// Flags of `doppel migrate`.
+#[derive(Args, Debug)]
+pub struct Migrate {
+    #[command(flatten)]
+    target: Target,
+    /// The service.
+    name: String,
+    /// A host name, or KEY=VALUE for the least busy eligible host with that label.
+    #[arg(long)]
+    to: String,
+    /// Which active host to move it off, when it runs on several (default: the first).
+    #[arg(long)]
+    from: Option<String>,
+}
+
+impl Migrate {
+    pub async fn run(self) -> anyhow::Result<()> {
+        migrate(&self.target, &self.name, &self.to, self.from).await
+    }
+}
+
+async fn migrate(
+    target: &Target,
+    name: &str,
+    to: &str,
+    from: Option<String>,
+) -> anyhow::Result<()> {
+    let client = Client::connect(target)?;
+    let path = format!("/v1/services/{}/migrate", segment(name));
+    let request = MigrateRequest {
+        to: to.to_string(),
+        from,
+    };
+    let response = client
+        .send(client.request(Method::POST, &path).json(&request))
+        .await
+        .with_context(|| format!("{name} was not moved"))?;
+    let lines = follow(response, target.json).await?;
+    if target.json {
+        print_json(&lines)?;
+        return outcome(&lines).map(|_| ());
+    }
+    let done = outcome(&lines).with_context(|| format!("{name} was not moved"))?;
+    println!("{done}");
+    for line in &lines {
+        if let Progress::Moved(r) = line {
+            println!(
+                "  target ready in {} ms; switched in {} ms; {} finished its {} request(s) in {} ms",
+                r.warm_ms, r.switch_ms, r.from, r.finished, r.drain_ms
+            );
+            println!(
+                "  {} forwarded {} request(s) to {} meanwhile; {} failed",
+                r.from, r.forwarded, r.to, r.errors
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! The subcommands, one file each (`doppel VERB` is `commands/VERB.rs`), in the manner of
+//! wasmtime's `src/commands/`. Each parses its flags and calls the admin API or the host library;
+//! none holds business logic.
+
+mod cluster;
+mod deploy;
+mod drain;
+mod events;
+mod host;
+mod hosts;
+mod kv;
+mod logs;
+mod ls;
+mod migrate;
+mod new;
+mod rm;
+mod status;
+mod undrain;
+
+use clap::Subcommand;
+
+/// Every `doppel` subcommand.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a host on this machine.
+    Host(host::Host),
+    /// Upload a component and (re)deploy it as a service.
+    Deploy(deploy::Deploy),
+    /// List deployed services.
+    Ls(ls::Ls),
+    /// Show every host of the cluster (role, health, how far behind) and every service.
+    Status(status::Status),
+    /// Manage the cluster's hosts.
+    Hosts(hosts::Hosts),
+    /// Cluster-wide settings: the join token.
+    Cluster(cluster::Cluster),
+    /// Remove a service.
+    Rm(rm::Rm),
+    /// Show what a service wrote to stdout/stderr, and what the host noted about it.
+    Logs(logs::Logs),
+    /// Move a service to another host with no failed request.
+    ///
+    /// The target gets ready, the switch happens, the old host finishes its requests and then
+    /// forwards. Shows each step and what it measured.
+    Migrate(migrate::Migrate),
+    /// Move every service off a host (evacuate it, or a provider host by host).
+    ///
+    /// No service becomes active there again until `doppel undrain`.
+    Drain(drain::Drain),
+    /// Let services be placed on a drained host again.
+    Undrain(undrain::Undrain),
+    /// Show every placement change (deploys, migrations, drains, failovers), with cause and actor.
+    Events(events::Events),
+    /// Create a new service crate that builds into a deployable component.
+    New(new::New),
+    /// Inspect and change a service's key-value state.
+    Kv(kv::Kv),
+}
+
+impl Command {
+    /// Whether this starts a host (which logs more, and never stops on a closed pipe).
+    pub fn is_host(&self) -> bool {
+        matches!(self, Command::Host(_))
+    }
+
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Host(c) => c.run().await,
+            Command::Deploy(c) => c.run().await,
+            Command::Ls(c) => c.run().await,
+            Command::Status(c) => c.run().await,
+            Command::Hosts(c) => c.run().await,
+            Command::Cluster(c) => c.run().await,
+            Command::Rm(c) => c.run().await,
+            Command::Logs(c) => c.run().await,
+            Command::Migrate(c) => c.run().await,
+            Command::Drain(c) => c.run().await,
+            Command::Undrain(c) => c.run().await,
+            Command::Events(c) => c.run().await,
+            Command::New(c) => c.run(),
+            Command::Kv(c) => c.run().await,
+        }
+    }
+}

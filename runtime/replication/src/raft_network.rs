@@ -1,0 +1,199 @@
+//! The client side of raft's messages: openraft's `RaftNetwork` over the peer transport. Votes
+//! and snapshots are one request each; appends, on the path of every write, go over a connection
+//! kept open per follower ([`crate::append_stream`]). Votes, appends and snapshots name the
+//! sender's leader lease, and a member refuses them from a host whose lease is not its own:
+//! members with different leases depose each other's leaders, so they had better not form a
+//! cluster at all, and say why.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::append_stream::{AppendAnswer, AppendStream, StreamError};
+use crate::transport::{LEASE_HEADER, PeerClient, PeerError, RaftRoute};
+use crate::types::{NodeId, TypeConfig};
+
+/// How often a refusal over different leases is logged, per peer: it recurs at every heartbeat.
+pub(crate) const LEASE_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Makes a client per peer; all share one [`PeerClient`] and this host's leader lease.
+#[derive(Clone)]
+pub struct Network {
+    peers: PeerClient,
+    lease_ms: u64,
+    /// When each peer's refusal over different leases was last logged. Shared by every client,
+    /// because openraft makes a new one for each round of votes.
+    lease_warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl Network {
+    /// A network calling peers through `peers`, naming `lease` as this host's leader lease.
+    pub fn new(peers: PeerClient, lease: Duration) -> Network {
+        Network {
+            peers,
+            lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+            lease_warned: Arc::default(),
+        }
+    }
+}
+
+/// The client side of one peer.
+pub struct Peer {
+    target: NodeId,
+    addr: String,
+    peers: PeerClient,
+    lease_ms: u64,
+    /// The connection appends go over, once opened.
+    appends: Option<AppendStream>,
+    lease_warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+            lease_ms: self.lease_ms,
+            appends: None,
+            lease_warned: self.lease_warned.clone(),
+        }
+    }
+}
+
+impl Peer {
+    /// Logs, now and then, that this peer refuses our messages because its lease differs.
+    fn lease_refused(&self, why: &str) {
+        let mut warned = self.lease_warned.lock().unwrap_or_else(|e| e.into_inner());
+        let last = warned.get(&self.target);
+        if last.is_none_or(|at| at.elapsed() >= LEASE_WARNING_EVERY) {
+            warned.insert(self.target, Instant::now());
+            tracing::error!(
+                peer = self.target,
+                "a member refuses this host's raft messages: {why}"
+            );
+        }
+    }
+
+    async fn call<Req, Resp, E>(
+        &self,
+        route: RaftRoute,
+        req: &Req,
+        option: RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body = postcard::to_stdvec(req).map_err(|e| NetworkError::new(&e))?;
+        let request = self
+            .peers
+            .raft(&self.addr, route)
+            .header(LEASE_HEADER, self.lease_ms)
+            .timeout(option.hard_ttl())
+            .body(body);
+        let answer = request.send().await.map_err(|e| -> RPCError<_, _, E> {
+            if e.is_connect() {
+                Unreachable::new(&e).into()
+            } else {
+                NetworkError::new(&e).into()
+            }
+        })?;
+        let status = answer.status();
+        if !status.is_success() {
+            let text = answer.text().await.unwrap_or_default();
+            if status == reqwest::StatusCode::CONFLICT {
+                self.lease_refused(&text);
+            }
+            return Err(NetworkError::new(&PeerError::Status { status, text }).into());
+        }
+        let bytes = answer.bytes().await.map_err(|e| NetworkError::new(&e))?;
+        let result: Result<Resp, E> =
+            postcard::from_bytes(&bytes).map_err(|e| NetworkError::new(&e))?;
+        result.map_err(|e| RemoteError::new(self.target, e).into())
+    }
+
+    /// One append over the connection kept for appends, opening it if there is none. A kept
+    /// connection may have died since its last use (the follower restarted): then the append is
+    /// sent once more on a new one (appends are idempotent).
+    async fn append_over_stream(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendAnswer, StreamError> {
+        if let Some(stream) = &mut self.appends {
+            match stream.append(rpc).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    tracing::debug!(target = self.target, error = %e, "append stream broke; reopening");
+                    self.appends = None;
+                }
+            }
+        }
+        let opened = AppendStream::open(&self.peers, &self.addr, self.lease_ms).await?;
+        let stream = self.appends.insert(opened);
+        let answer = stream.append(rpc).await;
+        if answer.is_err() {
+            self.appends = None;
+        }
+        answer
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let sent = tokio::time::timeout(option.hard_ttl(), self.append_over_stream(&rpc)).await;
+        let answer = match sent {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(StreamError::Unreachable(e))) => return Err(Unreachable::new(&e).into()),
+            Ok(Err(StreamError::Refused(why))) => {
+                self.lease_refused(&why);
+                return Err(NetworkError::new(&std::io::Error::other(why)).into());
+            }
+            Ok(Err(e)) => return Err(NetworkError::new(&e).into()),
+            Err(elapsed) => {
+                // The answer may still come: the connection is out of step, so it goes.
+                self.appends = None;
+                return Err(NetworkError::new(&elapsed).into());
+            }
+        };
+        answer.map_err(|e| RemoteError::new(self.target, e).into())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(RaftRoute::Snapshot, &rpc, option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RaftRoute::Vote, &rpc, option).await
+    }
+}
