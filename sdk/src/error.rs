@@ -1,8 +1,7 @@
-//! Errors that become proper HTTP answers (RFC 9457 problem+json) instead of traps.
+//! Errors that become proper HTTP answers (RFC 9457 problem+json) instead of traps; `http`
+//! turns them into responses.
 
 use serde::Serialize;
-
-use crate::http::{IntoResponse, Response};
 
 /// A failed request: status, a short title, and a detail for the caller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -84,25 +83,6 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Problem<'a> {
-            r#type: &'static str,
-            #[serde(flatten)]
-            error: &'a Error,
-        }
-        let body = serde_json::to_vec(&Problem {
-            r#type: "about:blank",
-            error: &self,
-        })
-        .unwrap_or_default();
-        Response::new(self.status)
-            .with_header("content-type", "application/problem+json")
-            .with_body(body)
-    }
-}
 
 /// Collects validation problems, then fails with all of them at once.
 #[derive(Default)]

@@ -219,6 +219,26 @@ impl<T: IntoResponse> IntoResponse for (u16, T) {
     }
 }
 
+/// An error answers as problem+json (RFC 9457) with its status.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Problem<'a> {
+            r#type: &'static str,
+            #[serde(flatten)]
+            error: &'a Error,
+        }
+        let body = serde_json::to_vec(&Problem {
+            r#type: "about:blank",
+            error: &self,
+        })
+        .unwrap_or_default();
+        Response::new(self.status)
+            .with_header("content-type", "application/problem+json")
+            .with_body(body)
+    }
+}
+
 impl<T: IntoResponse> IntoResponse for Result<T, Error> {
     fn into_response(self) -> Response {
         match self {

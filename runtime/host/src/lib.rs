@@ -1,13 +1,14 @@
 //! The doppel host: the wasmtime embedding that runs services, where they run, and the admin API.
 //!
 //! A host is three things on top of its membership (`doppel_replication::Member`, which owns
-//! raft, the peer transport and liveness; this crate never names openraft or a peer URL):
+//! consensus, the peer transport and liveness; this crate never sees them or a peer URL):
 //! - **wasm**: each service loaded as a pre-instantiated component (precompiled on disk, so a
 //!   restart does not compile), a fresh instance per request with the service's limits, and the
 //!   guest contract (`linker`, `keyvalue/`, `state`);
 //! - **placement**: where each service is active (`placement`, `schedule`, `scheduler`,
 //!   `moves`), and routing each request to be served here or forwarded (`ingress`, `forward`);
-//! - **admin**: the API the `doppel` CLI talks to (`admin`, `operator`), and the hosts table.
+//! - **admin**: the API the `doppel` CLI talks to (`admin/`, its operator routes in
+//!   `admin/operator.rs`), and the hosts table (`hosts`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -47,7 +48,6 @@ mod linker;
 mod logs;
 mod modules;
 mod moves;
-mod operator;
 mod placement;
 mod runtime;
 mod schedule;

@@ -382,3 +382,194 @@ async fn read_table(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The routing rules on a real store (a `LocalStore` in a temporary folder): each case writes
+    //! placements and hosts the way the cluster does, refreshes a host's view, and asks it where
+    //! a request goes.
+
+    use super::*;
+    use crate::hosts::register;
+
+    const A: NodeId = 1;
+    const B: NodeId = 2;
+    const C: NodeId = 3;
+
+    struct Cluster {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+    }
+
+    /// Three registered hosts, `a` and `b` labelled `j=de`, `c` labelled `j=fr`.
+    async fn cluster() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(doppel_store::LocalStore::open(dir.path().join("store")).unwrap());
+        for (id, name, j) in [(A, "a", "de"), (B, "b", "de"), (C, "c", "fr")] {
+            let record = HostRecord {
+                id,
+                name: name.into(),
+                admin: format!("{name}:81"),
+                listen: format!("{name}:80"),
+                labels: [("j".to_string(), j.to_string())].into(),
+                removed: false,
+            };
+            register(store.as_ref(), &record).await.unwrap();
+        }
+        Cluster { _dir: dir, store }
+    }
+
+    impl Cluster {
+        /// Host `this`'s view, refreshed.
+        async fn view(&self, this: NodeId) -> Placements {
+            let view = Placements::new(this, self.store.clone());
+            view.refresh().await.unwrap();
+            view
+        }
+
+        /// Places `svc` next: active on `active`, `leaving` handing it over.
+        async fn place(&self, active: &[NodeId], leaving: &[NodeId]) -> Placement {
+            let any = self.view(A).await;
+            let epoch = any.current_epoch("svc").await.unwrap();
+            let change = Change {
+                active: active.to_vec(),
+                leaving: leaving.to_vec(),
+                cause: "test".into(),
+                ..Change::default()
+            };
+            any.propose("svc", epoch, change).await.unwrap().unwrap()
+        }
+    }
+
+    fn no_rules() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn forward(route: Route) -> Vec<String> {
+        match route {
+            Route::Forward(targets) => targets,
+            Route::Local(epoch) => panic!("served here at {epoch:?}"),
+            Route::Unavailable(why) => panic!("unavailable: {why}"),
+        }
+    }
+
+    fn local(route: Route) -> Option<u64> {
+        match route {
+            Route::Local(epoch) => epoch,
+            Route::Forward(to) => panic!("forwarded to {to:?}"),
+            Route::Unavailable(why) => panic!("unavailable: {why}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unplaced_service_is_served_here_unfenced() {
+        let cluster = cluster().await;
+        assert_eq!(
+            local(cluster.view(B).await.route("svc", 0, &no_rules())),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn the_active_host_serves_and_a_standby_forwards_once() {
+        let cluster = cluster().await;
+        let placed = cluster.place(&[A], &[]).await;
+        let rules = no_rules();
+        assert_eq!(
+            local(cluster.view(A).await.route("svc", 0, &rules)),
+            Some(placed.epoch)
+        );
+        let b = cluster.view(B).await;
+        assert_eq!(forward(b.route("svc", 0, &rules)), ["a:80"]);
+        // Forwarded once already: served where it lands, whatever this host's view says.
+        assert_eq!(local(b.route("svc", 1, &rules)), Some(placed.epoch));
+    }
+
+    #[tokio::test]
+    async fn a_leaving_host_sends_new_requests_on_until_the_second_hop() {
+        let cluster = cluster().await;
+        cluster.place(&[A], &[]).await;
+        let switched = cluster.place(&[B], &[A]).await;
+        let a = cluster.view(A).await;
+        let rules = no_rules();
+        assert_eq!(forward(a.route("svc", 0, &rules)), ["b:80"]);
+        // A host with an older view forwarded it here: it goes on to the new active host.
+        assert_eq!(forward(a.route("svc", 1, &rules)), ["b:80"]);
+        // After two hops it is served wherever it is, so views that disagree cannot loop.
+        assert_eq!(local(a.route("svc", 2, &rules)), Some(switched.epoch));
+    }
+
+    #[tokio::test]
+    async fn a_host_the_rules_exclude_never_serves_and_stops_after_three_hops() {
+        let cluster = cluster().await;
+        cluster.place(&[A], &[]).await;
+        let c = cluster.view(C).await;
+        let de: BTreeMap<String, String> = [("j".to_string(), "de".to_string())].into();
+        for hops in 0..3 {
+            assert_eq!(forward(c.route("svc", hops, &de)), ["a:80"], "hops {hops}");
+        }
+        match c.route("svc", 3, &de) {
+            Route::Unavailable(why) => assert!(why.contains("forwarded 3 times"), "{why}"),
+            _ => panic!("a fourth hop must not be forwarded or served"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_active_nowhere_is_unavailable_with_its_reason() {
+        let cluster = cluster().await;
+        let any = cluster.view(A).await;
+        let change = Change {
+            unmet: Some("no host has j=se".into()),
+            ..Change::default()
+        };
+        any.propose("svc", 0, change).await.unwrap().unwrap();
+        match cluster.view(B).await.route("svc", 0, &no_rules()) {
+            Route::Unavailable(why) => assert_eq!(why, "no host has j=se"),
+            _ => panic!("a service active nowhere must be unavailable"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_view_behind_a_failover_forwards_to_the_new_host_once_refreshed() {
+        let cluster = cluster().await;
+        cluster.place(&[A], &[]).await;
+        let c = cluster.view(C).await;
+        assert_eq!(forward(c.route("svc", 0, &no_rules())), ["a:80"]);
+        // The scheduler moves it off a dead `a`; `c` has not heard yet.
+        cluster.place(&[B], &[]).await;
+        assert_eq!(forward(c.route("svc", 0, &no_rules())), ["a:80"]);
+        c.refresh().await.unwrap();
+        assert_eq!(forward(c.route("svc", 0, &no_rules())), ["b:80"]);
+    }
+
+    #[tokio::test]
+    async fn of_two_proposals_from_one_epoch_only_the_first_is_written() {
+        let cluster = cluster().await;
+        let view = cluster.view(A).await;
+        let to = |active: NodeId| Change {
+            active: vec![active],
+            ..Change::default()
+        };
+        assert!(view.propose("svc", 0, to(A)).await.unwrap().is_some());
+        assert!(view.propose("svc", 0, to(B)).await.unwrap().is_none());
+        view.refresh().await.unwrap();
+        assert_eq!(view.get("svc").unwrap().active, [A]);
+        assert_eq!(view.current_epoch("svc").await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn views_name_unregistered_members_and_carry_health_and_drain() {
+        let cluster = cluster().await;
+        crate::hosts::set_drained(cluster.store.as_ref(), B, true)
+            .await
+            .unwrap();
+        let view = cluster.view(A).await;
+        let views = view.views([A, B, 9], |id| id != A);
+        assert_eq!(views[0].name, "a");
+        assert!(!views[0].alive && !views[0].drained);
+        assert!(views[1].alive && views[1].drained);
+        assert_eq!(views[2].name, "(unregistered)");
+        assert!(views[2].labels.is_empty());
+    }
+}

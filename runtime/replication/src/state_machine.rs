@@ -368,7 +368,7 @@ mod tests {
             }
         }
         let mut sm = StateMachine::open(dir.path()).unwrap();
-        let entry = Entry::<TypeConfig> {
+        let entry = Entry::<crate::types::TypeConfig> {
             log_id: id,
             payload: EntryPayload::Normal(vec![increment.clone(); 3]),
         };

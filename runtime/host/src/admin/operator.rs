@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 
-use crate::admin::{AdminError, AdminResult, AdminState, actor};
+use super::{AdminError, AdminResult, AdminState, actor};
 use crate::hosts::{self, HostRecord, RemoveError};
 use crate::moves::MoveError;
 use crate::placement;

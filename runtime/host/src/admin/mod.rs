@@ -1,5 +1,8 @@
 //! The admin API the `doppel` CLI talks to: HTTP + JSON under `/v1`, bearer token required.
-//! The routes are listed in the `doppel-api` crate.
+//! The routes are listed in the `doppel-api` crate; the operator's routes for moving services
+//! are in `operator`.
+
+mod operator;
 
 use std::sync::Arc;
 
@@ -19,7 +22,6 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::hosts::{self, RemoveError};
 use crate::moves::Mover;
-use crate::operator;
 use crate::services::{DeployError, Registry};
 
 /// What the admin handlers share.
