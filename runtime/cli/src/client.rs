@@ -115,7 +115,16 @@ impl Client {
 
     /// GET and decode JSON.
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let response = self.send(self.request(Method::GET, path)).await?;
+        self.call_json(Method::GET, path).await
+    }
+
+    /// A request without a body (`DELETE`, a `POST` that needs none), its JSON answer decoded.
+    pub async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        let response = self.send(self.request(method, path)).await?;
         response
             .json()
             .await

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Reads a stream of progress lines, showing each step on a spinner; returns every line.
-pub async fn follow(response: reqwest::Response, json: bool) -> anyhow::Result<Vec<Progress>> {
+async fn follow(response: reqwest::Response, json: bool) -> anyhow::Result<Vec<Progress>> {
     let spinner = if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::hidden()
     } else {
@@ -45,10 +45,27 @@ pub async fn follow(response: reqwest::Response, json: bool) -> anyhow::Result<V
 }
 
 /// The outcome of a progress stream: its last line must say done.
-pub fn outcome(lines: &[Progress]) -> anyhow::Result<&str> {
+fn outcome(lines: &[Progress]) -> anyhow::Result<&str> {
     match lines.last() {
         Some(Progress::Done { text }) => Ok(text),
         Some(Progress::Failed { error }) => bail!("{error}"),
         _ => bail!("the host stopped before saying whether it finished; see `doppel events`"),
     }
+}
+
+/// Follows a progress stream to its end: with `json`, prints every line as JSON and answers
+/// `None`; otherwise answers the final text and every line. A failed move is an error, named by
+/// `failed` ("NAME was not moved"), after the JSON when `json`.
+pub async fn finish(
+    response: reqwest::Response,
+    json: bool,
+    failed: impl Fn() -> String,
+) -> anyhow::Result<Option<(String, Vec<Progress>)>> {
+    let lines = follow(response, json).await?;
+    if json {
+        crate::output::print_json(&lines)?;
+        return outcome(&lines).map(|_| None);
+    }
+    let done = outcome(&lines).with_context(failed)?.to_string();
+    Ok(Some((done, lines)))
 }

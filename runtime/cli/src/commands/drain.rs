@@ -6,8 +6,7 @@ use doppel_api::DrainRequest;
 use reqwest::Method;
 
 use crate::client::{Client, Target, segment};
-use crate::output::print_json;
-use crate::progress::{follow, outcome};
+use crate::progress::finish;
 
 /// Flags of `doppel drain`.
 #[derive(Args, Debug)]
@@ -38,12 +37,10 @@ async fn drain(target: &Target, host: &str, remove: bool) -> anyhow::Result<()> 
         )
         .await
         .with_context(|| format!("{host} was not drained"))?;
-    let lines = follow(response, target.json).await?;
-    if target.json {
-        print_json(&lines)?;
-        return outcome(&lines).map(|_| ());
-    }
-    let done = outcome(&lines).with_context(|| format!("{host} was not fully drained"))?;
+    let failed = || format!("{host} was not fully drained");
+    let Some((done, _)) = finish(response, target.json, failed).await? else {
+        return Ok(());
+    };
     println!("{done}");
     if !remove {
         println!("  `doppel undrain {host}` lets services be placed on it again");

@@ -24,11 +24,7 @@ impl HostsAction {
             HostsAction::Rm { name } => {
                 let client = Client::connect(target)?;
                 let path = format!("/v1/hosts/{}", segment(&name));
-                let removed: HostStatus = client
-                    .send(client.request(Method::DELETE, &path))
-                    .await?
-                    .json()
-                    .await?;
+                let removed: HostStatus = client.call_json(Method::DELETE, &path).await?;
                 if target.json {
                     return print_json(&removed);
                 }

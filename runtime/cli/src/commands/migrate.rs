@@ -6,8 +6,7 @@ use doppel_api::{MigrateRequest, Progress};
 use reqwest::Method;
 
 use crate::client::{Client, Target, segment};
-use crate::output::print_json;
-use crate::progress::{follow, outcome};
+use crate::progress::finish;
 
 /// Flags of `doppel migrate`.
 #[derive(Args, Debug)]
@@ -46,12 +45,10 @@ async fn migrate(
         .send(client.request(Method::POST, &path).json(&request))
         .await
         .with_context(|| format!("{name} was not moved"))?;
-    let lines = follow(response, target.json).await?;
-    if target.json {
-        print_json(&lines)?;
-        return outcome(&lines).map(|_| ());
-    }
-    let done = outcome(&lines).with_context(|| format!("{name} was not moved"))?;
+    let failed = || format!("{name} was not moved");
+    let Some((done, lines)) = finish(response, target.json, failed).await? else {
+        return Ok(());
+    };
     println!("{done}");
     for line in &lines {
         if let Progress::Moved(r) = line {

@@ -29,11 +29,7 @@ impl Rm {
 async fn rm(target: &Target, name: &str, purge: bool) -> anyhow::Result<()> {
     let client = Client::connect(target)?;
     let path = format!("/v1/services/{}?purge={purge}", segment(name));
-    let removed: ServiceInfo = client
-        .send(client.request(Method::DELETE, &path))
-        .await?
-        .json()
-        .await?;
+    let removed: ServiceInfo = client.call_json(Method::DELETE, &path).await?;
     if target.json {
         return print_json(&removed);
     }

@@ -25,11 +25,7 @@ impl Undrain {
 async fn undrain(target: &Target, host: &str) -> anyhow::Result<()> {
     let client = Client::connect(target)?;
     let path = format!("/v1/hosts/{}/undrain", segment(host));
-    let status: HostStatus = client
-        .send(client.request(Method::POST, &path))
-        .await?
-        .json()
-        .await?;
+    let status: HostStatus = client.call_json(Method::POST, &path).await?;
     if target.json {
         return print_json(&status);
     }

@@ -1,4 +1,8 @@
 //! `wasi:keyvalue@0.2.0-draft`: what `wasmtime serve -S keyvalue` and wasmCloud link.
+//!
+//! Deliberately parallel to the other draft's file: each draft's bindings generate their own
+//! types, so the `impl`s have the same shape with other types; what they share is in `mod.rs`
+//! and its macros.
 
 use wasmtime::component::{Linker, Resource};
 
@@ -17,9 +21,9 @@ mod generated {
 
 use generated::wasi::keyvalue::{atomics, batch, store};
 
-type Answer<T> = wasmtime::Result<Result<T, store::Error>>;
+type GuestResult<T> = wasmtime::Result<Result<T, store::Error>>;
 
-fn answer<T>(r: Result<T, KvError>) -> Answer<T> {
+fn answer<T>(r: Result<T, KvError>) -> GuestResult<T> {
     Ok(r.map_err(|e| store::Error::Other(e.message())))
 }
 
@@ -41,7 +45,7 @@ impl store::HostBucket for KvView<'_> {
         &mut self,
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
-    ) -> Answer<store::KeyResponse> {
+    ) -> GuestResult<store::KeyResponse> {
         let space = self.table.get(&bucket)?.space.clone();
         let after = match cursor {
             None => None,
@@ -72,7 +76,7 @@ impl atomics::Host for KvView<'_> {
         bucket: Resource<Bucket>,
         key: String,
         delta: u64,
-    ) -> Answer<u64> {
+    ) -> GuestResult<u64> {
         let space = self.table.get(&bucket)?.space.clone();
         let Ok(delta) = i64::try_from(delta) else {
             return answer(Err(KvError::Refused("delta is larger than 2^63-1".into())));

@@ -1,4 +1,8 @@
 //! `wasi:keyvalue@0.2.0-draft2`: what Spin links; adds compare-and-swap and signed counters.
+//!
+//! Deliberately parallel to the other draft's file: each draft's bindings generate their own
+//! types, so the `impl`s have the same shape with other types; what they share is in `mod.rs`
+//! and its macros.
 
 use wasmtime::component::{Linker, Resource};
 
@@ -18,13 +22,13 @@ mod generated {
 
 use generated::wasi::keyvalue::{atomics, batch, store};
 
-type Answer<T> = wasmtime::Result<Result<T, store::Error>>;
+type GuestResult<T> = wasmtime::Result<Result<T, store::Error>>;
 
 fn error(e: KvError) -> store::Error {
     store::Error::Other(e.message())
 }
 
-fn answer<T>(r: Result<T, KvError>) -> Answer<T> {
+fn answer<T>(r: Result<T, KvError>) -> GuestResult<T> {
     Ok(r.map_err(error))
 }
 
@@ -46,7 +50,7 @@ impl store::HostBucket for KvView<'_> {
         &mut self,
         bucket: Resource<Bucket>,
         cursor: Option<String>,
-    ) -> Answer<store::KeyResponse> {
+    ) -> GuestResult<store::KeyResponse> {
         let space = self.table.get(&bucket)?.space.clone();
         // The cursor is simply the last key of the previous page.
         let page = self
@@ -71,7 +75,7 @@ impl atomics::Host for KvView<'_> {
         bucket: Resource<Bucket>,
         key: String,
         delta: i64,
-    ) -> Answer<i64> {
+    ) -> GuestResult<i64> {
         let space = self.table.get(&bucket)?.space.clone();
         answer(self.access().increment(&space, key, delta).await)
     }
@@ -103,7 +107,7 @@ impl atomics::Host for KvView<'_> {
 }
 
 impl atomics::HostCas for KvView<'_> {
-    async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<Resource<Cas>> {
+    async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> GuestResult<Resource<Cas>> {
         let space = self.table.get(&bucket)?.space.clone();
         match self.access().get(&space, &key).await {
             Ok(current) => Ok(Ok(self.table.push(Cas {
@@ -115,7 +119,7 @@ impl atomics::HostCas for KvView<'_> {
         }
     }
 
-    async fn current(&mut self, cas: Resource<Cas>) -> Answer<Option<Vec<u8>>> {
+    async fn current(&mut self, cas: Resource<Cas>) -> GuestResult<Option<Vec<u8>>> {
         Ok(Ok(self.table.get(&cas)?.current.clone()))
     }
 

@@ -6,10 +6,10 @@
 //! anything reaches the [`Store`].
 
 // The methods below are the same token for token in both drafts; only the generated trait they
-// implement differs. Each draft module defines `Answer<T>` and `answer()` for its own error type.
+// implement differs. Each draft module defines `GuestResult<T>` and `answer()` for its own error type.
 macro_rules! open_method {
     () => {
-        async fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
+        async fn open(&mut self, identifier: String) -> GuestResult<Resource<Bucket>> {
             match self.access().open_bucket(&identifier) {
                 Ok(bucket) => Ok(Ok(self.table.push(bucket)?)),
                 Err(e) => answer(Err(e)),
@@ -20,7 +20,11 @@ macro_rules! open_method {
 
 macro_rules! bucket_methods {
     () => {
-        async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<Option<Vec<u8>>> {
+        async fn get(
+            &mut self,
+            bucket: Resource<Bucket>,
+            key: String,
+        ) -> GuestResult<Option<Vec<u8>>> {
             let space = self.table.get(&bucket)?.space.clone();
             answer(self.access().get(&space, &key).await)
         }
@@ -30,17 +34,17 @@ macro_rules! bucket_methods {
             bucket: Resource<Bucket>,
             key: String,
             value: Vec<u8>,
-        ) -> Answer<()> {
+        ) -> GuestResult<()> {
             let space = self.table.get(&bucket)?.space.clone();
             answer(self.access().set(&space, key, value).await)
         }
 
-        async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<()> {
+        async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> GuestResult<()> {
             let space = self.table.get(&bucket)?.space.clone();
             answer(self.access().delete(&space, key).await)
         }
 
-        async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<bool> {
+        async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> GuestResult<bool> {
             let space = self.table.get(&bucket)?.space.clone();
             answer(self.access().get(&space, &key).await.map(|v| v.is_some()))
         }
@@ -53,7 +57,7 @@ macro_rules! batch_methods {
             &mut self,
             bucket: Resource<Bucket>,
             keys: Vec<String>,
-        ) -> Answer<Vec<Option<(String, Vec<u8>)>>> {
+        ) -> GuestResult<Vec<Option<(String, Vec<u8>)>>> {
             let space = self.table.get(&bucket)?.space.clone();
             answer(self.access().get_many(&space, keys).await)
         }
@@ -62,12 +66,16 @@ macro_rules! batch_methods {
             &mut self,
             bucket: Resource<Bucket>,
             key_values: Vec<(String, Vec<u8>)>,
-        ) -> Answer<()> {
+        ) -> GuestResult<()> {
             let space = self.table.get(&bucket)?.space.clone();
             answer(self.access().set_many(&space, key_values).await)
         }
 
-        async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Answer<()> {
+        async fn delete_many(
+            &mut self,
+            bucket: Resource<Bucket>,
+            keys: Vec<String>,
+        ) -> GuestResult<()> {
             let space = self.table.get(&bucket)?.space.clone();
             answer(self.access().delete_many(&space, keys).await)
         }

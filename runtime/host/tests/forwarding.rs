@@ -1,0 +1,146 @@
+//! Forwarding between two hosts started in this process (`doppel_host::run`), talking real HTTP
+//! on loopback: a standby sends a request on to the active host, and a request that already came
+//! through another host is served where it lands. Crashes, kills and partitions are the process
+//! tests' (`tests/integration`).
+
+use std::time::Duration;
+
+use doppel_api::{DeployRequest, ModuleInfo, ServiceInfo};
+use doppel_host::{HostConfig, IngressLimits, JoinTarget, Started};
+
+struct InProcess {
+    started: Started,
+    token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    async fn start(name: &str, join: Option<JoinTarget>) -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let config = HostConfig {
+            name: name.into(),
+            data_dir: dir.path().join("data"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            ingress: IngressLimits::default(),
+            max_module_size: 64 << 20,
+            grace: Duration::from_secs(5),
+            join,
+            advertise: None,
+            snapshot_every: 10_000,
+            leader_lease: None,
+            labels: Default::default(),
+        };
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(doppel_host::run(
+            config,
+            move |started| {
+                let _ = ready.send(started.clone());
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let started = is_ready
+            .await
+            .expect("the host stopped before it was ready");
+        let token = std::fs::read_to_string(&started.token_file).unwrap();
+        InProcess {
+            started,
+            token: token.trim().to_string(),
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        }
+    }
+
+    fn admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.started.admin)
+    }
+
+    fn service(&self, path: &str) -> String {
+        format!("http://{}{path}", self.started.listen)
+    }
+
+    /// An admin API call, its answer decoded.
+    async fn ask<T: serde::de::DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> T {
+        let answer = request.bearer_auth(&self.token).send().await.unwrap();
+        assert!(answer.status().is_success(), "{answer:?}");
+        let bytes = answer.bytes().await.unwrap();
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&bytes)))
+    }
+
+    /// How many requests for `service` this host served.
+    async fn requests(&self, http: &reqwest::Client, service: &str) -> u64 {
+        let path = self.admin(&format!("/v1/services/{service}"));
+        let info: ServiceInfo = self.ask(http.get(path)).await;
+        info.requests
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_forwards_to_the_active_host_and_a_forwarded_request_is_served_where_it_lands() {
+    let http = reqwest::Client::new();
+    let a = InProcess::start("a", None).await;
+    let token = http
+        .get(a.admin("/v1/cluster/token"))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let b = InProcess::start(
+        "b",
+        Some(JoinTarget {
+            url: format!("http://{}", a.started.admin),
+            token,
+        }),
+    )
+    .await;
+    assert!(b.started.joined);
+
+    // Deployed through `a`: active there, a standby on `b`.
+    let upload = http
+        .post(a.admin("/v1/modules"))
+        .body(std::fs::read(doppel_guests::HELLO).unwrap());
+    let module: ModuleInfo = a.ask(upload).await;
+    let deploy = http
+        .put(a.admin("/v1/services/hello"))
+        .json(&DeployRequest {
+            module: module.digest,
+            ..DeployRequest::default()
+        });
+    let deployed: ServiceInfo = a.ask(deploy).await;
+    assert_eq!(deployed.active, ["a"]);
+
+    // Through `b`: sent on to `a`, which answers.
+    let answer = http.get(b.service("/hello/")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(a.requests(&http, "hello").await, 1);
+    assert_eq!(b.requests(&http, "hello").await, 0);
+
+    // Already forwarded once by some host: `b` serves it itself rather than send it on again.
+    let answer = http
+        .get(b.service("/hello/"))
+        .header("x-doppel-forwarded-by", "7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(a.requests(&http, "hello").await, 1);
+    assert_eq!(b.requests(&http, "hello").await, 1);
+
+    b.stop().await;
+    a.stop().await;
+}
