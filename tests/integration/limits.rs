@@ -220,3 +220,36 @@ fn slow_clients_are_cut_off_and_do_not_block_others() {
     );
     eventually("the host keeps serving", || host.get("/good/").0 == 200);
 }
+
+/// The admin port (which also serves the peer routes) has the service port's protections: a
+/// client that sends half a request and then nothing is cut off after the header timeout, and
+/// the API serves on meanwhile.
+#[test]
+fn slow_clients_of_the_admin_port_are_cut_off_too() {
+    let host = Host::start_with(&["--header-timeout", "1s"]);
+    let mut slow: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = TcpStream::connect(host.admin).unwrap();
+            s.write_all(b"GET /v1/host HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    assert!(host.cli_ok(&["ls"]).contains("No services deployed"));
+    for s in &mut slow {
+        // Bounded wait for the host to close it (without a header timeout it never would).
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = Vec::new();
+        let closed = s.read_to_end(&mut buf).is_ok();
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            closed,
+            "a stalled admin connection was still open after 30 s"
+        );
+        assert!(
+            buf.is_empty() || text.contains("408"),
+            "unexpected answer to a stalled request: {text}"
+        );
+    }
+    assert!(host.cli_ok(&["ls"]).contains("No services deployed"));
+}

@@ -401,3 +401,54 @@ fn orphan_uploads_are_removed_at_start() {
     assert!(host.log().contains("removing a module no service uses"));
     assert_eq!(host.get("/kept/").0, 200);
 }
+
+/// A module digest is a file name in the host's cache: one that climbs out of it is refused before
+/// it reaches the store or the disk (it once deleted a file outside the data directory).
+#[test]
+fn a_module_digest_that_climbs_out_of_the_cache_is_refused_and_deletes_nothing() {
+    let host = Host::start();
+    host.deploy(guests::HELLO, "hello", &[]);
+    // `DATA/cache/ENGINE/../../victim.cwasm` is `DATA/victim.cwasm`.
+    let victim = host.data.join("victim.cwasm");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let url = format!("http://{}/v1/services/evil", host.admin);
+    for digest in [
+        "sha256:../../victim",
+        "sha256:../../victim\u{0}",
+        "../../victim",
+    ] {
+        let answer = http()
+            .put(&url)
+            .bearer_auth(host.token())
+            .json(&serde_json::json!({ "module": digest }))
+            .send()
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 422, "{digest:?}");
+        let body = answer.text().unwrap();
+        assert!(body.contains("is not a module digest"), "{body}");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    // The cache still serves the real service.
+    assert_eq!(host.get("/hello/").0, 200);
+}
+
+/// What a service writes reaches an operator's terminal escaped: an escape sequence in a log line
+/// (clear the screen, retitle the window) is shown, not obeyed; `--json` keeps it exactly.
+#[test]
+fn terminal_control_characters_in_service_logs_are_escaped_when_printed() {
+    let host = Host::start();
+    host.deploy(guests::HTTP_BASICS, "basics", &[]);
+    assert_eq!(host.get("/basics/log?msg=%1b[2J%1b]0;pwned%07done").0, 200);
+    let printed = host.cli_ok(&["logs", "basics"]);
+    assert!(
+        !printed.contains('\u{1b}') && !printed.contains('\u{7}'),
+        "{printed:?}"
+    );
+    assert!(
+        printed.contains("\\u{1b}[2J\\u{1b}]0;pwned\\u{7}done"),
+        "{printed}"
+    );
+    let json = host.cli_ok(&["logs", "basics", "--json", "--tail", "1"]);
+    let last: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(last["line"], "to stderr: \u{1b}[2J\u{1b}]0;pwned\u{7}done");
+}

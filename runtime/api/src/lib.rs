@@ -443,9 +443,43 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a module digest as the API takes it: `sha256:` and 64 lowercase hex digits, nothing
+/// else (a digest also names a file in a host's module cache).
+pub fn check_module_digest(digest: &str) -> Result<(), String> {
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{digest:?} is not a module digest: it is `sha256:` and 64 lowercase hex digits, as \
+             the upload answered"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_digests() {
+        let good = format!("sha256:{}", "0a".repeat(32));
+        assert!(check_module_digest(&good).is_ok());
+        for bad in [
+            "sha256:../../victim".to_string(),
+            format!("sha256:{}", "0A".repeat(32)),
+            format!("sha256:{}", "0a".repeat(31)),
+            format!("sha256:{}/", "0a".repeat(32)),
+            "0a".repeat(32),
+            String::new(),
+        ] {
+            assert!(check_module_digest(&bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn service_names() {

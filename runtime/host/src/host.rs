@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use doppel_api::HostInfo;
 use doppel_replication::{JoinTarget, Member, MemberConfig};
 use doppel_store::files::write_private;
@@ -19,7 +18,8 @@ use tokio::net::TcpListener;
 
 use crate::admin::{AdminState, router};
 use crate::hosts::{self, HostRecord};
-use crate::ingress::{self, IngressLimits};
+use crate::ingress;
+use crate::listener::{self, IngressLimits};
 use crate::modules::ModuleCache;
 use crate::moves::{self, Mover};
 use crate::placement::Placements;
@@ -221,19 +221,21 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     // Peers must reach this host (votes, log entries, a joining host's catch-up) before it is
-    // ready, so the admin server, which also serves the peer routes, starts first.
-    let admin = tokio::spawn(
-        axum::serve(
-            // Raft messages are small and answered at once: send each without waiting to fill
-            // a segment.
-            admin_listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            router(admin_state).merge(member.peer_router(moves::host_routes(mover.clone()))),
-        )
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
-        .into_future(),
-    );
+    // ready, so the admin server, which also serves the peer routes, starts first. It has the
+    // same connection limits and header timeout as the service listener.
+    let admin_routes =
+        router(admin_state).merge(member.peer_router(moves::host_routes(mover.clone())));
+    let admin = tokio::spawn({
+        let (limits, stopped, grace) = (
+            config.ingress.clone(),
+            stopped(stop_rx.clone()),
+            config.grace,
+        );
+        let service = hyper_util::service::TowerToHyperService::new(admin_routes);
+        async move {
+            listener::serve("admin", admin_listener, &limits, service, stopped, grace).await;
+        }
+    });
     let joined = member
         .enter(&advertise)
         .await

@@ -9,36 +9,16 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use doppel_api::Limits;
 use doppel_store::Writer;
 
 use crate::forward::{self, FORWARDED_BY};
 use crate::invoke::{InFlight, ResponseBody, host_response, invoke};
+use crate::listener::{self, IngressLimits};
 use crate::placement::Route;
 use crate::services::{Registry, Service};
-
-/// Limits that keep slow or hostile clients from tying the host up.
-#[derive(Clone, Debug)]
-pub struct IngressLimits {
-    /// Connections open at once; further ones wait in the kernel's accept queue.
-    pub max_connections: usize,
-    /// Time a client has to send a request's headers.
-    pub header_timeout: Duration,
-}
-
-impl Default for IngressLimits {
-    fn default() -> Self {
-        IngressLimits {
-            max_connections: 10_000,
-            header_timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// Serves service traffic on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish for at most `grace`.
@@ -49,64 +29,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
     // One connection pool for requests forwarded to the hosts services are active on.
     // A dead or cut-off active host must not hold requests for long: connecting is bounded, and a
-    // refused or timed-out connection becomes a 503 with Retry-After.
+    // refused or timed-out connection becomes a 503 with Retry-After. An idle connection is let
+    // go well before the other host closes it (after its header timeout, at least 1 s): reusing
+    // one just as it is closed would fail the request though that host is fine.
     let forwarder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(1))
+        .pool_idle_timeout(Duration::from_millis(500))
         .build()
         .unwrap_or_default();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |req| {
         let registry = registry.clone();
         let forwarder = forwarder.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let registry = registry.clone();
-            let forwarder = forwarder.clone();
-            async move { Ok::<_, std::convert::Infallible>(route(&registry, &forwarder, req).await) }
-        });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            "requests still running after the grace period; stopping anyway"
-        );
-    }
+        async move { Ok::<_, std::convert::Infallible>(route(&registry, &forwarder, req).await) }
+    });
+    listener::serve("service", listener, &limits, service, shutdown, grace).await;
 }
 
 /// How much of an abandoned request body is read and thrown away, and for how long, before the

@@ -45,6 +45,7 @@ mod ingress;
 mod invoke;
 mod keyvalue;
 mod linker;
+mod listener;
 mod logs;
 mod modules;
 mod moves;
@@ -57,6 +58,6 @@ mod state;
 
 pub use doppel_replication::JoinTarget;
 pub use host::{Endpoint, HostConfig, Started, endpoint_path, run, token_path};
-pub use ingress::IngressLimits;
+pub use listener::IngressLimits;
 pub use modules::{ModuleError, digest};
 pub use runtime::{MAX_MEMORY_LIMIT, Runtime};

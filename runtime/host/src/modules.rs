@@ -141,15 +141,18 @@ impl ModuleCache {
         Ok(ModuleCache { dir })
     }
 
-    fn path(&self, digest: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}.cwasm", digest.trim_start_matches("sha256:")))
+    /// The file of `digest`'s precompiled copy; `None` for anything that is not a well-formed
+    /// digest, which never names a file (`sha256:../../x` must not reach outside the cache).
+    fn path(&self, digest: &str) -> Option<PathBuf> {
+        doppel_api::check_module_digest(digest).ok()?;
+        let hex = digest.trim_start_matches("sha256:");
+        Some(self.dir.join(format!("{hex}.cwasm")))
     }
 
     /// The component for `digest`, if a sound precompiled copy is on disk. A damaged file is
     /// removed (and the caller recompiles).
     pub fn load(&self, engine: &Engine, digest: &str) -> Option<Component> {
-        let path = self.path(digest);
+        let path = self.path(digest)?;
         let bytes = std::fs::read(&path).ok()?;
         // The file starts with the sha256 of the rest: deserializing damaged machine code would be
         // undefined behaviour, so integrity is checked first.
@@ -173,7 +176,9 @@ impl ModuleCache {
     /// Writes the precompiled form of `component` (atomically: temp file, fsync, rename).
     pub fn store(&self, digest: &str, component: &Component) -> anyhow::Result<()> {
         let code = component.serialize().map_err(anyhow::Error::from)?;
-        let path = self.path(digest);
+        let path = self
+            .path(digest)
+            .ok_or_else(|| anyhow::anyhow!("{digest:?} is not a module digest"))?;
         let tmp = path.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&Sha256::digest(&code))?;
@@ -185,6 +190,8 @@ impl ModuleCache {
 
     /// Forgets the precompiled copy of a module no service uses any more.
     pub fn remove(&self, digest: &str) {
-        let _ = std::fs::remove_file(self.path(digest));
+        if let Some(path) = self.path(digest) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }

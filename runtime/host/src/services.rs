@@ -95,6 +95,9 @@ pub enum DeployError {
     /// A limit or a placement rule is out of range.
     #[error("{0}")]
     BadLimit(String),
+    /// The module digest is malformed (why, from `doppel_api::check_module_digest`).
+    #[error("{0}")]
+    BadDigest(String),
     /// Another deploy of the same name won a race with this one.
     #[error(
         "another deploy of {0:?} (through another host) happened while this one was loading; nothing was changed by this one — retry to deploy over it"
@@ -487,6 +490,8 @@ impl Registry {
         request: DeployRequest,
         actor: &str,
     ) -> Result<ServiceInfo, DeployError> {
+        // Before anything else: a malformed digest must not reach the store or the cache.
+        doppel_api::check_module_digest(&request.module).map_err(DeployError::BadDigest)?;
         let _guard = self.changes.lock().await;
         let module = request.module.clone();
         let result = self.deploy_locked(name, request, actor).await;

@@ -162,6 +162,12 @@ pub(crate) fn refused(e: &reqwest::Error) -> bool {
     false
 }
 
+/// How long the connector keeps an idle connection for reuse. A host closes a kept connection
+/// that has sent no request for its header timeout (at least 1 s); a client that reused one at
+/// that very moment would see its request fail ("connection closed before message completed")
+/// though the peer is fine, so the connector lets them go well before.
+const POOL_IDLE: Duration = Duration::from_millis(500);
+
 /// The connector: one connection pool and this host's credential, shared by every peer call.
 #[derive(Clone)]
 pub struct PeerClient {
@@ -183,6 +189,7 @@ impl PeerClient {
             // bound, a call would wait out its whole timeout on it.
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(1))
+                .pool_idle_timeout(POOL_IDLE)
                 .build()
                 .unwrap_or_default(),
             secret: secret.into(),

@@ -22,28 +22,25 @@ pub struct Drain {
 
 impl Drain {
     pub async fn run(self) -> anyhow::Result<()> {
-        drain(&self.target, &self.host, self.remove).await
+        let (target, host, remove) = (&self.target, self.host.as_str(), self.remove);
+        let client = Client::connect(target)?;
+        let path = format!("/v1/hosts/{}/drain", segment(host));
+        let response = client
+            .send(
+                client
+                    .request(Method::POST, &path)
+                    .json(&DrainRequest { remove }),
+            )
+            .await
+            .with_context(|| format!("{host} was not drained"))?;
+        let failed = || format!("{host} was not fully drained");
+        let Some((done, _)) = finish(response, target.json, failed).await? else {
+            return Ok(());
+        };
+        println!("{done}");
+        if !remove {
+            println!("  `doppel undrain {host}` lets services be placed on it again");
+        }
+        Ok(())
     }
-}
-
-async fn drain(target: &Target, host: &str, remove: bool) -> anyhow::Result<()> {
-    let client = Client::connect(target)?;
-    let path = format!("/v1/hosts/{}/drain", segment(host));
-    let response = client
-        .send(
-            client
-                .request(Method::POST, &path)
-                .json(&DrainRequest { remove }),
-        )
-        .await
-        .with_context(|| format!("{host} was not drained"))?;
-    let failed = || format!("{host} was not fully drained");
-    let Some((done, _)) = finish(response, target.json, failed).await? else {
-        return Ok(());
-    };
-    println!("{done}");
-    if !remove {
-        println!("  `doppel undrain {host}` lets services be placed on it again");
-    }
-    Ok(())
 }

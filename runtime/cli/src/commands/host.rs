@@ -30,8 +30,9 @@ pub struct Host {
     /// Client connections served at once.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
-    /// Time a client has to send request headers.
-    #[arg(long, default_value = "10s", value_parser = parse_millis)]
+    /// Time a client has to send a request's headers, on the service and the admin port alike
+    /// (also how long a kept connection may wait for its next request). At least 1s.
+    #[arg(long, default_value = "10s", value_parser = parse_header_timeout)]
     pub header_timeout: u64,
     /// Join the cluster one of whose hosts has this admin address (`http://HOST:PORT`), on this
     /// host's first start. Needs --token.
@@ -67,6 +68,18 @@ pub struct Host {
     /// How long requests in flight may finish after SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_millis)]
     pub grace: u64,
+}
+
+/// `--header-timeout`: at least a second, because hosts let their own idle connections to each
+/// other go after half a second, before the other side closes them.
+fn parse_header_timeout(text: &str) -> Result<u64, String> {
+    let ms = parse_millis(text)?;
+    if ms < 1_000 {
+        return Err(format!(
+            "{text:?} is too short; a header timeout is at least 1s"
+        ));
+    }
+    Ok(ms)
 }
 
 fn hostname() -> String {

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use reqwest::Method;
 
 use crate::client::{Client, Target, segment};
+use crate::output::printable;
 use crate::units::human_time;
 
 /// Flags of `doppel logs`.
@@ -28,43 +29,36 @@ pub struct Logs {
 
 impl Logs {
     pub async fn run(self) -> anyhow::Result<()> {
-        logs(&self.target, &self.name, self.follow, self.tail).await
-    }
-}
-
-async fn logs(
-    target: &Target,
-    name: &str,
-    follow: bool,
-    tail: Option<usize>,
-) -> anyhow::Result<()> {
-    let client = Client::connect(target)?;
-    let mut path = format!("/v1/services/{}/logs?follow={follow}", segment(name));
-    if let Some(n) = tail {
-        path.push_str(&format!("&tail={n}"));
-    }
-    let response = client.send(client.request(Method::GET, &path)).await?;
-    let mut stream = response.bytes_stream();
-    let mut pending = Vec::new();
-    let mut out = std::io::stdout();
-    while let Some(chunk) = stream.next().await {
-        pending.extend_from_slice(&chunk.context("the log stream broke off")?);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let raw: Vec<u8> = pending.drain(..=end).collect();
-            if target.json {
-                out.write_all(&raw)?;
-            } else {
-                let line: LogLine = serde_json::from_slice(&raw)?;
-                writeln!(
-                    out,
-                    "{} {:<6} {}",
-                    human_time(line.time_ms),
-                    line.stream,
-                    line.line
-                )?;
-            }
-            out.flush()?;
+        let (target, name, follow, tail) =
+            (&self.target, self.name.as_str(), self.follow, self.tail);
+        let client = Client::connect(target)?;
+        let mut path = format!("/v1/services/{}/logs?follow={follow}", segment(name));
+        if let Some(n) = tail {
+            path.push_str(&format!("&tail={n}"));
         }
+        let response = client.send(client.request(Method::GET, &path)).await?;
+        let mut stream = response.bytes_stream();
+        let mut pending = Vec::new();
+        let mut out = std::io::stdout();
+        while let Some(chunk) = stream.next().await {
+            pending.extend_from_slice(&chunk.context("the log stream broke off")?);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let raw: Vec<u8> = pending.drain(..=end).collect();
+                if target.json {
+                    out.write_all(&raw)?;
+                } else {
+                    let line: LogLine = serde_json::from_slice(&raw)?;
+                    writeln!(
+                        out,
+                        "{} {:<6} {}",
+                        human_time(line.time_ms),
+                        line.stream,
+                        printable(&line.line)
+                    )?;
+                }
+                out.flush()?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -16,22 +16,21 @@ pub struct Ls {
 
 impl Ls {
     pub async fn run(self) -> anyhow::Result<()> {
-        ls(&self.target).await
+        let target = &self.target;
+        let client = Client::connect(target)?;
+        let services: Vec<ServiceInfo> = client.get_json("/v1/services").await?;
+        if target.json {
+            return print_json(&services);
+        }
+        if services.is_empty() {
+            println!(
+                "No services deployed. Deploy one with `doppel deploy FILE.wasm --name NAME`."
+            );
+            return Ok(());
+        }
+        print_table(&ls_rows(&services));
+        Ok(())
     }
-}
-
-async fn ls(target: &Target) -> anyhow::Result<()> {
-    let client = Client::connect(target)?;
-    let services: Vec<ServiceInfo> = client.get_json("/v1/services").await?;
-    if target.json {
-        return print_json(&services);
-    }
-    if services.is_empty() {
-        println!("No services deployed. Deploy one with `doppel deploy FILE.wasm --name NAME`.");
-        return Ok(());
-    }
-    print_table(&ls_rows(&services));
-    Ok(())
 }
 
 /// The table `doppel ls` prints.

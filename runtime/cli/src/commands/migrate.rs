@@ -25,42 +25,35 @@ pub struct Migrate {
 
 impl Migrate {
     pub async fn run(self) -> anyhow::Result<()> {
-        migrate(&self.target, &self.name, &self.to, self.from).await
-    }
-}
-
-async fn migrate(
-    target: &Target,
-    name: &str,
-    to: &str,
-    from: Option<String>,
-) -> anyhow::Result<()> {
-    let client = Client::connect(target)?;
-    let path = format!("/v1/services/{}/migrate", segment(name));
-    let request = MigrateRequest {
-        to: to.to_string(),
-        from,
-    };
-    let response = client
-        .send(client.request(Method::POST, &path).json(&request))
-        .await
-        .with_context(|| format!("{name} was not moved"))?;
-    let failed = || format!("{name} was not moved");
-    let Some((done, lines)) = finish(response, target.json, failed).await? else {
-        return Ok(());
-    };
-    println!("{done}");
-    for line in &lines {
-        if let Progress::Moved(r) = line {
-            println!(
-                "  target ready in {} ms; switched in {} ms; {} finished its {} request(s) in {} ms",
-                r.warm_ms, r.switch_ms, r.from, r.finished, r.drain_ms
-            );
-            println!(
-                "  {} forwarded {} request(s) to {} meanwhile; {} failed",
-                r.from, r.forwarded, r.to, r.errors
-            );
+        let (target, name, to) = (&self.target, self.name.as_str(), self.to.as_str());
+        let from = self.from.clone();
+        let client = Client::connect(target)?;
+        let path = format!("/v1/services/{}/migrate", segment(name));
+        let request = MigrateRequest {
+            to: to.to_string(),
+            from,
+        };
+        let response = client
+            .send(client.request(Method::POST, &path).json(&request))
+            .await
+            .with_context(|| format!("{name} was not moved"))?;
+        let failed = || format!("{name} was not moved");
+        let Some((done, lines)) = finish(response, target.json, failed).await? else {
+            return Ok(());
+        };
+        println!("{done}");
+        for line in &lines {
+            if let Progress::Moved(r) = line {
+                println!(
+                    "  target ready in {} ms; switched in {} ms; {} finished its {} request(s) in {} ms",
+                    r.warm_ms, r.switch_ms, r.from, r.finished, r.drain_ms
+                );
+                println!(
+                    "  {} forwarded {} request(s) to {} meanwhile; {} failed",
+                    r.from, r.forwarded, r.to, r.errors
+                );
+            }
         }
+        Ok(())
     }
-    Ok(())
 }

@@ -22,26 +22,23 @@ pub struct Rm {
 
 impl Rm {
     pub async fn run(self) -> anyhow::Result<()> {
-        rm(&self.target, &self.name, self.purge).await
+        let (target, name, purge) = (&self.target, self.name.as_str(), self.purge);
+        let client = Client::connect(target)?;
+        let path = format!("/v1/services/{}?purge={purge}", segment(name));
+        let removed: ServiceInfo = client.call_json(Method::DELETE, &path).await?;
+        if target.json {
+            return print_json(&removed);
+        }
+        if purge {
+            println!("Removed {} and deleted its data.", removed.name);
+        } else {
+            println!(
+                "Removed {}. Its data ({}) is kept; deploy the name again to use it, or `doppel rm {} --purge` to delete it.",
+                removed.name,
+                removed.storage_bytes.map_or_else(|| "?".into(), human_size),
+                removed.name
+            );
+        }
+        Ok(())
     }
-}
-
-async fn rm(target: &Target, name: &str, purge: bool) -> anyhow::Result<()> {
-    let client = Client::connect(target)?;
-    let path = format!("/v1/services/{}?purge={purge}", segment(name));
-    let removed: ServiceInfo = client.call_json(Method::DELETE, &path).await?;
-    if target.json {
-        return print_json(&removed);
-    }
-    if purge {
-        println!("Removed {} and deleted its data.", removed.name);
-    } else {
-        println!(
-            "Removed {}. Its data ({}) is kept; deploy the name again to use it, or `doppel rm {} --purge` to delete it.",
-            removed.name,
-            removed.storage_bytes.map_or_else(|| "?".into(), human_size),
-            removed.name
-        );
-    }
-    Ok(())
 }

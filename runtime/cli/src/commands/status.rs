@@ -15,102 +15,101 @@ pub struct Status {
 
 impl Status {
     pub async fn run(self) -> anyhow::Result<()> {
-        status(&self.target).await
-    }
-}
-
-async fn status(target: &Target) -> anyhow::Result<()> {
-    let client = Client::connect(target)?;
-    let cluster: ClusterInfo = client.get_json("/v1/cluster").await?;
-    let services: Vec<ServiceInfo> = client.get_json("/v1/services").await?;
-    if target.json {
-        return print_json(&serde_json::json!({ "cluster": cluster, "services": services }));
-    }
-    let mut rows = vec![[
-        "HOST".to_string(),
-        "ROLE".into(),
-        "HEALTH".into(),
-        "BEHIND".into(),
-        "ADMIN".into(),
-        "SERVICE TRAFFIC".into(),
-        "LABELS".into(),
-    ]];
-    for h in &cluster.hosts {
-        let mark = if h.this { " *" } else { "" };
-        rows.push([
-            format!("{}{mark}", h.name),
-            h.role.clone(),
-            if h.drained {
-                format!("{}, drained", h.health)
-            } else {
-                h.health.clone()
-            },
-            h.behind.map_or_else(|| "?".into(), |b| b.to_string()),
-            h.admin.clone(),
-            h.listen.clone().unwrap_or_else(|| "-".into()),
-            h.labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(","),
-        ]);
-    }
-    print_table(&rows);
-    let leader = cluster.leader.is_some();
-    println!(
-        "{} host(s), term {}, leader lease {} ms{}  (* = the host that answered)",
-        cluster.hosts.len(),
-        cluster.term,
-        cluster.lease_ms,
-        if leader {
-            ""
-        } else {
-            "; NO LEADER: writes are refused until a majority is back"
+        let target = &self.target;
+        let client = Client::connect(target)?;
+        let cluster: ClusterInfo = client.get_json("/v1/cluster").await?;
+        let services: Vec<ServiceInfo> = client.get_json("/v1/services").await?;
+        if target.json {
+            return print_json(&serde_json::json!({ "cluster": cluster, "services": services }));
         }
-    );
-    println!();
-    if services.is_empty() {
-        println!("No services deployed. Deploy one with `doppel deploy FILE.wasm --name NAME`.");
-    } else {
         let mut rows = vec![[
-            "SERVICE".to_string(),
-            "VERSION".into(),
-            "ACTIVE ON".into(),
-            "EPOCH".into(),
-            "RULES".into(),
-            "REQUESTS HERE".into(),
-            "ERRORS HERE".into(),
+            "HOST".to_string(),
+            "ROLE".into(),
+            "HEALTH".into(),
+            "BEHIND".into(),
+            "ADMIN".into(),
+            "SERVICE TRAFFIC".into(),
+            "LABELS".into(),
         ]];
-        for s in &services {
+        for h in &cluster.hosts {
+            let mark = if h.this { " *" } else { "" };
             rows.push([
-                s.name.clone(),
-                s.version.to_string(),
-                match (s.active.is_empty(), s.leaving.is_empty()) {
-                    (true, _) => "NONE".into(),
-                    (false, true) => s.active.join(", "),
-                    (false, false) => {
-                        format!(
-                            "{} (leaving: {})",
-                            s.active.join(", "),
-                            s.leaving.join(", ")
-                        )
-                    }
+                format!("{}{mark}", h.name),
+                h.role.clone(),
+                if h.drained {
+                    format!("{}, drained", h.health)
+                } else {
+                    h.health.clone()
                 },
-                s.epoch.to_string(),
-                s.placement.to_string(),
-                s.requests.to_string(),
-                s.errors.to_string(),
+                h.behind.map_or_else(|| "?".into(), |b| b.to_string()),
+                h.admin.clone(),
+                h.listen.clone().unwrap_or_else(|| "-".into()),
+                h.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
             ]);
         }
         print_table(&rows);
-        for s in services.iter().filter(|s| s.unmet.is_some()) {
+        let leader = cluster.leader.is_some();
+        println!(
+            "{} host(s), term {}, leader lease {} ms{}  (* = the host that answered)",
+            cluster.hosts.len(),
+            cluster.term,
+            cluster.lease_ms,
+            if leader {
+                ""
+            } else {
+                "; NO LEADER: writes are refused until a majority is back"
+            }
+        );
+        println!();
+        if services.is_empty() {
             println!(
-                "{}: placement rules not met: {}",
-                s.name,
-                s.unmet.clone().unwrap_or_default()
+                "No services deployed. Deploy one with `doppel deploy FILE.wasm --name NAME`."
             );
+        } else {
+            let mut rows = vec![[
+                "SERVICE".to_string(),
+                "VERSION".into(),
+                "ACTIVE ON".into(),
+                "EPOCH".into(),
+                "RULES".into(),
+                "REQUESTS HERE".into(),
+                "ERRORS HERE".into(),
+            ]];
+            for s in &services {
+                rows.push([
+                    s.name.clone(),
+                    s.version.to_string(),
+                    match (s.active.is_empty(), s.leaving.is_empty()) {
+                        (true, _) => "NONE".into(),
+                        (false, true) => s.active.join(", "),
+                        (false, false) => {
+                            format!(
+                                "{} (leaving: {})",
+                                s.active.join(", "),
+                                s.leaving.join(", ")
+                            )
+                        }
+                    },
+                    s.epoch.to_string(),
+                    s.placement.to_string(),
+                    s.requests.to_string(),
+                    s.errors.to_string(),
+                ]);
+            }
+            print_table(&rows);
+            for s in services.iter().filter(|s| s.unmet.is_some()) {
+                println!(
+                    "{}: placement rules not met: {}",
+                    s.name,
+                    s.unmet.clone().unwrap_or_default()
+                );
+            }
+            println!("Hosts a service is not active on forward its requests to one that is.");
         }
-        println!("Hosts a service is not active on forward its requests to one that is.");
+        Ok(())
     }
-    Ok(())
 }

@@ -18,21 +18,18 @@ pub struct Undrain {
 
 impl Undrain {
     pub async fn run(self) -> anyhow::Result<()> {
-        undrain(&self.target, &self.host).await
+        let (target, host) = (&self.target, self.host.as_str());
+        let client = Client::connect(target)?;
+        let path = format!("/v1/hosts/{}/undrain", segment(host));
+        let status: HostStatus = client.call_json(Method::POST, &path).await?;
+        if target.json {
+            return print_json(&status);
+        }
+        println!(
+            "{} is no longer drained: services may be placed on it again (none moves back by itself; \
+             use `doppel migrate`)",
+            status.name
+        );
+        Ok(())
     }
-}
-
-async fn undrain(target: &Target, host: &str) -> anyhow::Result<()> {
-    let client = Client::connect(target)?;
-    let path = format!("/v1/hosts/{}/undrain", segment(host));
-    let status: HostStatus = client.call_json(Method::POST, &path).await?;
-    if target.json {
-        return print_json(&status);
-    }
-    println!(
-        "{} is no longer drained: services may be placed on it again (none moves back by itself; \
-         use `doppel migrate`)",
-        status.name
-    );
-    Ok(())
 }

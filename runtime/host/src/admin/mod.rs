@@ -53,9 +53,10 @@ impl IntoResponse for AdminError {
 impl From<DeployError> for AdminError {
     fn from(e: DeployError) -> Self {
         let status = match &e {
-            DeployError::BadName(_) | DeployError::Module(_) | DeployError::BadLimit(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            DeployError::BadName(_)
+            | DeployError::Module(_)
+            | DeployError::BadLimit(_)
+            | DeployError::BadDigest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::NoModule(_) | DeployError::NoService(_) => StatusCode::NOT_FOUND,
             DeployError::Conflict(_) => StatusCode::CONFLICT,
             DeployError::Store(StoreError::Rejected(_)) => StatusCode::UNPROCESSABLE_ENTITY,
