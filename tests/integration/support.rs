@@ -21,8 +21,13 @@ pub struct Host {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The `doppel` binary cargo built for these tests, or `DOPPEL_BIN` when set: benchmarks that
+/// compare two builds alternate between them with it.
 pub fn doppel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_doppel"))
+    match std::env::var_os("DOPPEL_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_doppel")),
+    }
 }
 
 /// `doppel host` on `data` and ports the kernel chooses, to be spawned by hand (for tests that

@@ -141,7 +141,33 @@ impl Asked<'_> {
     }
 }
 
+/// A request that carries this header (any value) is answered with [`SERVED_BY`]: for tracing a
+/// request through a cluster (which host answered it), as the stress harness of planned moves
+/// does. Forwarded requests carry it on, like every header.
+const TRACE: http::HeaderName = http::HeaderName::from_static("x-doppel-trace");
+/// The name of the host that answered a traced request (ran its guest, or gave up on it).
+const SERVED_BY: http::HeaderName = http::HeaderName::from_static("x-doppel-served-by");
+
 async fn route(
+    registry: &Registry,
+    forwarder: &reqwest::Client,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let traced = req.headers().contains_key(TRACE);
+    let mut response = answer(registry, forwarder, req).await;
+    // A forwarded request's answer names the host that answered it already.
+    if traced && !response.headers().contains_key(SERVED_BY) {
+        let name = registry
+            .placements()
+            .host_name(registry.placements().this());
+        if let Ok(name) = HeaderValue::from_str(&name) {
+            response.headers_mut().insert(SERVED_BY, name);
+        }
+    }
+    response
+}
+
+async fn answer(
     registry: &Registry,
     forwarder: &reqwest::Client,
     req: Request<Incoming>,
