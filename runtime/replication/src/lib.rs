@@ -37,6 +37,7 @@ mod replicated;
 mod state_machine;
 mod transport;
 mod types;
+mod write_gate;
 
 pub use liveness::{LiveView, Liveness};
 pub use log_store::LogStore;
@@ -49,3 +50,4 @@ pub use replicated::ReplicatedStore;
 pub use state_machine::StateMachine;
 pub use transport::{HostRoute, LEASE_HEADER, PeerClient, PeerError, PeerServer, causes};
 pub use types::{Batch, LogReach, NodeId, Response, StorageError, TypeConfig};
+pub use write_gate::WriteGate;

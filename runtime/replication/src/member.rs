@@ -295,6 +295,7 @@ impl Member {
         peer_router(
             self.store.raft().clone(),
             self.store.log().clone(),
+            self.store.gate().clone(),
             &self.acceptor,
             host_routes,
         )

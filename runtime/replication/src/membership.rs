@@ -9,6 +9,7 @@ use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{NodeId, TypeConfig};
+use crate::write_gate::WriteGate;
 
 /// A host asking to join: its id and the address its peers reach it at.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,8 +61,26 @@ pub(crate) async fn add_member(raft: &Raft<TypeConfig>, req: JoinRequest) -> Res
     Ok(())
 }
 
-/// Removes `id` from the cluster for good.
-pub(crate) async fn remove_member(raft: &Raft<TypeConfig>, id: NodeId) -> Result<(), Refusal> {
+/// Removes `id` from the cluster for good. When that is this node and it leads, its `gate` is
+/// closed first: no write is proposed behind its removal.
+pub(crate) async fn remove_member(
+    raft: &Raft<TypeConfig>,
+    gate: &WriteGate,
+    id: NodeId,
+) -> Result<(), Refusal> {
+    let metrics = raft.metrics().borrow().clone();
+    let itself = id == metrics.id && metrics.state == ServerState::Leader;
+    if itself {
+        gate.close().await;
+    }
+    let removed = change_to_remove(raft, id).await;
+    if itself && removed.is_err() {
+        gate.reopen().await;
+    }
+    removed
+}
+
+async fn change_to_remove(raft: &Raft<TypeConfig>, id: NodeId) -> Result<(), Refusal> {
     let metrics = raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership().clone();
     let change = if membership.voter_ids().any(|v| v == id) {

@@ -7,6 +7,7 @@ use crate::raft_network::Network;
 use crate::state_machine::StateMachine;
 use crate::transport::PeerClient;
 use crate::types::{NodeId, TypeConfig};
+use crate::write_gate::WriteGate;
 
 /// How long a voter refuses to vote for anyone after its last heartbeat from a live leader, by
 /// default: openraft 0.9's leader lease, which it takes from `election_timeout_max`. No leader can
@@ -42,6 +43,8 @@ pub struct Node {
     pub state: StateMachine,
     /// The log, for how far it reaches (liveness probes answer it).
     pub log: LogStore,
+    /// Closed when this node, leading, removes itself ([`WriteGate`]).
+    pub gate: WriteGate,
 }
 
 /// Starts raft node `id` with its log and state machine in `dir`, talking to peers through
@@ -100,6 +103,11 @@ impl Storage {
         let Storage { log, state } = self;
         let network = Network::new(peers, lease);
         let raft = openraft::Raft::new(id, config, network, log.clone(), state.clone()).await?;
-        Ok(Node { raft, state, log })
+        Ok(Node {
+            raft,
+            state,
+            log,
+            gate: WriteGate::default(),
+        })
     }
 }

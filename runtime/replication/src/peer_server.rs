@@ -18,28 +18,32 @@ use serde::de::DeserializeOwned;
 use crate::log_store::LogStore;
 use crate::membership::{self, JoinRequest};
 use crate::raft_network::LEASE_WARNING_EVERY;
-use crate::transport::{PeerServer, RaftRoute, named_lease, raft_route_of};
+use crate::transport::{LEAVING, PeerServer, RaftRoute, named_lease, raft_route_of};
 use crate::types::{Batch, NodeId, TypeConfig};
+use crate::write_gate::WriteGate;
 
 #[derive(Clone)]
 struct Server {
     raft: Raft<TypeConfig>,
     log: LogStore,
+    gate: WriteGate,
     /// When a message refused over different leases was last logged.
     lease_warned: Arc<Mutex<Option<Instant>>>,
 }
 
-/// Every peer route of a host: raft's, for the node `raft` whose log is `log`, and the host's
-/// own `host` routes, behind `acceptor`'s authentication.
+/// Every peer route of a host: raft's, for the node `raft` whose log is `log` and whose writes
+/// pass `gate`, and the host's own `host` routes, behind `acceptor`'s authentication.
 pub fn peer_router(
     raft: Raft<TypeConfig>,
     log: LogStore,
+    gate: WriteGate,
     acceptor: &PeerServer,
     host: axum::Router,
 ) -> axum::Router {
     let server = Server {
         raft,
         log,
+        gate,
         lease_warned: Arc::default(),
     };
     let mut routes = axum::Router::new();
@@ -138,8 +142,16 @@ async fn snapshot(State(s): State<Server>, body: Bytes) -> Response {
 }
 
 /// A batch of writes forwarded by a follower: the leader proposes it as one entry and answers
-/// with each command's outcome.
+/// with each command's outcome. A leader removing itself proposes nothing more and answers
+/// [`LEAVING`]: the follower asks the next leader.
 async fn write(State(s): State<Server>, body: Bytes) -> Response {
+    let Some(_pass) = s.gate.pass().await else {
+        return (
+            LEAVING,
+            "this host is leaving the cluster and proposes no more writes; ask the next leader",
+        )
+            .into_response();
+    };
     serve(&body, |batch: Batch| async move {
         s.raft
             .client_write(batch)
@@ -180,7 +192,7 @@ async fn join(State(s): State<Server>, body: Bytes) -> Response {
 /// A removal forwarded by a follower's admin API.
 async fn remove(State(s): State<Server>, body: Bytes) -> Response {
     serve(&body, |id: NodeId| async move {
-        membership::remove_member(&s.raft, id).await
+        membership::remove_member(&s.raft, &s.gate, id).await
     })
     .await
 }

@@ -17,8 +17,9 @@ use crate::membership::{self, ClusterStatus, JoinRequest, Refusal};
 use crate::node::Node;
 use crate::read_index::confirmed_read_index;
 use crate::state_machine::StateMachine;
-use crate::transport::{PeerClient, RaftRoute, causes};
+use crate::transport::{LEAVING, PeerClient, RaftRoute, causes};
 use crate::types::{NodeId, Response, TypeConfig};
+use crate::write_gate::WriteGate;
 
 /// Most commands packed into one raft entry, and most bytes of keys and values.
 const MAX_BATCH: usize = 512;
@@ -40,6 +41,8 @@ pub struct ReplicatedStore {
 /// What the store and its batcher share.
 struct Core {
     raft: Raft<TypeConfig>,
+    /// Closed when this host, leading, removes itself: then its writes go to the next leader.
+    gate: WriteGate,
     state: StateMachine,
     log: LogStore,
     peers: PeerClient,
@@ -71,9 +74,15 @@ impl ReplicatedStore {
     /// A store over the raft `node`, asking the leader through `peers`.
     /// Must be called within a tokio runtime: it starts the task that batches writes.
     pub fn new(node: Node, peers: PeerClient) -> ReplicatedStore {
-        let Node { raft, state, log } = node;
+        let Node {
+            raft,
+            state,
+            log,
+            gate,
+        } = node;
         let core = Arc::new(Core {
             raft,
+            gate,
             state,
             log,
             peers,
@@ -101,6 +110,11 @@ impl ReplicatedStore {
     /// The raft log of this host.
     pub(crate) fn log(&self) -> &LogStore {
         &self.core.log
+    }
+
+    /// The gate this host's writes pass while it leads.
+    pub(crate) fn gate(&self) -> &WriteGate {
+        &self.core.gate
     }
 
     /// The state machine (the applied state).
@@ -190,7 +204,7 @@ impl ReplicatedStore {
 
     /// Removes host `id` from the cluster for good (through the leader).
     pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
-        let here = membership::remove_member(&self.core.raft, id).await;
+        let here = membership::remove_member(&self.core.raft, &self.core.gate, id).await;
         self.or_through_leader(here, RaftRoute::Remove, &id).await
     }
 
@@ -291,6 +305,14 @@ impl Core {
                 .send()
                 .await;
             match sent {
+                // A leader removing itself proposed nothing: ask whoever leads next.
+                Ok(response)
+                    if response.status() == LEAVING
+                        && Instant::now() + ASK_AGAIN_AFTER < deadline =>
+                {
+                    tracing::debug!(leader, "the leader is leaving the cluster; asking again");
+                    tokio::time::sleep(ASK_AGAIN_AFTER).await;
+                }
                 Ok(response) => break (leader, response),
                 // Not even connected, so nothing was sent: the leader's process is gone (killed,
                 // restarting) and this host has not heard of the next one yet. Ask whoever leads
@@ -331,13 +353,18 @@ impl Core {
             batch.into_iter().map(|p| (p.command, p.answer)).unzip();
         let written = async {
             // Keep a copy for forwarding: the leader may change between asking and proposing.
-            match self.raft.client_write(commands.clone()).await {
-                Ok(written) => Ok(written.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            let here = match self.gate.pass().await {
+                // Held until the entry is proposed and answered: a removal of this leader waits.
+                Some(_pass) => Some(self.raft.client_write(commands.clone()).await),
+                None => None,
+            };
+            match here {
+                Some(Ok(written)) => Ok(written.data),
+                Some(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) | None => {
                     self.ask_leader::<_, Vec<Response>>(RaftRoute::Write, &commands)
                         .await
                 }
-                Err(e) => Err(unavailable(e)),
+                Some(Err(e)) => Err(unavailable(e)),
             }
         };
         let result = tokio::time::timeout(self.timeout(), written)

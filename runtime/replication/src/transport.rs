@@ -20,6 +20,10 @@ use serde::de::DeserializeOwned;
 /// Largest peer request accepted (an append carrying a module upload, a snapshot chunk).
 pub(crate) const MAX_RPC: usize = 256 << 20;
 
+/// The status of a forwarded write a leader refused without proposing it, because it is removing
+/// itself from the cluster: safe to send again, to the next leader.
+pub(crate) const LEAVING: StatusCode = StatusCode::MISDIRECTED_REQUEST;
+
 /// The header in which a vote, append or snapshot names its sender's leader lease, in ms.
 pub const LEASE_HEADER: &str = "x-doppel-lease-ms";
 

@@ -15,6 +15,7 @@ struct Node {
     raft: Raft<TypeConfig>,
     state: StateMachine,
     log: doppel_replication::LogStore,
+    gate: doppel_replication::WriteGate,
     addr: std::net::SocketAddr,
     server: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -26,15 +27,20 @@ async fn node(id: u64) -> Node {
 
 async fn node_with(id: u64, config: openraft::Config) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let doppel_replication::Node { raft, state, log } =
-        doppel_replication::start_with(id, dir.path(), PeerClient::new(SECRET), config)
-            .await
-            .unwrap();
+    let doppel_replication::Node {
+        raft,
+        state,
+        log,
+        gate,
+    } = doppel_replication::start_with(id, dir.path(), PeerClient::new(SECRET), config)
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = doppel_replication::peer_router(
         raft.clone(),
         log.clone(),
+        gate.clone(),
         &PeerServer::new(SECRET),
         axum::Router::new(),
     );
@@ -46,6 +52,7 @@ async fn node_with(id: u64, config: openraft::Config) -> Node {
         raft,
         state,
         log,
+        gate,
         addr,
         server,
         _dir: dir,
@@ -291,6 +298,7 @@ fn store(n: &Node) -> doppel_replication::ReplicatedStore {
         raft: n.raft.clone(),
         state: n.state.clone(),
         log: n.log.clone(),
+        gate: n.gate.clone(),
     };
     doppel_replication::ReplicatedStore::new(node, PeerClient::new(SECRET))
 }
@@ -405,4 +413,68 @@ async fn concurrent_writes_share_entries_and_all_count() {
     );
     let entries = leader_node.log.reach().index - before;
     assert!(entries < 20, "200 writes took {entries} entries");
+}
+
+/// A leader that removes itself proposes no write behind its removal: followers' writes in
+/// flight all along are answered (by it before the change, by the next leader after), none
+/// fails. Before the leader closed its write gate, a write it proposed after appending its
+/// removal was committed by the next leader but never answered by it: the follower waited out
+/// the store's timeout and failed the write ("leader … unreachable: operation timed out").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_removing_itself_fails_no_write_forwarded_to_it() {
+    use doppel_store::Store as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let nodes = [node(1).await, node(2).await, node(3).await];
+    let members: BTreeMap<u64, BasicNode> = nodes
+        .iter()
+        .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
+        .collect();
+    nodes[0].raft.initialize(members).await.unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    let first = leader(&all, None).await;
+    let old = nodes.iter().find(|n| n.id == first).unwrap();
+    let follower = nodes.iter().find(|n| n.id != first).unwrap();
+    let through = Arc::new(store(follower).with_timeout(Duration::from_secs(3)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (through, stop) = (through.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match through.apply(put(&format!("w{w}-{i}"), "v")).await {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    // Writes are flowing through the follower to the leader; then the leader removes itself.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store(old).remove_member(first).await.unwrap();
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != first).collect();
+    leader(&survivors, Some(first)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for w in writers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 100, "only {ok} writes went through");
+    assert!(
+        failed.is_empty(),
+        "{} of {} writes failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
 }
