@@ -435,12 +435,16 @@ async fn a_leader_removing_itself_fails_no_write_forwarded_to_it() {
     let all: Vec<&Node> = nodes.iter().collect();
     let first = leader(&all, None).await;
     let old = nodes.iter().find(|n| n.id == first).unwrap();
-    let follower = nodes.iter().find(|n| n.id != first).unwrap();
-    let through = Arc::new(store(follower).with_timeout(Duration::from_secs(3)));
+    // Writes through both followers, so that some reach the leader at every moment.
+    let through: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.id != first)
+        .map(|n| Arc::new(store(n).with_timeout(Duration::from_secs(3))))
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..16)
         .map(|w| {
-            let (through, stop) = (through.clone(), stop.clone());
+            let (through, stop) = (through[w % 2].clone(), stop.clone());
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0, Vec::new());
                 for i in 0.. {
