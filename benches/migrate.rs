@@ -12,6 +12,7 @@
 //! Run: `cargo bench -p doppel --bench migrate` (`MIGRATE_TRIALS=N`, default 30;
 //! `DRAIN_TRIALS=N`, default 5).
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/integration/support.rs"]
 mod support;
@@ -20,18 +21,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::env_number as env;
 use support::{Host, cluster, name};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// One request of the load: when it started, how long it took, whether it succeeded.

@@ -18,6 +18,7 @@
 //! Run: `cargo bench -p doppel --bench moves` (`MOVES_MIGRATIONS=N`, default 200;
 //! `MOVES_DRAINS=N`, default 20; `MOVES_REMOVALS=N`, default 5).
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/integration/support.rs"]
 mod support;
@@ -28,14 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::env_number as env;
 use support::{Host, cluster_each, doppel, eventually, leader, name};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One request of the load.
 #[derive(Clone, Debug)]

@@ -91,6 +91,17 @@ async fn leader(nodes: &[&Node], not: Option<u64>) -> u64 {
     panic!("no leader was elected");
 }
 
+/// Three nodes on loopback, made one cluster (a leader is being elected when this returns).
+async fn three_nodes() -> [Node; 3] {
+    let nodes = [node(1).await, node(2).await, node(3).await];
+    let members: BTreeMap<u64, BasicNode> = nodes
+        .iter()
+        .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
+        .collect();
+    nodes[0].raft.initialize(members).await.unwrap();
+    nodes
+}
+
 async fn write_and_check(nodes: &[&Node], leader: u64, key: &str) {
     let leader = nodes.iter().find(|n| n.id == leader).unwrap();
     let response = leader
@@ -117,12 +128,7 @@ async fn write_and_check(nodes: &[&Node], leader: u64, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_replicate_and_survive_the_loss_of_the_leader() {
-    let nodes = [node(1).await, node(2).await, node(3).await];
-    let members: BTreeMap<u64, BasicNode> = nodes
-        .iter()
-        .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
-        .collect();
-    nodes[0].raft.initialize(members).await.unwrap();
+    let nodes = three_nodes().await;
     let all: Vec<&Node> = nodes.iter().collect();
     let first = leader(&all, None).await;
     write_and_check(&all, first, "before").await;
@@ -426,12 +432,7 @@ async fn a_leader_removing_itself_fails_no_write_forwarded_to_it() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let nodes = [node(1).await, node(2).await, node(3).await];
-    let members: BTreeMap<u64, BasicNode> = nodes
-        .iter()
-        .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
-        .collect();
-    nodes[0].raft.initialize(members).await.unwrap();
+    let nodes = three_nodes().await;
     let all: Vec<&Node> = nodes.iter().collect();
     let first = leader(&all, None).await;
     let old = nodes.iter().find(|n| n.id == first).unwrap();
