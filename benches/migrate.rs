@@ -49,36 +49,27 @@ fn start_writers(hosts: &[Host], threads: usize) -> Writers {
     let stop = Arc::new(AtomicBool::new(false));
     let samples = Arc::new(Mutex::new(Vec::new()));
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let threads = (0..threads)
-        .map(|t| {
-            let (stop, samples, acked, urls) =
-                (stop.clone(), samples.clone(), acked.clone(), urls.clone());
-            std::thread::spawn(move || {
-                let client = reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .unwrap();
-                for i in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let key = format!("w{t}-{i}");
-                    let url = format!("{}/set?k={key}", urls[(t + i) % urls.len()]);
-                    let start = Instant::now();
-                    let ok = client
-                        .post(url)
-                        .body(key.clone())
-                        .send()
-                        .is_ok_and(|r| r.status().is_success());
-                    let ms = start.elapsed().as_secs_f64() * 1000.0;
-                    samples.lock().unwrap().push(Sample { start, ms, ok });
-                    if ok {
-                        acked.lock().unwrap().push(key);
-                    }
-                }
-            })
-        })
-        .collect();
+    let (all_samples, all_acked) = (samples.clone(), acked.clone());
+    let threads = support::writer_threads(
+        threads,
+        Duration::from_secs(10),
+        &stop,
+        move |client, t, i| {
+            let key = format!("w{t}-{i}");
+            let url = format!("{}/set?k={key}", urls[(t + i) % urls.len()]);
+            let start = Instant::now();
+            let ok = client
+                .post(url)
+                .body(key.clone())
+                .send()
+                .is_ok_and(|r| r.status().is_success());
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            all_samples.lock().unwrap().push(Sample { start, ms, ok });
+            if ok {
+                all_acked.lock().unwrap().push(key);
+            }
+        },
+    );
     Writers {
         stop,
         samples,

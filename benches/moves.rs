@@ -60,52 +60,43 @@ impl Writers {
             .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..threads)
-            .map(|t| {
-                let (stop, samples, targets) = (stop.clone(), samples.clone(), targets.clone());
-                std::thread::spawn(move || {
-                    let client = reqwest::blocking::Client::builder()
-                        .timeout(Duration::from_secs(10))
-                        .build()
-                        .unwrap();
-                    for i in 0.. {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let (entry, base) = &targets[(t + i) % targets.len()];
-                        let key = format!("{tag}-{t}-{i}");
-                        let start = Instant::now();
-                        let answer = client
-                            .post(format!("{base}/set?k={key}"))
-                            .header("x-doppel-trace", "1")
-                            .body(key)
-                            .send();
-                        let (failure, served_by) = match answer {
-                            Ok(r) => {
-                                let served_by = r
-                                    .headers()
-                                    .get("x-doppel-served-by")
-                                    .and_then(|v| v.to_str().ok())
-                                    .map(String::from);
-                                let status = r.status();
-                                let failure = (status != 200).then(|| {
-                                    format!("{status}: {}", r.text().unwrap_or_default().trim())
-                                });
-                                (failure, served_by)
-                            }
-                            Err(e) => (Some(format!("client error: {e:?}")), None),
-                        };
-                        samples.lock().unwrap().push(Sample {
-                            start,
-                            end: Instant::now(),
-                            entry: entry.clone(),
-                            failure,
-                            served_by,
-                        });
+        let all = samples.clone();
+        let threads = support::writer_threads(
+            threads,
+            Duration::from_secs(10),
+            &stop,
+            move |client, t, i| {
+                let (entry, base) = &targets[(t + i) % targets.len()];
+                let key = format!("{tag}-{t}-{i}");
+                let start = Instant::now();
+                let answer = client
+                    .post(format!("{base}/set?k={key}"))
+                    .header("x-doppel-trace", "1")
+                    .body(key)
+                    .send();
+                let (failure, served_by) = match answer {
+                    Ok(r) => {
+                        let served_by = r
+                            .headers()
+                            .get("x-doppel-served-by")
+                            .and_then(|v| v.to_str().ok())
+                            .map(String::from);
+                        let status = r.status();
+                        let failure = (status != 200)
+                            .then(|| format!("{status}: {}", r.text().unwrap_or_default().trim()));
+                        (failure, served_by)
                     }
-                })
-            })
-            .collect();
+                    Err(e) => (Some(format!("client error: {e:?}")), None),
+                };
+                all.lock().unwrap().push(Sample {
+                    start,
+                    end: Instant::now(),
+                    entry: entry.clone(),
+                    failure,
+                    served_by,
+                });
+            },
+        );
         Writers {
             stop,
             samples,

@@ -362,6 +362,34 @@ pub fn cluster_each(extra: &[&[&str]]) -> Vec<Host> {
     hosts
 }
 
+/// `threads` threads, each with its own HTTP client (`timeout` a request), calling
+/// `write(client, thread, i)` for i = 0, 1, … until `stop` is set.
+pub fn writer_threads(
+    threads: usize,
+    timeout: Duration,
+    stop: &Arc<AtomicBool>,
+    write: impl Fn(&reqwest::blocking::Client, usize, usize) + Send + Sync + 'static,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let write = Arc::new(write);
+    (0..threads)
+        .map(|t| {
+            let (stop, write) = (stop.clone(), write.clone());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(timeout)
+                    .build()
+                    .unwrap();
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    write(&client, t, i);
+                }
+            })
+        })
+        .collect()
+}
+
 /// Steady writes through a service's `/set` on several hosts, from several threads, counting
 /// what was acknowledged and what failed (any answer but 200, or no answer).
 pub struct Load {
@@ -383,43 +411,33 @@ impl Load {
             failed: Arc::default(),
             threads: Vec::new(),
         };
-        let threads = (0..threads)
-            .map(|t| {
-                let (stop, count) = (load.stop.clone(), load.count.clone());
-                let (acked, failed) = (load.acked.clone(), load.failed.clone());
-                let bases = bases.to_vec();
-                let tag = tag.to_string();
-                std::thread::spawn(move || {
-                    let client = reqwest::blocking::Client::builder()
-                        .timeout(Duration::from_secs(30))
-                        .build()
-                        .unwrap();
-                    for i in 0.. {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let key = format!("{tag}-t{t}-{i}");
-                        let base = &bases[(t + i) % bases.len()];
-                        let answer = client
-                            .post(format!("{base}/set?k={key}"))
-                            .body(key.clone())
-                            .send();
-                        match answer {
-                            Ok(r) if r.status().as_u16() == 200 => {
-                                acked.lock().unwrap().push((base.clone(), key));
-                                count.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => failed.lock().unwrap().push(format!(
-                                "{base} {key}: {} {}",
-                                r.status(),
-                                r.text().unwrap_or_default()
-                            )),
-                            Err(e) => failed.lock().unwrap().push(format!("{base} {key}: {e}")),
-                        }
+        let (count, acked, failed) = (load.count.clone(), load.acked.clone(), load.failed.clone());
+        let (bases, tag) = (bases.to_vec(), tag.to_string());
+        let threads = writer_threads(
+            threads,
+            Duration::from_secs(30),
+            &load.stop,
+            move |client, t, i| {
+                let key = format!("{tag}-t{t}-{i}");
+                let base = &bases[(t + i) % bases.len()];
+                let answer = client
+                    .post(format!("{base}/set?k={key}"))
+                    .body(key.clone())
+                    .send();
+                match answer {
+                    Ok(r) if r.status().as_u16() == 200 => {
+                        acked.lock().unwrap().push((base.clone(), key));
+                        count.fetch_add(1, Ordering::Relaxed);
                     }
-                })
-            })
-            .collect();
+                    Ok(r) => failed.lock().unwrap().push(format!(
+                        "{base} {key}: {} {}",
+                        r.status(),
+                        r.text().unwrap_or_default()
+                    )),
+                    Err(e) => failed.lock().unwrap().push(format!("{base} {key}: {e}")),
+                }
+            },
+        );
         Load { threads, ..load }
     }
 
