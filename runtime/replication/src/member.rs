@@ -196,7 +196,7 @@ fn ms(d: Duration) -> u64 {
 /// This host as a member of its cluster.
 pub struct Member {
     data_dir: PathBuf,
-    identity: Mutex<Identity>,
+    identity: Identity,
     first_start: bool,
     join: Option<JoinTarget>,
     lease: Duration,
@@ -279,7 +279,7 @@ impl Member {
         Ok(Member {
             data_dir: data.clone(),
             acceptor: PeerServer::new(&identity.secret),
-            identity: Mutex::new(identity),
+            identity,
             first_start,
             join: config.join,
             lease,
@@ -329,12 +329,7 @@ impl Member {
                 false
             }
         };
-        let identity = self
-            .identity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        save_identity(&self.data_dir, &identity)?;
+        save_identity(&self.data_dir, &self.identity)?;
         Ok(joined)
     }
 
@@ -350,7 +345,7 @@ impl Member {
 
     /// This host's id.
     pub fn id(&self) -> NodeId {
-        self.identity.lock().unwrap_or_else(|e| e.into_inner()).id
+        self.identity.id
     }
 
     /// Whether this start made the data directory a member (it was not one before).
@@ -360,11 +355,7 @@ impl Member {
 
     /// The token another host joins with (`doppel cluster token`).
     pub fn join_token(&self) -> String {
-        self.identity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .secret
-            .clone()
+        self.identity.secret.clone()
     }
 
     /// The cluster's leader lease.
