@@ -17,7 +17,7 @@ use crate::membership::{self, ClusterStatus, JoinRequest, Refusal};
 use crate::node::Node;
 use crate::read_index::confirmed_read_index;
 use crate::state_machine::StateMachine;
-use crate::transport::{LEAVING, PeerClient, RaftRoute, causes};
+use crate::transport::{LEAVING, PeerClient, PeerError, RaftRoute};
 use crate::types::{NodeId, Response, TypeConfig};
 use crate::write_gate::WriteGate;
 
@@ -295,54 +295,34 @@ impl Core {
             postcard::to_stdvec(req).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         );
         let deadline = Instant::now() + self.timeout();
-        let (leader, response) = loop {
+        let answer = loop {
             let (leader, addr) = self.leader_addr().await?;
-            let sent = self
-                .peers
-                .raft(&addr, route)
-                .timeout(self.timeout())
-                .body(body.clone())
-                .send()
-                .await;
-            match sent {
+            let asked =
+                self.peers
+                    .ask::<Result<T, E>>(&addr, route, body.clone(), Some(self.timeout()));
+            let asked = asked.await;
+            let again = Instant::now() + ASK_AGAIN_AFTER < deadline;
+            match asked {
+                Ok(answer) => break answer,
                 // A leader removing itself proposed nothing: ask whoever leads next.
-                Ok(response)
-                    if response.status() == LEAVING
-                        && Instant::now() + ASK_AGAIN_AFTER < deadline =>
-                {
+                Err(PeerError::Status { status, .. }) if status == LEAVING && again => {
                     tracing::debug!(leader, "the leader is leaving the cluster; asking again");
-                    tokio::time::sleep(ASK_AGAIN_AFTER).await;
                 }
-                Ok(response) => break (leader, response),
                 // Not even connected, so nothing was sent: the leader's process is gone (killed,
                 // restarting) and this host has not heard of the next one yet. Ask whoever leads
                 // once one is known rather than failing every write of the election. Anything
                 // else (a reset mid-request, a timeout) may have reached the leader and is not
                 // repeated: a write sent twice could count twice.
-                Err(e) if e.is_connect() && Instant::now() + ASK_AGAIN_AFTER < deadline => {
-                    tracing::debug!(leader, error = %causes(&e), "leader unreachable; asking again");
-                    tokio::time::sleep(ASK_AGAIN_AFTER).await;
+                Err(PeerError::Unreachable(why)) if again => {
+                    tracing::debug!(leader, error = %why, "leader unreachable; asking again");
                 }
-                Err(e) => {
-                    return Err(unavailable(format!(
-                        "leader {leader} unreachable: {}",
-                        causes(&e)
-                    )));
+                Err(e @ (PeerError::Unreachable(_) | PeerError::Broken(_))) => {
+                    return Err(unavailable(format!("leader {leader} unreachable: {e}")));
                 }
+                Err(e) => return Err(unavailable(format!("leader {leader}: {e}"))),
             }
+            tokio::time::sleep(ASK_AGAIN_AFTER).await;
         };
-        if !response.status().is_success() {
-            return Err(unavailable(format!(
-                "leader {leader} answered {}",
-                response.status()
-            )));
-        }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let answer: Result<T, E> =
-            postcard::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         answer.map_err(unavailable)
     }
 
