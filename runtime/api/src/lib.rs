@@ -371,6 +371,33 @@ pub struct ClusterInfo {
     pub hosts: Vec<HostStatus>,
 }
 
+/// `POST /v1/hosts/invitations`: invite a host to join.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InviteRequest {
+    /// The name the host will have.
+    pub name: String,
+    /// The labels it will carry (bound into its certificate).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Seconds until the invitation expires.
+    pub expires_secs: u64,
+}
+
+/// The answer: the one-time token to start the host with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InvitationAnswer {
+    /// The host's name.
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// `doppel host --join PEER --token TOKEN`: good for one join.
+    pub token: String,
+    /// Peer addresses of the cluster's members, any of which the host may join through.
+    pub peers: Vec<String>,
+    /// Seconds until it expires.
+    pub expires_secs: u64,
+}
+
 /// One member of the cluster.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostStatus {

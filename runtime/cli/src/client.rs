@@ -10,12 +10,17 @@ use reqwest::{Method, RequestBuilder, Response};
 /// Flags every client command shares.
 #[derive(Args, Debug, Clone)]
 pub struct Target {
-    /// Admin API of the host to talk to, e.g. http://10.0.0.5:8081.
+    /// Admin API of the host to talk to, e.g. https://10.0.0.5:8081.
     #[arg(long, env = "DOPPEL_ADMIN", global = true)]
     pub admin: Option<String>,
-    /// Admin token (printed path at first start; the file `admin-token` in the data directory).
+    /// Credential (`doppel tokens create`; on a host's machine, the file `admin-token` in its
+    /// data directory).
     #[arg(long, env = "DOPPEL_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// The cluster's CA certificate, to verify the host with (default: `tls/ca.pem` in the data
+    /// directory).
+    #[arg(long, env = "DOPPEL_CA", global = true)]
+    pub ca: Option<PathBuf>,
     /// Data directory of a host on this machine, used when --admin/--token are not given.
     #[arg(long, default_value = "./doppel-data", global = true)]
     pub data: PathBuf,
@@ -50,7 +55,7 @@ fn read_local(data: &Path) -> anyhow::Result<(String, String)> {
         )
     })?;
     Ok((
-        format!("http://{}", endpoint.admin),
+        format!("https://{}", endpoint.admin),
         token.trim().to_string(),
     ))
 }
@@ -74,32 +79,53 @@ impl Client {
                 (base, token.clone().unwrap_or(local))
             }
         };
-        let base = base.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            bail!("--admin must be a URL such as http://127.0.0.1:8081, not {base:?}");
+        let mut base = base.trim_end_matches('/').to_string();
+        if !base.contains("://") {
+            base = format!("https://{base}");
         }
-        Ok(Client {
-            base,
-            token,
-            http: reqwest::Client::new(),
-        })
+        if !base.starts_with("https://") {
+            bail!(
+                "--admin must be an https:// URL such as https://127.0.0.1:8081, not {base:?}: \
+                 the admin API speaks only TLS"
+            );
+        }
+        let ca_file = target
+            .ca
+            .clone()
+            .unwrap_or_else(|| doppel_host::ca_path(&target.data));
+        let ca = std::fs::read_to_string(&ca_file).with_context(|| {
+            format!(
+                "cannot read the cluster's CA certificate {}: pass --ca FILE (or DOPPEL_CA), or \
+                 --data pointing at a host's data directory",
+                ca_file.display()
+            )
+        })?;
+        let roots = doppel_trust::certificates(&ca)
+            .with_context(|| format!("while reading {}", ca_file.display()))?;
+        let tls = doppel_trust::tls::operator_client(&roots)
+            .with_context(|| format!("while trusting {}", ca_file.display()))?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(true)
+            .build()
+            .context("while setting up TLS")?;
+        Ok(Client { base, token, http })
     }
 
-    /// A request to `path` (which starts with `/v1/`), saying who asks (for the placement
-    /// history `doppel events` shows).
+    /// A request to `path` (which starts with `/v1/`), with the credential.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
-            .header("x-doppel-actor", actor())
     }
 
     /// Sends, and turns an error answer into an error carrying the host's message.
     pub async fn send(&self, request: RequestBuilder) -> anyhow::Result<Response> {
-        let response = request.send().await.with_context(|| {
-            format!(
-                "cannot reach the host's admin API at {}; is the host running?",
-                self.base
+        let response = request.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the host's admin API at {}; is the host running? ({})",
+                self.base,
+                doppel_host::causes(&e)
             )
         })?;
         if response.status().is_success() {
@@ -130,21 +156,6 @@ impl Client {
             .await
             .context("while reading the host's answer")
     }
-}
-
-/// `user@machine` of whoever runs the CLI.
-fn actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "someone".into());
-    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let actor: String = format!("{user}@{machine}")
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .collect();
-    actor
 }
 
 /// Percent-encodes one path segment.

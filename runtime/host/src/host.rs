@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use crate::admin::{AdminState, router};
 use crate::hosts::{self, HostRecord};
 use crate::ingress;
-use crate::listener::{self, IngressLimits};
+use crate::listener::{self, IngressLimits, Tls};
 use crate::modules::ModuleCache;
 use crate::moves::{self, Mover};
 use crate::placement::Placements;
@@ -36,8 +36,10 @@ pub struct HostConfig {
     pub data_dir: PathBuf,
     /// Service traffic address.
     pub listen: SocketAddr,
-    /// Admin API address.
+    /// Admin API address (TLS).
     pub admin: SocketAddr,
+    /// Peer address (mutual TLS): raft, forwarded requests, moves.
+    pub peer: SocketAddr,
     /// Limits on client connections.
     pub ingress: IngressLimits,
     /// Largest module upload accepted, in bytes.
@@ -46,7 +48,7 @@ pub struct HostConfig {
     pub grace: Duration,
     /// The cluster to join on first start; `None` starts (or reopens) a cluster of its own.
     pub join: Option<JoinTarget>,
-    /// The admin address peers use to reach this host (default: the bound admin address).
+    /// The peer address other hosts use to reach this host (default: the bound peer address).
     pub advertise: Option<String>,
     /// Log entries between snapshots (after which the log before them is dropped).
     pub snapshot_every: u64,
@@ -56,8 +58,11 @@ pub struct HostConfig {
     /// one); a value that disagrees with the running members' is refused, and with none running
     /// it becomes the cluster's (`doppel_replication::Member::open`).
     pub leader_lease: Option<Duration>,
-    /// Labels placement rules match (`--label provider=ionos`).
+    /// Labels placement rules match (`--label provider=ionos`): only for the host that creates a
+    /// cluster; a host that joins gets the labels of its invitation, bound into its certificate.
     pub labels: BTreeMap<String, String>,
+    /// Labels every host of a cluster this host creates must carry (`--require-label`).
+    pub require: BTreeMap<String, String>,
 }
 
 /// What a started host tells whoever started it.
@@ -67,6 +72,10 @@ pub struct Started {
     pub listen: SocketAddr,
     /// Where the admin API is served.
     pub admin: SocketAddr,
+    /// Where peers reach this host.
+    pub peer: SocketAddr,
+    /// The host's name (an invited host's comes from its invitation).
+    pub name: String,
     /// The file holding the admin token.
     pub token_file: PathBuf,
     /// Whether the data directory was created by this start.
@@ -89,8 +98,15 @@ pub struct Endpoint {
     pub listen: SocketAddr,
     /// Admin API address.
     pub admin: SocketAddr,
+    /// Peer address.
+    #[serde(default = "unspecified")]
+    pub peer: SocketAddr,
     /// The host's process id.
     pub pid: u32,
+}
+
+fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
 /// The token file in a data directory.
@@ -162,6 +178,9 @@ pub async fn run(
     }
     let token = admin_token(data)?;
     let member = Member::open(MemberConfig {
+        name: config.name.clone(),
+        labels: config.labels.clone(),
+        require: config.require.clone(),
         data_dir: data.clone(),
         join: config.join.clone(),
         leader_lease: config.leader_lease,
@@ -171,15 +190,26 @@ pub async fn run(
     let member = Arc::new(member);
     let store = member.store().clone();
     let first_start = member.first_start();
+    let me = member.identity().clone();
+    if me.name != config.name {
+        tracing::info!(name = %me.name, "this host's certificate names it; --name is not used");
+    }
+    if !member.first_start() && !config.labels.is_empty() && config.labels != me.labels {
+        tracing::warn!(certificate = ?me.labels, flags = ?config.labels, "a host's labels are those its certificate carries; --label is ignored");
+    }
 
     let ingress_listener = bind(config.listen, "--listen").await?;
     let admin_listener = bind(config.admin, "--admin").await?;
+    let peer_listener = bind(config.peer, "--peer").await?;
     let listen = ingress_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let peer_addr = peer_listener.local_addr()?;
     let advertise = config
         .advertise
         .clone()
-        .unwrap_or_else(|| admin_addr.to_string());
+        .unwrap_or_else(|| peer_addr.to_string());
+    let admin_tls = member.credentials().admin_server()?;
+    let peer_tls = member.credentials().peer_server()?;
 
     let runtime = Runtime::new()?;
     let cache = ModuleCache::new(&data.join("cache"), &runtime.engine)
@@ -195,7 +225,7 @@ pub async fn run(
         placements.clone(),
     ));
     let info = Arc::new(HostInfo {
-        name: config.name.clone(),
+        name: me.name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         listen: listen.to_string(),
         admin: admin_addr.to_string(),
@@ -221,19 +251,31 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     // Peers must reach this host (votes, log entries, a joining host's catch-up) before it is
-    // ready, so the admin server, which also serves the peer routes, starts first. It has the
-    // same connection limits and header timeout as the service listener.
-    let admin_routes =
-        router(admin_state).merge(member.peer_router(moves::host_routes(mover.clone())));
+    // ready, so the peer server starts first. Both it and the admin server have the same
+    // connection limits and header timeout as the service listener.
+    let peer_routes = member.peer_router(moves::host_routes(mover.clone()));
+    let peers = tokio::spawn({
+        let (limits, stopped, grace) = (
+            config.ingress.clone(),
+            stopped(stop_rx.clone()),
+            config.grace,
+        );
+        let service = hyper_util::service::TowerToHyperService::new(peer_routes);
+        let tls = Tls::Peers(peer_tls);
+        async move {
+            listener::serve("peer", peer_listener, &limits, tls, service, stopped, grace).await;
+        }
+    });
     let admin = tokio::spawn({
         let (limits, stopped, grace) = (
             config.ingress.clone(),
             stopped(stop_rx.clone()),
             config.grace,
         );
-        let service = hyper_util::service::TowerToHyperService::new(admin_routes);
+        let service = hyper_util::service::TowerToHyperService::new(router(admin_state));
+        let tls = Tls::Server(admin_tls);
         async move {
-            listener::serve("admin", admin_listener, &limits, service, stopped, grace).await;
+            listener::serve("admin", admin_listener, &limits, tls, service, stopped, grace).await;
         }
     });
     let joined = member
@@ -249,10 +291,11 @@ pub async fn run(
         store.as_ref(),
         &HostRecord {
             id: member.id(),
-            name: config.name.clone(),
-            admin: advertise.clone(),
+            name: me.name.clone(),
+            admin: admin_addr.to_string(),
+            peer: advertise.clone(),
             listen: listen.to_string(),
-            labels: config.labels.clone(),
+            labels: me.labels.clone(),
             removed: false,
         },
     )
@@ -272,6 +315,8 @@ pub async fn run(
     let started = Started {
         listen,
         admin: admin_addr,
+        peer: peer_addr,
+        name: me.name.clone(),
         token_file: token_path(data),
         first_start,
         services,
@@ -281,13 +326,14 @@ pub async fn run(
     write_endpoint(
         data,
         &Endpoint {
-            name: config.name.clone(),
+            name: me.name.clone(),
             listen,
             admin: admin_addr,
+            peer: peer_addr,
             pid: std::process::id(),
         },
     )?;
-    tracing::info!(name = %config.name, id = member.id(), %listen, admin = %admin_addr, services, hosts, "host ready");
+    tracing::info!(name = %me.name, id = member.id(), %listen, admin = %admin_addr, peer = %peer_addr, services, hosts, "host ready");
     ready(&started);
 
     shutdown.await;
@@ -297,6 +343,7 @@ pub async fn run(
     syncing.abort();
     scheduling.abort();
     let _ = tokio::time::timeout(config.grace, admin).await;
+    let _ = tokio::time::timeout(config.grace, peers).await;
     let _ = std::fs::remove_file(endpoint_path(data));
     drop(registry);
     member.shutdown().await.context("while stopping")?;

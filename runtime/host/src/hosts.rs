@@ -18,8 +18,12 @@ pub struct HostRecord {
     pub id: NodeId,
     /// Name given at start.
     pub name: String,
-    /// Admin (and peer) address.
+    /// Admin address.
     pub admin: String,
+    /// Peer address (records from before the peer listener had its own port have the admin
+    /// address here).
+    #[serde(default)]
+    pub peer: String,
     /// Service traffic address.
     pub listen: String,
     /// Labels given at start (`--label provider=ionos`), which placement rules match.

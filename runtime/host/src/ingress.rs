@@ -44,7 +44,7 @@ pub async fn serve(
         let forwarder = forwarder.clone();
         async move { Ok::<_, std::convert::Infallible>(route(&registry, &forwarder, req).await) }
     });
-    listener::serve("service", listener, &limits, service, shutdown, grace).await;
+    listener::serve("service", listener, &limits, listener::Tls::Plain, service, shutdown, grace).await;
 }
 
 /// How much of an abandoned request body is read and thrown away, and for how long, before the

@@ -56,7 +56,7 @@ mod scheduler;
 mod services;
 mod state;
 
-pub use doppel_replication::JoinTarget;
+pub use doppel_replication::{JoinTarget, ca_path, causes};
 pub use host::{Endpoint, HostConfig, Started, endpoint_path, run, token_path};
 pub use listener::IngressLimits;
 pub use modules::{ModuleError, digest};

@@ -4,6 +4,10 @@
 //! (also while a kept connection waits for its next request, so idle connections do not pile up),
 //! and on shutdown no new connection while the running requests finish, for at most `grace`.
 //! Connections may be upgraded (the raft append stream is).
+//!
+//! The admin and peer listeners speak TLS ([`Tls`]): the handshake must finish within the header
+//! timeout too, and on the peer listener every request carries who the client's certificate
+//! names ([`doppel_replication::ConnectedPeer`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,12 +36,25 @@ impl Default for IngressLimits {
     }
 }
 
+/// What a listener speaks.
+#[derive(Clone)]
+pub enum Tls {
+    /// Plain HTTP (the service listener).
+    Plain,
+    /// TLS; the client's certificate is not asked for, or not looked at (the admin listener).
+    Server(Arc<rustls::ServerConfig>),
+    /// Mutual TLS: requests carry the client's identity (the peer listener).
+    Peers(Arc<rustls::ServerConfig>),
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then lets running requests finish
 /// for at most `grace`. `what` names the listener in logs.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<S, B>(
     what: &'static str,
     listener: TcpListener,
     limits: &IngressLimits,
+    tls: Tls,
     service: S,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -80,20 +97,40 @@ pub async fn serve<S, B>(
         // Requests and raft messages are small and answered at once: send each without waiting
         // to fill a segment.
         let _ = stream.set_nodelay(true);
-        let connection = http
-            .serve_connection(TokioIo::new(stream), service.clone())
-            .with_upgrades();
-        let mut stopping = stopping.clone();
+        let (http, service, stopping, tls) =
+            (http.clone(), service.clone(), stopping.clone(), tls.clone());
+        let handshake = limits.header_timeout;
         tokio::spawn(async move {
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = async {
-                    // The guard `wait_for` answers must not live across the next await.
-                    let _ = stopping.wait_for(|stop| *stop).await;
-                } => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match tls {
+                Tls::Plain => {
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    drive(connection.with_upgrades(), stopping).await;
+                }
+                Tls::Server(config) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                    match tokio::time::timeout(handshake, accept).await {
+                        Ok(Ok(stream)) => {
+                            let connection = http.serve_connection(TokioIo::new(stream), service);
+                            drive(connection.with_upgrades(), stopping).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(listener = what, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(listener = what, "TLS handshake timed out"),
+                    }
+                }
+                Tls::Peers(config) => {
+                    let accept = doppel_replication::accept(config, stream);
+                    match tokio::time::timeout(handshake, accept).await {
+                        Ok(Ok((stream, peer))) => {
+                            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                                req.extensions_mut().insert(peer.clone());
+                                service.call(req)
+                            });
+                            let connection = http.serve_connection(TokioIo::new(stream), service);
+                            drive(connection.with_upgrades(), stopping).await;
+                        }
+                        Ok(Err(e)) => refused_handshake(what, &e),
+                        Err(_) => tracing::debug!(listener = what, "TLS handshake timed out"),
+                    }
                 }
             }
             drop(permit);
@@ -112,5 +149,52 @@ pub async fn serve<S, B>(
             ?grace,
             "requests still running after the grace period; stopping anyway"
         );
+    }
+}
+
+/// Runs one connection until it ends, or until the listener stops (then gracefully).
+async fn drive<C>(connection: C, mut stopping: watch::Receiver<bool>)
+where
+    C: Future + GracefulConnection,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = async {
+            // The guard `wait_for` answers must not live across the next await.
+            let _ = stopping.wait_for(|stop| *stop).await;
+        } => {
+            connection.as_mut().graceful();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// A connection that can be asked to finish its running request and close.
+trait GracefulConnection {
+    fn graceful(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> GracefulConnection for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Logs a refused peer handshake, at most every few seconds (an attacker knocking must not
+/// flood the log): a certificate not from the cluster's CA, an expired one, no TLS at all.
+fn refused_handshake(what: &str, e: &std::io::Error) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+        *last = Some(std::time::Instant::now());
+        tracing::warn!(listener = what, error = %e, "refused a peer connection");
     }
 }

@@ -197,12 +197,12 @@ async fn handover(State(mover): State<Mover>, Json(req): Json<HandoverRequest>) 
 }
 
 impl Mover {
-    fn admin_of(&self, id: NodeId) -> Result<String, MoveError> {
+    fn peer_of(&self, id: NodeId) -> Result<String, MoveError> {
         self.registry
             .placements()
             .hosts()
             .get(&id)
-            .map(|h| h.admin.clone())
+            .map(|h| h.peer.clone())
             .ok_or_else(|| MoveError::Peer(format!("host #{id} has not registered an address")))
     }
 
@@ -215,7 +215,7 @@ impl Mover {
         timeout: Duration,
     ) -> Result<R, MoveError> {
         let name = self.registry.placements().host_name(host);
-        let addr = self.admin_of(host)?;
+        let addr = self.peer_of(host)?;
         self.member
             .peers()
             .call(&addr, route, body, timeout)

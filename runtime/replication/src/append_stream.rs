@@ -141,7 +141,9 @@ impl AppendStream {
 
 /// The follower's end: the route that upgrades the connection (authenticated by the transport
 /// like every peer route), then answers appends on it until the leader closes it.
-pub(crate) async fn accept(raft: Raft<TypeConfig>, mut request: Request) -> Response {
+/// `caller` is the raft id in the leader's certificate: an append naming another leader closes
+/// the stream.
+pub(crate) async fn accept(raft: Raft<TypeConfig>, caller: NodeId, mut request: Request) -> Response {
     let asked = request
         .headers()
         .get(header::UPGRADE)
@@ -156,7 +158,7 @@ pub(crate) async fn accept(raft: Raft<TypeConfig>, mut request: Request) -> Resp
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => serve(raft, hyper_util::rt::TokioIo::new(upgraded)).await,
+            Ok(upgraded) => serve(raft, caller, hyper_util::rt::TokioIo::new(upgraded)).await,
             Err(e) => tracing::warn!(error = %e, "an append stream failed to upgrade"),
         }
     });
@@ -170,7 +172,7 @@ pub(crate) async fn accept(raft: Raft<TypeConfig>, mut request: Request) -> Resp
 
 /// Answers appends on `io` until the leader closes it or sends something that is not an append
 /// (the connection is then closed: a garbled stream cannot be resynchronised).
-async fn serve(raft: Raft<TypeConfig>, mut io: impl AsyncRead + AsyncWrite + Unpin) {
+async fn serve(raft: Raft<TypeConfig>, caller: NodeId, mut io: impl AsyncRead + AsyncWrite + Unpin) {
     loop {
         let frame = match read_frame(&mut io, MAX_RPC).await {
             Ok(Some(frame)) => frame,
@@ -187,6 +189,14 @@ async fn serve(raft: Raft<TypeConfig>, mut io: impl AsyncRead + AsyncWrite + Unp
                 return;
             }
         };
+        if rpc.vote.leader_id().voted_for() != Some(caller) {
+            tracing::warn!(
+                caller,
+                named = ?rpc.vote.leader_id().voted_for(),
+                "closing an append stream: appends in another host's name"
+            );
+            return;
+        }
         let answer: AppendAnswer = raft.append_entries(rpc).await;
         let written = match postcard::to_stdvec(&answer) {
             Ok(bytes) => write_frame(&mut io, &bytes).await,

@@ -4,9 +4,12 @@
 //!
 //! - **Membership** ([`Member`], `member.rs`): the host's identity in `DATA/cluster.json`,
 //!   creating a cluster or joining one, settling the leader lease, removal, status.
-//! - **The peer transport** ([`PeerClient`], [`PeerServer`], `transport.rs`): the one
+//! - **The peer transport** ([`PeerClient`], [`accept`], `transport.rs`): the one
 //!   connector/acceptor pair every host-to-host request goes through — raft's own routes and the
-//!   host's ([`HostRoute`]) alike. Its URLs, headers and credentials appear nowhere else.
+//!   host's ([`HostRoute`]) alike — over mutual TLS. Its URLs and headers appear nowhere else.
+//!   Who may call which route is `peer_server.rs`'s [`admission`](peer_router).
+//! - **Trust** (`credentials.rs`, `authority.rs`): this host's certificate in `DATA/tls/`, and
+//!   the cluster's CA, invitations, revocations and residency rule in the replicated store.
 //! - **Liveness** ([`Liveness`], `liveness.rs`): the one probe loop; who is alive, and standing
 //!   for election as soon as a dead leader's lease allows.
 //! - **The replicated store** ([`ReplicatedStore`]): doppel's `Store` over raft. Followers
@@ -24,6 +27,8 @@
 //! and a host that is a member of several groups would hold several.
 
 mod append_stream;
+mod authority;
+mod credentials;
 mod framed;
 mod liveness;
 mod log_store;
@@ -39,6 +44,8 @@ mod transport;
 mod types;
 mod write_gate;
 
+pub use authority::{AuthorityError, Invitation, InvitationToken, breaks_rule};
+pub use credentials::{Credentials, CredentialsError, ca_path, tls_dir};
 pub use liveness::{LiveView, Liveness};
 pub use log_store::LogStore;
 pub use member::{JoinError, JoinTarget, Member, MemberConfig, MemberError};
@@ -48,6 +55,6 @@ pub use peer_server::peer_router;
 pub use raft_network::Network;
 pub use replicated::ReplicatedStore;
 pub use state_machine::StateMachine;
-pub use transport::{HostRoute, LEASE_HEADER, PeerClient, PeerError, PeerServer, causes};
+pub use transport::{ConnectedPeer, HostRoute, LEASE_HEADER, PeerClient, PeerError, accept, causes};
 pub use types::{Batch, LogReach, NodeId, Response, StorageError, TypeConfig};
 pub use write_gate::WriteGate;

@@ -1,7 +1,8 @@
-//! Being a member of a cluster: who this host is (its id, the cluster's credential and lease,
-//! kept in `DATA/cluster.json`, owner-only), starting its raft node, creating a cluster or joining
-//! one, settling the leader lease with the other members, serving the peer routes, watching
-//! liveness, and stopping cleanly. [`Member`] is what a host holds; it never sees raft itself.
+//! Being a member of a cluster: who this host is (its id and the cluster's lease, kept in
+//! `DATA/cluster.json`; its certificate and key, in `DATA/tls/`), starting its raft node, creating
+//! a cluster (and its CA) or joining one with an invitation, settling the leader lease with the
+//! other members, serving the peer routes, watching liveness, and stopping cleanly. [`Member`] is
+//! what a host holds; it never sees raft itself.
 //!
 //! Starting is three steps, because peers must reach a joining host before it is a member:
 //! [`Member::open`] (identity, storage, lease, node), then the host serves
@@ -14,20 +15,24 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use doppel_trust::{ClusterCa, HostIdentity, HostKey, Labels};
+
+use crate::authority::{self, AuthorityError, CERT_LIFETIME, EnrolAnswer, EnrolRequest, InvitationToken};
+use crate::credentials::{Credentials, CredentialsError, tls_dir};
 use crate::liveness::{self, Liveness};
 use crate::membership::{ClusterStatus, JoinRequest, Refusal};
 use crate::node::{LEADER_LEASE, Storage, config_with_lease};
 use crate::peer_server::peer_router;
 use crate::replicated::ReplicatedStore;
-use crate::transport::{PeerClient, PeerError, PeerServer, RaftRoute};
+use crate::transport::{PeerClient, PeerError, RaftRoute};
 use crate::types::NodeId;
 
-/// Where to join, from `doppel host --join URL --token TOKEN`.
+/// Where to join, from `doppel host --join ADDR --token INVITATION`.
 #[derive(Clone)]
 pub struct JoinTarget {
-    /// Any member's peer address (`http://HOST:PORT`).
+    /// Any member's peer address (`HOST:PORT`, or `https://HOST:PORT`).
     pub url: String,
-    /// The cluster's join token.
+    /// The invitation (`doppel hosts invite`).
     pub token: String,
 }
 
@@ -45,13 +50,20 @@ impl JoinTarget {
     /// The member's `HOST:PORT`, as the transport names peers.
     fn addr(&self) -> &str {
         let url = self.url.trim_end_matches('/');
-        url.strip_prefix("http://").unwrap_or(url)
+        url.strip_prefix("https://").unwrap_or(url)
     }
 }
 
 /// What a host's membership needs to know.
 #[derive(Clone, Debug)]
 pub struct MemberConfig {
+    /// The host's name, for its certificate when it creates a cluster (an invited host gets the
+    /// invitation's).
+    pub name: String,
+    /// Its labels, likewise (an invited host gets the invitation's).
+    pub labels: Labels,
+    /// Labels every host of a cluster this host creates must carry (`--require-label`).
+    pub require: Labels,
     /// The host's data directory: `cluster.json` and `raft/` live in it.
     pub data_dir: PathBuf,
     /// The cluster to join on first start; `None` starts (or reopens) a cluster of its own.
@@ -95,16 +107,29 @@ pub enum MemberError {
     /// The store refused or could not agree.
     #[error(transparent)]
     Store(#[from] doppel_store::StoreError),
+    /// The TLS files could not be read or written.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// A key or certificate could not be made.
+    #[error(transparent)]
+    Trust(#[from] doppel_trust::TrustError),
+    /// The cluster's authority refused (an invitation, the residency rule).
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+    /// A data directory of a member with no certificate (made before hosts spoke TLS).
+    #[error(
+        "{0} holds a cluster member but no certificate (tls/host.pem): it was made by a doppel \
+         without TLS between hosts. Start this host with a new data directory and an invitation"
+    )]
+    NoCertificate(PathBuf),
 }
 
 /// Why joining failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    /// The cluster refused the token.
-    #[error(
-        "{0} refused the join token; use the token the first host prints with `doppel cluster token`"
-    )]
-    BadToken(String),
+    /// The cluster refused this host (why).
+    #[error("the cluster refused this host: {0}")]
+    Refused(String),
     /// No leader could be reached in time.
     #[error("could not join through {url} within {secs} s: {last}")]
     TimedOut {
@@ -117,13 +142,12 @@ pub enum JoinError {
     },
 }
 
-/// Who this host is in its cluster: kept in `DATA/cluster.json`, owner-only.
+/// Who this host is in its cluster: kept in `DATA/cluster.json`, owner-only. (Its certificate
+/// says the same id; the certificate is what peers believe.)
 #[derive(Clone, Serialize, Deserialize)]
 struct Identity {
     /// This host's raft id, random, chosen at its first start.
     id: NodeId,
-    /// The secret every member presents to every other; also the join token.
-    secret: String,
     /// The cluster's leader lease in ms, the same on every member (see [`settle_lease`]).
     /// Missing in data directories made before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,22 +183,13 @@ fn read_identity(data: &Path) -> Result<Option<Identity>, MemberError> {
     }
 }
 
-/// A new identity: a fresh id, and either a fresh secret (a new cluster) or the join token. Not
-/// yet on disk: [`save_identity`] writes it once the host is a member, so that a first start
-/// that fails (a wrong token, an unreachable cluster) leaves nothing behind that a corrected
-/// retry would trip over.
-fn new_identity(join: Option<&JoinTarget>) -> Result<Identity, MemberError> {
-    let secret = match join {
-        Some(join) => join.token.clone(),
-        None => hex::encode(random_bytes::<32>()?),
-    };
+/// A new identity with a fresh id. Not yet on disk: [`save_identity`] writes it once the host is
+/// a member, so that a first start that fails (an unreachable cluster) leaves nothing behind
+/// that a corrected retry would trip over.
+fn new_identity() -> Result<Identity, MemberError> {
     // Id 0 reads as "none" in logs; avoid it.
     let id = u64::from_le_bytes(random_bytes::<8>()?).max(1);
-    Ok(Identity {
-        id,
-        secret,
-        lease_ms: None,
-    })
+    Ok(Identity { id, lease_ms: None })
 }
 
 /// Writes this host's identity (first, or again with a changed lease): from now on the data
@@ -202,7 +217,9 @@ pub struct Member {
     lease: Duration,
     store: Arc<ReplicatedStore>,
     peers: PeerClient,
-    acceptor: PeerServer,
+    credentials: Credentials,
+    /// The CA of a cluster this start creates, kept in the store by [`Member::enter`].
+    new_ca: Option<(ClusterCa, Labels)>,
     liveness: Mutex<Option<(Liveness, tokio::task::JoinHandle<()>)>>,
 }
 
@@ -230,16 +247,17 @@ impl Member {
                         source,
                     })?;
                 }
-                (new_identity(config.join.as_ref())?, true)
+                (new_identity()?, true)
             }
         };
+        let (credentials, new_ca) = credentials(&config, &mut identity, first_start).await?;
         let storage = Storage::open(&data.join("raft")).map_err(|e| {
             MemberError::Raft(format!(
                 "while opening the store in {}: {e}",
                 data.display()
             ))
         })?;
-        let peers = PeerClient::new(&identity.secret);
+        let peers = PeerClient::new(&credentials)?;
         let others: Vec<String> = storage
             .members()
             .into_iter()
@@ -251,7 +269,7 @@ impl Member {
         let lease = settle_lease(
             &mut identity,
             first_start,
-            config.join.as_ref(),
+            config.join.as_ref().map(|j| (&peers, j)),
             config.leader_lease,
             &running,
         )
@@ -278,7 +296,8 @@ impl Member {
         let store = Arc::new(ReplicatedStore::new(node, peers.clone()));
         Ok(Member {
             data_dir: data.clone(),
-            acceptor: PeerServer::new(&identity.secret),
+            credentials,
+            new_ca,
             identity,
             first_start,
             join: config.join,
@@ -292,13 +311,7 @@ impl Member {
     /// Every peer route this host serves: raft's and the host's own `host_routes` (paths below
     /// the host's prefix, see [`crate::HostRoute`]), behind the transport's authentication.
     pub fn peer_router(&self, host_routes: axum::Router) -> axum::Router {
-        peer_router(
-            self.store.raft().clone(),
-            self.store.log().clone(),
-            self.store.gate().clone(),
-            &self.acceptor,
-            host_routes,
-        )
+        peer_router(self.store.clone(), host_routes)
     }
 
     /// Makes this host a member on its first start — the only member of a new cluster, or one
@@ -326,6 +339,19 @@ impl Member {
                 self.store.raft().initialize(members).await.map_err(|e| {
                     MemberError::Raft(format!("while creating a one-member cluster: {e}"))
                 })?;
+                if let Some((ca, rule)) = &self.new_ca {
+                    authority::keep_ca(self.store.as_ref(), ca).await?;
+                    authority::set_rule(self.store.as_ref(), rule).await?;
+                    self.credentials.save(&self.data_dir)?;
+                    let key = tls_dir(&self.data_dir).join("ca.key");
+                    doppel_store::files::replace_private(&key, ca.key_pem().as_bytes()).map_err(
+                        |source| MemberError::Identity {
+                            what: "while writing",
+                            path: key,
+                            source,
+                        },
+                    )?;
+                }
                 false
             }
         };
@@ -353,9 +379,30 @@ impl Member {
         self.first_start
     }
 
-    /// The token another host joins with (`doppel cluster token`).
-    pub fn join_token(&self) -> String {
-        self.identity.secret.clone()
+    /// Who this host's certificate says it is: its id, name and labels.
+    pub fn identity(&self) -> &HostIdentity {
+        self.credentials.identity()
+    }
+
+    /// This host's certificate and the CAs it trusts.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Opens an invitation for a host called `name` with `labels`, good for one join within
+    /// `ttl` (`doppel hosts invite`).
+    pub async fn invite(
+        &self,
+        name: &str,
+        labels: &Labels,
+        ttl: Duration,
+    ) -> Result<InvitationToken, AuthorityError> {
+        authority::invite(self.store.as_ref(), name, labels, ttl).await
+    }
+
+    /// The labels every host of this cluster must carry.
+    pub async fn residency_rule(&self) -> Result<Labels, MemberError> {
+        Ok(authority::rule(self.store.as_ref()).await?)
     }
 
     /// The cluster's leader lease.
@@ -392,8 +439,10 @@ impl Member {
         watch.clone()
     }
 
-    /// Removes host `id` from the cluster for good (through the leader).
+    /// Removes host `id` from the cluster for good (through the leader). Its certificate is
+    /// refused from the moment the removal is decided, before its membership ends.
     pub async fn remove(&self, id: NodeId) -> Result<(), MemberError> {
+        authority::revoke(self.store.as_ref(), id).await?;
         Ok(self.store.remove_member(id).await?)
     }
 
@@ -420,6 +469,93 @@ impl Member {
     }
 }
 
+/// This host's certificate. A host that restarts has its own in `DATA/tls/`; one that creates a
+/// cluster makes the CA (kept by [`Member::enter`]) and issues its own, with the name and labels
+/// it was started with; one that joins enrols with its invitation and keeps what it gets at once
+/// (the invitation is used up), taking the id in it if an earlier start enrolled already.
+async fn credentials(
+    config: &MemberConfig,
+    identity: &mut Identity,
+    first_start: bool,
+) -> Result<(Credentials, Option<(ClusterCa, Labels)>), MemberError> {
+    let data = &config.data_dir;
+    if !first_start {
+        let kept = Credentials::load(data)?.ok_or_else(|| MemberError::NoCertificate(data.clone()))?;
+        return Ok((kept, None));
+    }
+    match &config.join {
+        None => {
+            if let Some(why) = authority::breaks_rule(&config.require, &config.labels) {
+                return Err(AuthorityError::Refused(format!(
+                    "{why}; give this host the labels with --label"
+                ))
+                .into());
+            }
+            authority::check_label_part("the host name", &config.name)?;
+            let ca = ClusterCa::create(&config.name)?;
+            let key = HostKey::generate()?;
+            let who = HostIdentity {
+                id: identity.id,
+                name: config.name.clone(),
+                labels: config.labels.clone(),
+            };
+            let cert = ca.issue(&key.request()?, &who, CERT_LIFETIME)?;
+            let own = Credentials::from_pem(
+                &format!("{cert}{}", ca.cert_pem()),
+                &key.pem(),
+                ca.cert_pem(),
+            )?;
+            Ok((own, Some((ca, config.require.clone()))))
+        }
+        Some(target) => {
+            if let Some(enrolled) = Credentials::load(data)? {
+                identity.id = enrolled.identity().id;
+                return Ok((enrolled, None));
+            }
+            let enrolled = enrol(target, identity.id, Duration::from_secs(120)).await?;
+            enrolled.save(data)?;
+            let who = enrolled.identity();
+            tracing::info!(name = %who.name, labels = ?who.labels, "enrolled: the cluster issued this host's certificate");
+            Ok((enrolled, None))
+        }
+    }
+}
+
+/// Uses the invitation in `target` to get a certificate for host `id`, for a key made here.
+async fn enrol(target: &JoinTarget, id: NodeId, patience: Duration) -> Result<Credentials, MemberError> {
+    let token = InvitationToken::parse(&target.token).map_err(JoinError::Refused)?;
+    let client = PeerClient::enrolling(&token.ca_fingerprint)?;
+    let key = HostKey::generate()?;
+    let req = EnrolRequest {
+        secret: token.secret,
+        id,
+        csr_pem: key.request()?,
+    };
+    let body = postcard::to_stdvec(&req).expect("an enrolment always encodes");
+    let deadline = Instant::now() + patience;
+    loop {
+        let answer =
+            ask::<Result<EnrolAnswer, String>>(&client, target.addr(), RaftRoute::Enrol, body.clone(), None)
+                .await?;
+        let last = match answer {
+            Ok(Ok(answer)) => {
+                return Ok(Credentials::from_pem(&answer.chain_pem, &key.pem(), &answer.roots_pem)?);
+            }
+            Ok(Err(refused)) => return Err(JoinError::Refused(refused).into()),
+            Err(last) => last,
+        };
+        if Instant::now() >= deadline {
+            return Err(JoinError::TimedOut {
+                url: target.url.clone(),
+                secs: patience.as_secs(),
+                last: format!("while enrolling: {last}"),
+            }
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The leader lease this host runs with, recorded in `identity`. One value per cluster, because
 /// members with different leases depose each other's leaders:
 /// - the host that creates the cluster chooses it (`asked`, else the default);
@@ -432,14 +568,13 @@ impl Member {
 async fn settle_lease(
     identity: &mut Identity,
     first_start: bool,
-    join: Option<&JoinTarget>,
+    join: Option<(&PeerClient, &JoinTarget)>,
     asked: Option<Duration>,
     running: &[(String, Duration)],
 ) -> Result<Duration, MemberError> {
     let lease = match (first_start, join) {
-        (true, Some(target)) => {
-            let peers = PeerClient::new(&target.token);
-            let theirs = cluster_lease(&peers, target, Duration::from_secs(120)).await?;
+        (true, Some((peers, target))) => {
+            let theirs = cluster_lease(peers, target, Duration::from_secs(120)).await?;
             if let Some(asked) = asked.filter(|a| *a != theirs) {
                 return Err(MemberError::Lease(format!(
                     "the cluster at {} runs with a leader lease of {} ms, and every member must \
@@ -538,8 +673,12 @@ async fn ask<T: serde::de::DeserializeOwned>(
 ) -> Result<Result<T, String>, JoinError> {
     match peers.ask(addr, route, body, timeout).await {
         Ok(answer) => Ok(Ok(answer)),
-        Err(PeerError::Unauthorized) => Err(JoinError::BadToken(format!("http://{addr}"))),
-        Err(e) => Ok(Err(format!("http://{addr}: {e}"))),
+        Err(PeerError::Unauthorized(why)) => Err(JoinError::Refused(format!("{addr}: {why}"))),
+        // The TLS handshake failed on the CA: the token names another cluster.
+        Err(e) if e.to_string().contains(doppel_trust::tls::NOT_THE_INVITING_CLUSTER) => {
+            Err(JoinError::Refused(format!("{addr}: {e}")))
+        }
+        Err(e) => Ok(Err(format!("{addr}: {e}"))),
     }
 }
 
@@ -620,7 +759,7 @@ async fn join(
         };
         if Instant::now() >= deadline {
             return Err(JoinError::TimedOut {
-                url: format!("http://{addr}"),
+                url: addr.clone(),
                 secs: patience.as_secs(),
                 last,
             });
@@ -698,7 +837,7 @@ mod tests {
             url: url.into(),
             token: "t".into(),
         };
-        assert_eq!(target("http://a:1/").addr(), "a:1");
+        assert_eq!(target("https://a:1/").addr(), "a:1");
         assert_eq!(target("a:1").addr(), "a:1");
     }
 }

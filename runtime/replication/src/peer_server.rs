@@ -1,11 +1,15 @@
 //! The serving side of raft's peer routes: votes, snapshots and the append stream for openraft;
 //! forwarded writes and read-index questions for followers; joins, removals, status, probes and
-//! the lease question for membership. Authentication is the transport's, before any of these.
+//! the lease question for membership; enrolment of invited hosts. Who may call which route is
+//! decided here ([`admission`]) and enforced by the transport before any route runs; a route
+//! whose message names a sender (a vote's candidate, an append's or snapshot's leader, a join's
+//! host) also checks that the name is the caller's own.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::Extension;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -15,15 +19,20 @@ use openraft::Raft;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::authority::{self, EnrolRequest};
 use crate::log_store::LogStore;
 use crate::membership::{self, JoinRequest};
 use crate::raft_network::LEASE_WARNING_EVERY;
-use crate::transport::{LEAVING, PeerServer, RaftRoute, named_lease, raft_route_of};
+use crate::replicated::ReplicatedStore;
+use crate::transport::{
+    Admit, ConnectedPeer, LEAVING, PeerServer, RaftRoute, named_lease, raft_route_of,
+};
 use crate::types::{Batch, NodeId, TypeConfig};
 use crate::write_gate::WriteGate;
 
 #[derive(Clone)]
 struct Server {
+    store: Arc<ReplicatedStore>,
     raft: Raft<TypeConfig>,
     log: LogStore,
     gate: WriteGate,
@@ -31,19 +40,40 @@ struct Server {
     lease_warned: Arc<Mutex<Option<Instant>>>,
 }
 
-/// Every peer route of a host: raft's, for the node `raft` whose log is `log` and whose writes
-/// pass `gate`, and the host's own `host` routes, behind `acceptor`'s authentication.
-pub fn peer_router(
-    raft: Raft<TypeConfig>,
-    log: LogStore,
-    gate: WriteGate,
-    acceptor: &PeerServer,
-    host: axum::Router,
-) -> axum::Router {
+/// Who may call what, by the identity in the caller's certificate (already verified against the
+/// cluster's CAs by the TLS handshake):
+/// - a host removed for good: nothing;
+/// - a current member (voter or learner): everything;
+/// - any other host of the cluster's CA: only asking the lease and joining (a host that enrolled
+///   and is about to join), and — while this host is not a member of anything yet, because it is
+///   joining — everything, since the leader that is taking it in is not yet in its membership.
+pub(crate) fn admission(store: Arc<ReplicatedStore>) -> Admit {
+    Arc::new(move |who, route| {
+        if authority::is_revoked(store.state().engine(), who.id) {
+            return Err(format!(
+                "{who} was removed from this cluster; its certificate is no longer accepted"
+            ));
+        }
+        let members = store.members();
+        if members.iter().any(|(id, _)| *id == who.id) || members.is_empty() {
+            return Ok(());
+        }
+        match route {
+            Some(RaftRoute::Lease | RaftRoute::Join) => Ok(()),
+            _ => Err(format!("{who} is not a member of this cluster")),
+        }
+    })
+}
+
+/// Every peer route of a host: raft's, for the node behind `store`, and the host's own `host`
+/// routes, behind the transport's admission.
+pub fn peer_router(store: Arc<ReplicatedStore>, host: axum::Router) -> axum::Router {
+    let acceptor = PeerServer::new(admission(store.clone()));
     let server = Server {
-        raft,
-        log,
-        gate,
+        raft: store.raft().clone(),
+        log: store.log().clone(),
+        gate: store.gate().clone(),
+        store,
         lease_warned: Arc::default(),
     };
     let mut routes = axum::Router::new();
@@ -59,6 +89,7 @@ pub fn peer_router(
             RaftRoute::Status => post(status),
             RaftRoute::Ping => post(ping),
             RaftRoute::Lease => post(lease),
+            RaftRoute::Enrol => post(enrol),
         };
         routes = routes.route(route.path(), handler);
     }
@@ -69,6 +100,45 @@ pub fn peer_router(
         ))
         .with_state(server);
     acceptor.router(raft_routes, host)
+}
+
+/// The caller's raft id (admission let only callers with a certificate this far, but enrolment).
+fn caller(peer: &ConnectedPeer) -> Option<NodeId> {
+    peer.0.as_ref().map(|p| p.id)
+}
+
+/// A 403 for a message that names a sender other than its caller.
+fn impersonation(peer: &ConnectedPeer, named: Option<NodeId>, what: &str) -> Option<Response> {
+    if named.is_some() && named == caller(peer) {
+        return None;
+    }
+    let who = peer.0.as_ref().map_or("(nobody)".to_string(), |p| p.to_string());
+    tracing::warn!(caller = %who, ?named, "refused a {what} sent in another host's name");
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            format!("{who} sent a {what} in the name of host {named:?}"),
+        )
+            .into_response(),
+    )
+}
+
+/// Decodes a postcard body, or answers 400.
+fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    postcard::from_bytes(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("malformed raft message: {e}"),
+        )
+            .into_response()
+    })
+}
+
+fn encode(answer: &impl Serialize) -> Response {
+    match postcard::to_stdvec(answer) {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// A 409 for a vote, append or snapshot from a host whose leader lease is not ours (the other
@@ -125,20 +195,45 @@ where
     }
 }
 
-async fn append_stream(State(s): State<Server>, request: Request) -> Response {
-    crate::append_stream::accept(s.raft, request).await
+async fn append_stream(
+    State(s): State<Server>,
+    Extension(peer): Extension<ConnectedPeer>,
+    request: Request,
+) -> Response {
+    let Some(caller) = caller(&peer) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    crate::append_stream::accept(s.raft, caller, request).await
 }
 
-async fn vote(State(s): State<Server>, body: Bytes) -> Response {
-    serve(&body, |req| async move { s.raft.vote(req).await }).await
+async fn vote(
+    State(s): State<Server>,
+    Extension(peer): Extension<ConnectedPeer>,
+    body: Bytes,
+) -> Response {
+    let req: openraft::raft::VoteRequest<NodeId> = match decode(&body) {
+        Ok(req) => req,
+        Err(answer) => return answer,
+    };
+    if let Some(refused) = impersonation(&peer, req.vote.leader_id().voted_for(), "vote request") {
+        return refused;
+    }
+    encode(&s.raft.vote(req).await)
 }
 
-async fn snapshot(State(s): State<Server>, body: Bytes) -> Response {
-    serve(
-        &body,
-        |req| async move { s.raft.install_snapshot(req).await },
-    )
-    .await
+async fn snapshot(
+    State(s): State<Server>,
+    Extension(peer): Extension<ConnectedPeer>,
+    body: Bytes,
+) -> Response {
+    let req: openraft::raft::InstallSnapshotRequest<TypeConfig> = match decode(&body) {
+        Ok(req) => req,
+        Err(answer) => return answer,
+    };
+    if let Some(refused) = impersonation(&peer, req.vote.leader_id().voted_for(), "snapshot") {
+        return refused;
+    }
+    encode(&s.raft.install_snapshot(req).await)
 }
 
 /// A batch of writes forwarded by a follower: the leader proposes it as one entry and answers
@@ -180,11 +275,33 @@ async fn read_index(State(s): State<Server>, body: Bytes) -> Response {
     .await
 }
 
-/// A host asking to join (it proved it is a peer): make it a learner, then a voter.
-async fn join(State(s): State<Server>, body: Bytes) -> Response {
-    serve(&body, |req: JoinRequest| async move {
-        tracing::info!(id = req.id, addr = %req.addr, "a host asks to join");
-        membership::add_member(&s.raft, req).await
+/// A host asking to join, or to record its new address: make it a learner, then a voter. Only
+/// for itself: a host may change no other host's address.
+async fn join(
+    State(s): State<Server>,
+    Extension(peer): Extension<ConnectedPeer>,
+    body: Bytes,
+) -> Response {
+    let req: JoinRequest = match decode(&body) {
+        Ok(req) => req,
+        Err(answer) => return answer,
+    };
+    if let Some(refused) = impersonation(&peer, Some(req.id), "join request") {
+        return refused;
+    }
+    tracing::info!(id = req.id, addr = %req.addr, "a host asks to join");
+    encode(&membership::add_member(&s.raft, req).await)
+}
+
+/// A host with an invitation asks for its certificate (the one route open without one).
+async fn enrol(State(s): State<Server>, body: Bytes) -> Response {
+    serve(&body, |req: EnrolRequest| async move {
+        authority::redeem(s.store.as_ref(), &req)
+            .await
+            .map_err(|e| {
+                tracing::warn!(id = req.id, error = %e, "refused an enrolment");
+                e.to_string()
+            })
     })
     .await
 }

@@ -5,17 +5,25 @@
 //! route sees it. The peer protocol's URLs, headers and credentials are written here and nowhere
 //! else: this is the connector/acceptor pair that mutual TLS wraps.
 //!
-//! Today a peer proves membership with the cluster secret as a bearer token. Raft's own routes
-//! live under `/raft/v1/`, the host's under `/peer/v1/` ([`HostRoute`]).
+//! Every connection is mutual TLS ([`accept`] on the serving side): a peer proves who it is with
+//! its certificate from the cluster CA, and [`PeerServer`] admits it to a route only if that
+//! identity may use it (a current member; a host not removed for the few routes a joining host
+//! needs; anyone for enrolment, which is how a host with an invitation gets its certificate). No
+//! shared secret crosses the wire. Raft's own routes live under `/raft/v1/`, the host's under
+//! `/peer/v1/` ([`HostRoute`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
+use doppel_trust::{HostIdentity, TrustError};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::credentials::Credentials;
 
 /// Largest peer request accepted (an append carrying a module upload, a snapshot chunk).
 pub(crate) const MAX_RPC: usize = 256 << 20;
@@ -50,11 +58,14 @@ pub(crate) enum RaftRoute {
     Ping,
     /// The leader lease this member runs with.
     Lease,
+    /// A host with an invitation asks for its certificate (the one route open to a client
+    /// without one).
+    Enrol,
 }
 
 impl RaftRoute {
     /// Every route.
-    pub(crate) const ALL: [RaftRoute; 10] = [
+    pub(crate) const ALL: [RaftRoute; 11] = [
         RaftRoute::AppendStream,
         RaftRoute::Vote,
         RaftRoute::Snapshot,
@@ -65,6 +76,7 @@ impl RaftRoute {
         RaftRoute::Status,
         RaftRoute::Ping,
         RaftRoute::Lease,
+        RaftRoute::Enrol,
     ];
 
     /// The route's path.
@@ -80,6 +92,7 @@ impl RaftRoute {
             RaftRoute::Status => "/raft/v1/status",
             RaftRoute::Ping => "/raft/v1/ping",
             RaftRoute::Lease => "/raft/v1/lease",
+            RaftRoute::Enrol => "/raft/v1/enrol",
         }
     }
 
@@ -112,9 +125,9 @@ pub enum PeerError {
     /// No connection could be made: nothing was sent.
     #[error("cannot connect: {0}")]
     Unreachable(String),
-    /// The peer refused our credential: we are not a member of its cluster.
-    #[error("it refused this host's credential: not a member of its cluster")]
-    Unauthorized,
+    /// The peer refused us: we are not (or no longer) a member of its cluster (its reason).
+    #[error("it refused this host: {0}")]
+    Unauthorized(String),
     /// The peer answered with an error status (its text).
     #[error("it answered {status}: {text}")]
     Status {
@@ -172,39 +185,50 @@ pub(crate) fn refused(e: &reqwest::Error) -> bool {
 /// though the peer is fine, so the connector lets them go well before.
 const POOL_IDLE: Duration = Duration::from_millis(500);
 
-/// The connector: one connection pool and this host's credential, shared by every peer call.
+/// The connector: one connection pool, presenting this host's certificate, shared by every peer
+/// call.
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
-    secret: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for PeerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PeerClient { credential: <redacted> }")
+        f.write_str("PeerClient")
     }
 }
 
 impl PeerClient {
-    /// A client presenting `secret` to its peers.
-    pub fn new(secret: &str) -> PeerClient {
+    /// A client presenting `credentials` to its peers and trusting the CAs they name.
+    pub fn new(credentials: &Credentials) -> Result<PeerClient, TrustError> {
+        let tls = doppel_trust::tls::peer_client(credentials.slot(), credentials.roots())?;
+        Ok(PeerClient::with_tls(tls))
+    }
+
+    /// A client for a host that has no certificate yet: it trusts only the CA whose fingerprint
+    /// its invitation names, and presents nothing (enrolment is the one route that admits it).
+    pub(crate) fn enrolling(ca_fingerprint: &str) -> Result<PeerClient, TrustError> {
+        let tls = doppel_trust::tls::pinned_client(ca_fingerprint)?;
+        Ok(PeerClient::with_tls(tls))
+    }
+
+    fn with_tls(tls: rustls::ClientConfig) -> PeerClient {
         PeerClient {
             // A peer whose machine vanished answers no connection attempt at all; without a
             // bound, a call would wait out its whole timeout on it.
             http: reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .https_only(true)
                 .connect_timeout(Duration::from_secs(1))
                 .pool_idle_timeout(POOL_IDLE)
                 .build()
                 .unwrap_or_default(),
-            secret: secret.into(),
         }
     }
 
     /// A raft request to `route` of the member at `addr` (`HOST:PORT`), authenticated.
     pub(crate) fn raft(&self, addr: &str, route: RaftRoute) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("http://{addr}{}", route.path()))
-            .bearer_auth(&*self.secret)
+        self.http.post(format!("https://{addr}{}", route.path()))
     }
 
     /// Calls `route` of the member at `addr` with a postcard body and decodes a postcard answer.
@@ -259,12 +283,12 @@ impl PeerClient {
         body: Option<&T>,
         timeout: Duration,
     ) -> Result<R, PeerError> {
-        let url = format!("http://{addr}{HOST_ROUTES}{}", route.0);
+        let url = format!("https://{addr}{HOST_ROUTES}{}", route.0);
         let mut request = match body {
             Some(body) => self.http.post(url).json(body),
             None => self.http.get(url),
         };
-        request = request.bearer_auth(&*self.secret).timeout(timeout);
+        request = request.timeout(timeout);
         let answer = request
             .send()
             .await
@@ -278,8 +302,10 @@ impl PeerClient {
 /// The body of a successful answer; the error status and text otherwise.
 async fn ok_body(answer: reqwest::Response) -> Result<bytes::Bytes, PeerError> {
     let status = answer.status();
-    if status == StatusCode::UNAUTHORIZED {
-        return Err(PeerError::Unauthorized);
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return Err(PeerError::Unauthorized(
+            answer.text().await.unwrap_or_default(),
+        ));
     }
     if !status.is_success() {
         let text = answer.text().await.unwrap_or_default();
@@ -302,22 +328,57 @@ pub(crate) enum Probe {
     Silent,
 }
 
-/// The acceptor: checks every peer request's credential before a route sees it.
+/// Who is at the other end of a peer connection: the identity its certificate states, or `None`
+/// for a client that presented none (a host enrolling). Put into every request's extensions by
+/// [`accept`].
+#[derive(Clone, Debug)]
+pub struct ConnectedPeer(pub Option<Arc<HostIdentity>>);
+
+/// Makes a TLS connection of `stream`, with the peer listener's configuration: the TLS stream and
+/// who is at the other end. rustls has already refused a certificate that is not from one of the
+/// cluster's CAs, or expired; what that identity may do is [`PeerServer`]'s to say.
+pub async fn accept<IO>(
+    config: Arc<rustls::ServerConfig>,
+    stream: IO,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<IO>, ConnectedPeer)>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let tls = tokio_rustls::TlsAcceptor::from(config).accept(stream).await?;
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| HostIdentity::from_certificate(cert))
+        .transpose()
+        .map_err(std::io::Error::other)?
+        .map(Arc::new);
+    Ok((tls, ConnectedPeer(peer)))
+}
+
+/// Whether the peer with `identity` may call a route (`None`: one of the host's own), or why not.
+pub type Admit = Arc<dyn Fn(&HostIdentity, Option<RaftRoute>) -> Result<(), String> + Send + Sync>;
+
+/// The acceptor: admits every peer request by the identity of its connection before a route sees
+/// it.
 #[derive(Clone)]
 pub struct PeerServer {
-    secret: std::sync::Arc<str>,
+    admit: Admit,
+    refusals: Arc<std::sync::Mutex<RefusalLog>>,
 }
 
 impl PeerServer {
-    /// An acceptor for peers presenting `secret`.
-    pub fn new(secret: &str) -> PeerServer {
+    /// An acceptor admitting requests as `admit` says.
+    pub fn new(admit: Admit) -> PeerServer {
         PeerServer {
-            secret: secret.into(),
+            admit,
+            refusals: Arc::default(),
         }
     }
 
     /// Every peer route in one router: `raft` (raft's routes, at their [`RaftRoute`] paths) and
-    /// `host` (the host's own, at their [`HostRoute`] paths), behind authentication.
+    /// `host` (the host's own, at their [`HostRoute`] paths), behind admission.
     pub(crate) fn router(&self, raft: axum::Router, host: axum::Router) -> axum::Router {
         raft.nest(HOST_ROUTES, host)
             .layer(DefaultBodyLimit::max(MAX_RPC))
@@ -330,12 +391,61 @@ pub(crate) fn raft_route_of(request: &Request) -> Option<RaftRoute> {
     RaftRoute::of_path(request.uri().path())
 }
 
-async fn authenticate(State(server): State<PeerServer>, request: Request, next: Next) -> Response {
-    let presented = request.headers().get(header::AUTHORIZATION);
-    if doppel_api::auth::bears(presented.map(|v| v.as_bytes()), &server.secret) {
-        next.run(request).await
-    } else {
-        (StatusCode::UNAUTHORIZED, "not a member of this cluster").into_response()
+/// How often refusals are logged: an attacker knocking must not flood the log.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
+/// Refusals counted since the last log line.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, who: &str, path: &str, why: &str) {
+        self.since += 1;
+        if self.last.is_none_or(|at| at.elapsed() >= REFUSALS_LOGGED_EVERY) {
+            tracing::warn!(
+                peer = who,
+                path,
+                refused_since_last_line = self.since,
+                "refused a peer request: {why}"
+            );
+            self.last = Some(std::time::Instant::now());
+            self.since = 0;
+        }
+    }
+}
+
+async fn authenticate(
+    State(server): State<PeerServer>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = raft_route_of(&request);
+    let peer = request
+        .extensions()
+        .get::<ConnectedPeer>()
+        .and_then(|p| p.0.clone());
+    let verdict = match (&peer, route) {
+        (_, Some(RaftRoute::Enrol)) => Ok(()),
+        (None, _) => Err((
+            StatusCode::UNAUTHORIZED,
+            "a peer request needs a client certificate from this cluster's CA".to_string(),
+        )),
+        (Some(who), route) => (server.admit)(who, route).map_err(|why| (StatusCode::FORBIDDEN, why)),
+    };
+    match verdict {
+        Ok(()) => next.run(request).await,
+        Err((status, why)) => {
+            let who = peer.map_or_else(|| "(no certificate)".to_string(), |p| p.to_string());
+            server
+                .refusals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .refused(&who, request.uri().path(), &why);
+            (status, why).into_response()
+        }
     }
 }
 

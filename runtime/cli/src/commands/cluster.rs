@@ -8,21 +8,22 @@ use crate::client::{Client, Target};
 /// What `doppel cluster` does.
 #[derive(Subcommand, Debug)]
 pub enum ClusterAction {
-    /// Print the token another host needs to join: `doppel host --join URL --token TOKEN`.
-    Token,
+    /// Print the cluster CA's certificate (public), for `--ca` on an operator's machine. Hosts
+    /// join with `doppel hosts invite`, not with a lasting token.
+    Ca,
 }
 
 impl ClusterAction {
     pub async fn run(self, target: &Target) -> anyhow::Result<()> {
         match self {
-            ClusterAction::Token => {
+            ClusterAction::Ca => {
                 let client = Client::connect(target)?;
-                let token = client
-                    .send(client.request(Method::GET, "/v1/cluster/token"))
+                let pem = client
+                    .send(client.request(Method::GET, "/v1/cluster/ca"))
                     .await?
                     .text()
                     .await?;
-                println!("{token}");
+                print!("{pem}");
                 Ok(())
             }
         }

@@ -21,9 +21,12 @@ pub struct Host {
     /// Address for service traffic.
     #[arg(long, env = "DOPPEL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Address for the admin API.
+    /// Address for the admin API (HTTPS, with a certificate from the cluster's CA).
     #[arg(long, env = "DOPPEL_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     pub admin: SocketAddr,
+    /// Address for other hosts (mutual TLS: raft, forwarded requests, moves).
+    #[arg(long, env = "DOPPEL_PEER_LISTEN", default_value = "127.0.0.1:8082")]
+    pub peer: SocketAddr,
     /// Largest module upload accepted.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_module_size: u64,
@@ -34,11 +37,12 @@ pub struct Host {
     /// (also how long a kept connection may wait for its next request). At least 1s.
     #[arg(long, default_value = "10s", value_parser = parse_header_timeout)]
     pub header_timeout: u64,
-    /// Join the cluster one of whose hosts has this admin address (`http://HOST:PORT`), on this
-    /// host's first start. Needs --token.
+    /// Join the cluster one of whose hosts has this peer address (`HOST:PORT`), on this host's
+    /// first start. Needs --token.
     #[arg(long, env = "DOPPEL_JOIN", requires = "token")]
     pub join: Option<String>,
-    /// The cluster's join token (`doppel cluster token` on a member prints it).
+    /// The invitation `doppel hosts invite NAME` printed on a member: good for one join, it
+    /// gives this host its name and labels.
     #[arg(
         long,
         env = "DOPPEL_JOIN_TOKEN",
@@ -46,7 +50,7 @@ pub struct Host {
         requires = "join"
     )]
     pub token: Option<String>,
-    /// The admin address other hosts reach this one at (default: the --admin address).
+    /// The peer address other hosts reach this one at (default: the --peer address).
     #[arg(long, env = "DOPPEL_ADVERTISE")]
     pub advertise: Option<String>,
     /// Log entries between snapshots of the store (the log before a snapshot is then dropped).
@@ -62,9 +66,15 @@ pub struct Host {
     #[arg(long, value_parser = parse_lease)]
     pub leader_lease: Option<u64>,
     /// A label placement rules can match (`doppel deploy --on KEY=VALUE`), repeatable, e.g.
-    /// `--label provider=ionos --label jurisdiction=de`.
+    /// `--label provider=ionos --label jurisdiction=de`. Only for the host that creates a
+    /// cluster: an invited host carries its invitation's labels, bound into its certificate.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = doppel_api::parse_label)]
     pub labels: Vec<(String, String)>,
+    /// A label every host of the cluster must carry (a residency rule, e.g.
+    /// `--require-label jurisdiction=de`), repeatable; set when the cluster is created. An
+    /// invitation whose labels break it is refused.
+    #[arg(long = "require-label", value_name = "KEY=VALUE", value_parser = doppel_api::parse_label)]
+    pub require: Vec<(String, String)>,
     /// How long requests in flight may finish after SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_millis)]
     pub grace: u64,
@@ -123,10 +133,11 @@ fn banner(name: &str, data: &std::path::Path, started: &Started) {
     );
     let _ = writeln!(
         text,
-        "  admin API  http://{}  (token in {})",
+        "  admin API  https://{}  (credential in {})",
         started.admin,
         started.token_file.display()
     );
+    let _ = writeln!(text, "  peers      {}  (mutual TLS)", started.peer);
     let first = if started.first_start {
         "  (created on this start)"
     } else {
@@ -140,8 +151,7 @@ fn banner(name: &str, data: &std::path::Path, started: &Started) {
     } else {
         let _ = writeln!(
             text,
-            "  cluster    this host alone; add one with `doppel host --join http://{} --token $(doppel cluster token)`",
-            started.admin
+            "  cluster    this host alone; add one with `doppel hosts invite NAME`"
         );
     }
     let _ = writeln!(
@@ -155,17 +165,14 @@ fn banner(name: &str, data: &std::path::Path, started: &Started) {
 impl Host {
     pub async fn run(self) -> anyhow::Result<()> {
         let name = self.name.unwrap_or_else(hostname);
-        let mut labels = std::collections::BTreeMap::new();
-        for (key, value) in self.labels {
-            if let Some(earlier) = labels.insert(key.clone(), value.clone()) {
-                anyhow::bail!("--label {key} is given twice ({earlier} and {value}); give it once");
-            }
-        }
+        let labels = label_map("--label", self.labels)?;
+        let require = label_map("--require-label", self.require)?;
         let config = HostConfig {
             name: name.clone(),
             data_dir: self.data.clone(),
             listen: self.listen,
             admin: self.admin,
+            peer: self.peer,
             ingress: IngressLimits {
                 max_connections: self.max_connections.max(1),
                 header_timeout: Duration::from_millis(self.header_timeout),
@@ -174,11 +181,7 @@ impl Host {
             grace: Duration::from_millis(self.grace),
             join: match (self.join, self.token) {
                 (Some(url), Some(token)) => Some(JoinTarget {
-                    url: if url.contains("://") {
-                        url
-                    } else {
-                        format!("http://{url}")
-                    },
+                    url,
                     token: token.trim().to_string(),
                 }),
                 _ => None,
@@ -187,16 +190,31 @@ impl Host {
             snapshot_every: self.snapshot_every,
             leader_lease: self.leader_lease.map(Duration::from_millis),
             labels,
+            require,
         };
         tracing::info!(?config, "starting");
         let data = self.data;
         doppel_host::run(
             config,
-            |started| banner(&name, &data, started),
+            |started| banner(&started.name, &data, started),
             stop_signal(),
         )
         .await
     }
+}
+
+/// Repeated `KEY=VALUE` flags as a map; a key given twice is an error.
+fn label_map(
+    flag: &str,
+    given: Vec<(String, String)>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut labels = std::collections::BTreeMap::new();
+    for (key, value) in given {
+        if let Some(earlier) = labels.insert(key.clone(), value.clone()) {
+            anyhow::bail!("{flag} {key} is given twice ({earlier} and {value}); give it once");
+        }
+    }
+    Ok(labels)
 }
 
 /// A leader lease: a duration from 100 ms to 10 s.

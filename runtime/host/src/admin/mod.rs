@@ -13,8 +13,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use doppel_api::{ApiError, ClusterInfo, DeployRequest, HostInfo, HostStatus, KeyPage};
-use doppel_replication::Member;
+use doppel_api::{
+    ApiError, ClusterInfo, DeployRequest, HostInfo, HostStatus, InvitationAnswer, InviteRequest,
+    KeyPage,
+};
+use doppel_replication::{AuthorityError, Member};
 use doppel_store::{Command, Op, Space, StoreError};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -82,7 +85,8 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/host", get(host))
         .route("/v1/cluster", get(cluster_status))
-        .route("/v1/cluster/token", get(join_token))
+        .route("/v1/hosts/invitations", post(invite))
+        .route("/v1/cluster/ca", get(cluster_ca))
         .route("/v1/hosts/{name}", axum::routing::delete(remove_host))
         .route("/v1/hosts/{name}/drain", post(operator::drain))
         .route("/v1/hosts/{name}/undrain", post(operator::undrain))
@@ -128,8 +132,40 @@ async fn cluster_status(State(state): State<AdminState>) -> AdminResult<Json<Clu
 }
 
 /// The join token, behind the admin token like everything here.
-async fn join_token(State(state): State<AdminState>) -> String {
-    state.member.join_token()
+/// The CA certificates this host trusts (public; the key is never answered).
+async fn cluster_ca(State(state): State<AdminState>) -> String {
+    state.member.credentials().roots_pem().to_string()
+}
+
+/// Opens an invitation for one host (`doppel hosts invite`).
+async fn invite(
+    State(state): State<AdminState>,
+    Json(req): Json<InviteRequest>,
+) -> AdminResult<Json<InvitationAnswer>> {
+    let ttl = std::time::Duration::from_secs(req.expires_secs);
+    let token = state
+        .member
+        .invite(&req.name, &req.labels, ttl)
+        .await
+        .map_err(|e| match e {
+            AuthorityError::Refused(why) => AdminError(StatusCode::UNPROCESSABLE_ENTITY, why),
+            AuthorityError::Store(e) => e.into(),
+            AuthorityError::Trust(e) => AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        })?;
+    let peers = state
+        .member
+        .store()
+        .members()
+        .into_iter()
+        .map(|(_, addr)| addr)
+        .collect();
+    Ok(Json(InvitationAnswer {
+        name: req.name,
+        labels: req.labels,
+        token: token.to_string(),
+        peers,
+        expires_secs: req.expires_secs,
+    }))
 }
 
 async fn remove_host(
