@@ -78,43 +78,36 @@ fn three_hosts_serve_one_state() {
 fn a_wrong_join_token_is_refused() {
     let first = Host::start_with(&["--name", "a"]);
     let dir = tempfile::tempdir().unwrap();
-    let out = doppel()
-        .args([
-            "host",
-            "--name",
-            "b",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .arg("--data")
-        .arg(dir.path().join("b"))
-        .args([
-            "--join",
-            &format!("http://{}", first.admin),
-            "--token",
-            "not-the-token",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("refused the join token"), "{stderr}");
-    assert!(
-        !stderr.contains("not-the-token"),
-        "the token must not be echoed: {stderr}"
-    );
+    let real = first.invite("b", &[]);
+    let fingerprint = real[3].split(':').nth(1).unwrap().to_string();
+    let forged = format!("doppel-invitation-v1:{fingerprint}:{}", "5".repeat(64));
+    let other_cluster = format!("doppel-invitation-v1:{}:{}", "7".repeat(64), "5".repeat(64));
+    for (token, says) in [
+        ("not-the-token", "this is not an invitation"),
+        (forged.as_str(), "no such invitation"),
+        (other_cluster.as_str(), "not the cluster that invited this host"),
+    ] {
+        let out = doppel()
+            .args(["host", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--peer", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("b"))
+            .args(["--join", &first.peer.to_string(), "--token", token])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(
+            !stderr.contains(&"5".repeat(64)),
+            "the token must not be echoed: {stderr}"
+        );
+    }
     // The cluster is unchanged.
     let st = status(&first);
     assert_eq!(st["cluster"]["hosts"].as_array().unwrap().len(), 1, "{st}");
-    // The refused start left nothing that stops a corrected retry on the same data directory.
-    let token = first.cli_ok(&["cluster", "token"]).trim().to_string();
-    let url = format!("http://{}", first.admin);
-    let _second = Host::spawn(
-        &dir.path().join("b"),
-        &["--name", "b", "--join", &url, "--token", &token],
-    );
+    // The refused starts left nothing that stops a corrected retry on the same data directory.
+    let real: Vec<&str> = real.iter().map(String::as_str).collect();
+    let _second = Host::spawn(&dir.path().join("b"), &real);
     let st = status(&first);
     assert_eq!(st["cluster"]["hosts"].as_array().unwrap().len(), 2, "{st}");
 }
@@ -409,8 +402,9 @@ fn concurrent_deploys_through_two_hosts_never_share_a_version() {
                 .map(|h| {
                     let (barrier, digest) = (&barrier, &digest);
                     s.spawn(move || {
-                        let request = http()
-                            .put(format!("http://{}/v1/services/kv", h.admin))
+                        let request = h
+                            .admin_http()
+                            .put(h.admin_url("/v1/services/kv"))
                             .bearer_auth(h.token().trim())
                             .json(&serde_json::json!({ "module": digest }));
                         barrier.wait();
@@ -458,11 +452,10 @@ fn every_member_runs_with_its_clusters_leader_lease() {
         hosts[1].log()
     );
 
-    let token = hosts[0].cli_ok(&["cluster", "token"]).trim().to_string();
-    let url = format!("http://{}", hosts[0].admin);
+    let invitation = hosts[0].invite("c", &[]);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("c");
-    let join = ["--name", "c", "--join", &url, "--token", &token];
+    let join: Vec<&str> = invitation.iter().map(String::as_str).collect();
     let Err(refused) =
         Host::try_spawn(&data, &[&join[..], &["--leader-lease", "1s"]].concat(), &[])
     else {
@@ -475,6 +468,8 @@ fn every_member_runs_with_its_clusters_leader_lease() {
         !data.join("cluster.json").exists(),
         "the refused host kept a cluster identity"
     );
+    // It did keep the certificate it enrolled for (the invitation is used up), so that it joins
+    // with it once it asks for the right lease.
     assert_eq!(
         status(&hosts[0])["cluster"]["hosts"]
             .as_array()
@@ -483,9 +478,15 @@ fn every_member_runs_with_its_clusters_leader_lease() {
         2
     );
 
-    let (listen, admin) = (hosts[1].listen.to_string(), hosts[1].admin.to_string());
+    let (listen, admin, peer) = (
+        hosts[1].listen.to_string(),
+        hosts[1].admin.to_string(),
+        hosts[1].peer.to_string(),
+    );
     hosts[1].kill();
-    let again = ["--name", "b", "--listen", &listen, "--admin", &admin];
+    let again = [
+        "--name", "b", "--listen", &listen, "--admin", &admin, "--peer", &peer,
+    ];
     let Err(refused) = Host::try_spawn(
         &hosts[1].data,
         &[&again[..], &["--leader-lease", "500ms"]].concat(),
@@ -524,12 +525,12 @@ fn a_clusters_lease_changes_while_every_host_is_stopped() {
     eventually("a write is acknowledged", || {
         hosts[2].post("/kv/set?k=before", "kept").0 == 200
     });
-    let places: Vec<[String; 2]> = hosts
+    let places: Vec<[String; 3]> = hosts
         .iter()
-        .map(|h| [h.listen.to_string(), h.admin.to_string()])
+        .map(|h| [h.listen.to_string(), h.admin.to_string(), h.peer.to_string()])
         .collect();
     let args = |i: usize| -> Vec<String> {
-        let [listen, admin] = places[i].clone();
+        let [listen, admin, peer] = places[i].clone();
         [
             "--name".into(),
             name(i),
@@ -537,13 +538,14 @@ fn a_clusters_lease_changes_while_every_host_is_stopped() {
             listen,
             "--admin".into(),
             admin,
+            "--peer".into(),
+            peer,
         ]
         .into()
     };
     for h in &mut hosts {
         h.kill();
     }
-    let secret = identity(&hosts[0])["secret"].as_str().unwrap().to_string();
 
     let [a, b, c] = &mut hosts[..] else {
         unreachable!()
@@ -552,12 +554,8 @@ fn a_clusters_lease_changes_while_every_host_is_stopped() {
         // Not ready until a second host is back (no majority alone): started in the background.
         let first = [args(0), vec!["--leader-lease".into(), "600ms".into()]].concat();
         s.spawn(move || a.restart_with(&first.iter().map(String::as_str).collect::<Vec<_>>()));
-        eventually("the first host back answers its peers", || {
-            http()
-                .post(format!("http://{}/raft/v1/lease", places[0][1]))
-                .bearer_auth(&secret)
-                .send()
-                .is_ok_and(|r| r.status().is_success())
+        eventually("the first host back listens for its peers", || {
+            std::net::TcpStream::connect(&places[0][2]).is_ok()
         });
         for (i, host) in [(1, b), (2, c)] {
             let again = args(i);
@@ -613,7 +611,7 @@ fn a_data_directory_from_before_the_lease_was_kept_records_it() {
     );
     let kept = identity(&host);
     assert_eq!(kept["lease_ms"], 180);
-    assert_eq!(kept["secret"], old["secret"]);
+    assert_eq!(kept["id"], old["id"]);
 }
 
 /// Hosts far apart get a longer leader lease (`--leader-lease`); a cluster started with one still

@@ -182,8 +182,14 @@ fn a_crash_while_rewriting_the_raft_log_loses_nothing() {
 /// Starts a cluster host that was killed again on its old ports and data, armed to crash at
 /// `point` (`Err` if it already crashed while starting).
 fn respawn_armed(host: &Host, name: &str, point: &str) -> Result<Host, std::process::ExitStatus> {
-    let (listen, admin) = (host.listen.to_string(), host.admin.to_string());
-    let extra = ["--name", name, "--listen", &listen, "--admin", &admin];
+    let (listen, admin, peer) = (
+        host.listen.to_string(),
+        host.admin.to_string(),
+        host.peer.to_string(),
+    );
+    let extra = [
+        "--name", name, "--listen", &listen, "--admin", &admin, "--peer", &peer,
+    ];
     Host::try_spawn(&host.data, &extra, &[("DOPPEL_CRASH_AT", point)])
 }
 
@@ -274,10 +280,8 @@ fn a_crash_while_saving_a_vote_loses_nothing() {
 
 /// How far `host`'s raft log reaches, asked as its peers ask (a liveness probe).
 fn log_reach(host: &Host) -> doppel_replication::LogReach {
-    let identity = crate::support::identity(host);
-    let body = crate::support::http()
-        .post(format!("http://{}/raft/v1/ping", host.admin))
-        .bearer_auth(identity["secret"].as_str().unwrap())
+    let body = crate::support::peer_http(host)
+        .post(format!("https://{}/raft/v1/ping", host.peer))
         .send()
         .and_then(|r| r.error_for_status())
         .and_then(|r| r.bytes())

@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use doppel_guests as guests;
 
-use crate::support::{Host, doppel, http};
+use crate::support::{Host, doppel};
 
 #[test]
 fn first_start_creates_a_private_token_and_serves_nothing_yet() {
@@ -33,23 +33,27 @@ fn first_start_creates_a_private_token_and_serves_nothing_yet() {
 #[test]
 fn admin_api_refuses_a_wrong_token_and_never_echoes_it() {
     let host = Host::start();
-    let url = format!("http://{}/v1/services", host.admin);
-    let none = http().get(&url).send().unwrap();
+    let url = host.admin_url("/v1/services");
+    let http = host.admin_http();
+    let none = http.get(&url).send().unwrap();
     assert_eq!(none.status().as_u16(), 401);
     let guess = "0123456789abcdef-not-the-token";
-    let wrong = http().get(&url).bearer_auth(guess).send().unwrap();
+    let wrong = http.get(&url).bearer_auth(guess).send().unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
     assert!(!wrong.text().unwrap().contains(guess));
-    let right = http().get(&url).bearer_auth(host.token()).send().unwrap();
+    let right = http.get(&url).bearer_auth(host.token()).send().unwrap();
     assert_eq!(right.status().as_u16(), 200);
     // The CLI with a wrong token says what to do.
+    let ca = host.data.join("tls/ca.pem");
     let out = doppel()
         .args([
             "ls",
             "--admin",
-            &format!("http://{}", host.admin),
+            &format!("https://{}", host.admin),
             "--token",
             guess,
+            "--ca",
+            ca.to_str().unwrap(),
         ])
         .output()
         .unwrap();
@@ -385,8 +389,9 @@ fn orphan_uploads_are_removed_at_start() {
     let mut host = Host::start();
     host.deploy(guests::HTTP_020, "kept", &[]);
     let bytes = std::fs::read(guests::HELLO).unwrap();
-    let uploaded = http()
-        .post(format!("http://{}/v1/modules", host.admin))
+    let uploaded = host
+        .admin_http()
+        .post(host.admin_url("/v1/modules"))
         .bearer_auth(host.token())
         .body(bytes)
         .send()
@@ -411,7 +416,8 @@ fn a_module_digest_that_climbs_out_of_the_cache_is_refused_and_deletes_nothing()
     // `DATA/cache/ENGINE/../../victim.cwasm` is `DATA/victim.cwasm`.
     let victim = host.data.join("victim.cwasm");
     std::fs::write(&victim, b"keep me").unwrap();
-    let url = format!("http://{}/v1/services/evil", host.admin);
+    let url = host.admin_url("/v1/services/evil");
+    let http = || host.admin_http();
     for digest in [
         "sha256:../../victim",
         "sha256:../../victim\u{0}",

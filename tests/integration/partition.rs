@@ -153,28 +153,29 @@ fn a_partitioned_leader_acknowledges_nothing_and_the_majority_goes_on() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut hosts: Vec<Host> = Vec::new();
-    let mut token = String::new();
     for i in 0..3 {
         let ns = net.ns(i);
         let wrapper = ["ip", "netns", "exec", ns.as_str()];
-        let (listen, admin) = (
+        let (listen, admin, peer) = (
             format!("{}:8080", net.addr(i)),
             format!("{}:8081", net.addr(i)),
+            format!("{}:8082", net.addr(i)),
         );
         let host_name = name(i);
-        let mut args = vec!["--name", &host_name, "--listen", &listen, "--admin", &admin];
-        let join = format!("http://{}:8081", net.addr(0));
-        if i > 0 {
-            args.extend_from_slice(&["--join", &join, "--token", &token]);
-        }
+        let mut args = vec![
+            "--name", &host_name, "--listen", &listen, "--admin", &admin, "--peer", &peer,
+        ];
+        let invitation = if i > 0 {
+            hosts[0].invite(&host_name, &[])
+        } else {
+            Vec::new()
+        };
+        args.extend(invitation.iter().map(String::as_str));
         hosts.push(Host::spawn_under(
             &wrapper,
             &dir.path().join(&host_name),
             &args,
         ));
-        if i == 0 {
-            token = hosts[0].cli_ok(&["cluster", "token"]).trim().to_string();
-        }
     }
     hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
     for h in &hosts {

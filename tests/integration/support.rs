@@ -15,8 +15,10 @@ pub struct Host {
     pub data: PathBuf,
     /// Service traffic address.
     pub listen: SocketAddr,
-    /// Admin API address.
+    /// Admin API address (HTTPS).
     pub admin: SocketAddr,
+    /// Peer address (mutual TLS).
+    pub peer: SocketAddr,
     /// Keeps the temporary directory alive.
     _dir: Option<tempfile::TempDir>,
 }
@@ -40,6 +42,8 @@ pub fn host_command(data: &Path) -> Command {
             "--listen",
             "127.0.0.1:0",
             "--admin",
+            "127.0.0.1:0",
+            "--peer",
             "127.0.0.1:0",
             "--data",
         ])
@@ -121,6 +125,7 @@ impl Host {
             ("--name", "test"),
             ("--listen", "127.0.0.1:0"),
             ("--admin", "127.0.0.1:0"),
+            ("--peer", "127.0.0.1:0"),
         ] {
             if !extra.contains(&flag) {
                 command.args([flag, default]);
@@ -175,6 +180,7 @@ impl Host {
             data: data.to_path_buf(),
             listen: endpoint["listen"].as_str().unwrap().parse().unwrap(),
             admin: endpoint["admin"].as_str().unwrap().parse().unwrap(),
+            peer: endpoint["peer"].as_str().unwrap().parse().unwrap(),
             _dir: None,
         })
     }
@@ -202,6 +208,41 @@ impl Host {
     /// `http://listen/path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.listen, path.trim_start_matches('/'))
+    }
+
+    /// `https://admin/path`: a URL of the admin API.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("https://{}/{}", self.admin, path.trim_start_matches('/'))
+    }
+
+    /// An HTTPS client that trusts this host's cluster CA (as the CLI does), for calling the
+    /// admin API by hand.
+    pub fn admin_http(&self) -> reqwest::blocking::Client {
+        let pem = std::fs::read_to_string(self.data.join("tls/ca.pem")).unwrap();
+        let roots = doppel_trust::certificates(&pem).unwrap();
+        reqwest::blocking::Client::builder()
+            .use_preconfigured_tls(doppel_trust::tls::operator_client(&roots).unwrap())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    }
+
+    /// An invitation for a host called `name` with `labels` (`KEY=VALUE`): the `doppel host`
+    /// flags that join with it.
+    pub fn invite(&self, name: &str, labels: &[&str]) -> Vec<String> {
+        let mut args = vec!["hosts", "invite", name];
+        for label in labels {
+            args.extend(["--label", label]);
+        }
+        let line = self.cli_ok(&args);
+        // `doppel host --join PEER --token TOKEN`
+        let words: Vec<&str> = line.split_whitespace().collect();
+        vec![
+            "--join".into(),
+            words[3].to_string(),
+            "--token".into(),
+            words[5].to_string(),
+        ]
     }
 
     /// The admin token.
@@ -350,16 +391,56 @@ pub fn cluster_each(extra: &[&[&str]]) -> Vec<Host> {
     let mut first_args = vec!["--name", "a"];
     first_args.extend_from_slice(extra[0]);
     let first = Host::start_with(&first_args);
-    let token = first.cli_ok(&["cluster", "token"]).trim().to_string();
-    let url = format!("http://{}", first.admin);
     let mut hosts = vec![first];
     for (i, own) in extra.iter().enumerate().skip(1) {
-        let name = name(i);
-        let mut args = vec!["--name", &name, "--join", &url, "--token", &token];
-        args.extend_from_slice(own);
-        hosts.push(Host::start_with(&args));
+        hosts.push(join(&hosts[0], &name(i), own));
     }
     hosts
+}
+
+/// An HTTPS client presenting the certificate kept in `host`'s data directory (a host's own,
+/// read from its `tls/` files) and trusting its CA: the test plays that host towards its peers.
+pub fn peer_http(host: &Host) -> reqwest::blocking::Client {
+    peer_http_as(&host.data.join("tls"))
+}
+
+/// An HTTPS client presenting the certificate `host.pem`/`host.key` in `tls` and trusting the
+/// CAs in `tls/ca.pem`.
+pub fn peer_http_as(tls: &Path) -> reqwest::blocking::Client {
+    let read = |name: &str| std::fs::read_to_string(tls.join(name)).unwrap();
+    let key = doppel_trust::tls::certified_key(&read("host.pem"), &read("host.key")).unwrap();
+    let roots = doppel_trust::certificates(&read("ca.pem")).unwrap();
+    let slot = std::sync::Arc::new(doppel_trust::tls::CredentialSlot::new(key));
+    reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(doppel_trust::tls::peer_client(slot, &roots).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Starts a host that joins `member`'s cluster with an invitation for `name`. The `--label`s in
+/// `extra` go into the invitation (a host's labels come from its certificate); the other flags to
+/// `doppel host`.
+pub fn join(member: &Host, name: &str, extra: &[&str]) -> Host {
+    let (labels, flags) = split_labels(extra);
+    let invitation = member.invite(name, &labels);
+    let mut args: Vec<&str> = invitation.iter().map(String::as_str).collect();
+    args.extend(flags);
+    Host::start_with(&args)
+}
+
+/// `--label X` pairs apart from the other flags.
+pub fn split_labels<'a>(extra: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
+    let (mut labels, mut flags) = (Vec::new(), Vec::new());
+    let mut rest = extra.iter();
+    while let Some(flag) = rest.next() {
+        if *flag == "--label" {
+            labels.extend(rest.next());
+        } else {
+            flags.push(*flag);
+        }
+    }
+    (labels, flags)
 }
 
 /// `threads` threads, each with its own HTTP client (`timeout` a request), calling
@@ -492,8 +573,8 @@ pub fn precompiled_dir(host: &Host) -> PathBuf {
         .path()
 }
 
-/// This host's cluster identity as its data directory keeps it (`DATA/cluster.json`: id, secret,
-/// leader lease).
+/// This host's cluster identity as its data directory keeps it (`DATA/cluster.json`: id, leader
+/// lease).
 pub fn identity(host: &Host) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(host.data.join("cluster.json")).unwrap()).unwrap()
 }
@@ -522,10 +603,16 @@ pub fn leader(hosts: &[Host]) -> usize {
     found.unwrap()
 }
 
-/// Restarts a killed host on its old ports (its peers know it by its admin address).
+/// Restarts a killed host on its old ports (its peers know it by its peer address).
 pub fn restart_in_place(host: &mut Host, name: &str) {
-    let (listen, admin) = (host.listen.to_string(), host.admin.to_string());
-    host.restart_with(&["--name", name, "--listen", &listen, "--admin", &admin]);
+    let (listen, admin, peer) = (
+        host.listen.to_string(),
+        host.admin.to_string(),
+        host.peer.to_string(),
+    );
+    host.restart_with(&[
+        "--name", name, "--listen", &listen, "--admin", &admin, "--peer", &peer,
+    ]);
 }
 
 /// The name `cluster` gave host `i`.

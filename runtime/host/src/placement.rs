@@ -412,6 +412,7 @@ mod tests {
                 id,
                 name: name.into(),
                 admin: format!("{name}:81"),
+                peer: format!("{name}:82"),
                 listen: format!("{name}:80"),
                 labels: [("j".to_string(), j.to_string())].into(),
                 removed: false,

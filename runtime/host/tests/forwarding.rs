@@ -5,10 +5,12 @@
 
 use std::time::Duration;
 
-use doppel_api::{DeployRequest, ModuleInfo, ServiceInfo};
+use doppel_api::{DeployRequest, InvitationAnswer, InviteRequest, ModuleInfo, ServiceInfo};
 use doppel_host::{HostConfig, IngressLimits, JoinTarget, Started};
 
 struct InProcess {
+    /// A client of the admin API, trusting the host's CA.
+    http: reqwest::Client,
     started: Started,
     token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -24,6 +26,7 @@ impl InProcess {
             data_dir: dir.path().join("data"),
             listen: "127.0.0.1:0".parse().unwrap(),
             admin: "127.0.0.1:0".parse().unwrap(),
+            peer: "127.0.0.1:0".parse().unwrap(),
             ingress: IngressLimits::default(),
             max_module_size: 64 << 20,
             grace: Duration::from_secs(5),
@@ -32,6 +35,7 @@ impl InProcess {
             snapshot_every: 10_000,
             leader_lease: None,
             labels: Default::default(),
+            require: Default::default(),
         };
         let (ready, is_ready) = tokio::sync::oneshot::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -48,7 +52,14 @@ impl InProcess {
             .await
             .expect("the host stopped before it was ready");
         let token = std::fs::read_to_string(&started.token_file).unwrap();
+        let ca = std::fs::read_to_string(dir.path().join("data/tls/ca.pem")).unwrap();
+        let roots = doppel_trust::certificates(&ca).unwrap();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(doppel_trust::tls::operator_client(&roots).unwrap())
+            .build()
+            .unwrap();
         InProcess {
+            http,
             started,
             token: token.trim().to_string(),
             stop: Some(stop),
@@ -58,7 +69,7 @@ impl InProcess {
     }
 
     fn admin(&self, path: &str) -> String {
-        format!("http://{}{path}", self.started.admin)
+        format!("https://{}{path}", self.started.admin)
     }
 
     fn service(&self, path: &str) -> String {
@@ -75,9 +86,9 @@ impl InProcess {
     }
 
     /// How many requests for `service` this host served.
-    async fn requests(&self, http: &reqwest::Client, service: &str) -> u64 {
+    async fn requests(&self, service: &str) -> u64 {
         let path = self.admin(&format!("/v1/services/{service}"));
-        let info: ServiceInfo = self.ask(http.get(path)).await;
+        let info: ServiceInfo = self.ask(self.http.get(path)).await;
         info.requests
     }
 
@@ -91,31 +102,32 @@ impl InProcess {
 async fn a_standby_forwards_to_the_active_host_and_a_forwarded_request_is_served_where_it_lands() {
     let http = reqwest::Client::new();
     let a = InProcess::start("a", None).await;
-    let token = http
-        .get(a.admin("/v1/cluster/token"))
-        .bearer_auth(&a.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let invitation: InvitationAnswer = a
+        .ask(a.http.post(a.admin("/v1/hosts/invitations")).json(&InviteRequest {
+            name: "b".into(),
+            labels: Default::default(),
+            expires_secs: 60,
+        }))
+        .await;
     let b = InProcess::start(
-        "b",
+        "ignored",
         Some(JoinTarget {
-            url: format!("http://{}", a.started.admin),
-            token,
+            url: a.started.peer.to_string(),
+            token: invitation.token,
         }),
     )
     .await;
+    assert_eq!(b.started.name, "b", "the invitation names the host");
     assert!(b.started.joined);
 
     // Deployed through `a`: active there, a standby on `b`.
-    let upload = http
+    let upload = a
+        .http
         .post(a.admin("/v1/modules"))
         .body(std::fs::read(doppel_guests::HELLO).unwrap());
     let module: ModuleInfo = a.ask(upload).await;
-    let deploy = http
+    let deploy = a
+        .http
         .put(a.admin("/v1/services/hello"))
         .json(&DeployRequest {
             module: module.digest,
@@ -127,8 +139,8 @@ async fn a_standby_forwards_to_the_active_host_and_a_forwarded_request_is_served
     // Through `b`: sent on to `a`, which answers.
     let answer = http.get(b.service("/hello/")).send().await.unwrap();
     assert_eq!(answer.status(), 200);
-    assert_eq!(a.requests(&http, "hello").await, 1);
-    assert_eq!(b.requests(&http, "hello").await, 0);
+    assert_eq!(a.requests("hello").await, 1);
+    assert_eq!(b.requests("hello").await, 0);
 
     // Already forwarded once by some host: `b` serves it itself rather than send it on again.
     let answer = http
@@ -138,8 +150,8 @@ async fn a_standby_forwards_to_the_active_host_and_a_forwarded_request_is_served
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
-    assert_eq!(a.requests(&http, "hello").await, 1);
-    assert_eq!(b.requests(&http, "hello").await, 1);
+    assert_eq!(a.requests("hello").await, 1);
+    assert_eq!(b.requests("hello").await, 1);
 
     b.stop().await;
     a.stop().await;

@@ -38,6 +38,27 @@ async fn rate(store: Arc<dyn Store>, writers: usize) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
+/// A peer client with a certificate of a throwaway CA (a one-member cluster never calls a peer).
+fn peers() -> doppel_replication::PeerClient {
+    let ca = doppel_trust::ClusterCa::create("bench").unwrap();
+    let key = doppel_trust::HostKey::generate().unwrap();
+    let who = doppel_trust::HostIdentity {
+        id: 1,
+        name: "bench".into(),
+        labels: Default::default(),
+    };
+    let cert = ca
+        .issue(&key.request().unwrap(), &who, std::time::Duration::from_secs(3600))
+        .unwrap();
+    let own = doppel_replication::Credentials::from_pem(
+        &format!("{cert}{}", ca.cert_pem()),
+        &key.pem(),
+        ca.cert_pem(),
+    )
+    .unwrap();
+    doppel_replication::PeerClient::new(&own).unwrap()
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -49,17 +70,14 @@ fn main() {
         let node = doppel_replication::start(
             1,
             &dir.path().join("raft"),
-            doppel_replication::PeerClient::new("secret"),
+            peers(),
         )
         .await
         .unwrap();
         let members: BTreeMap<u64, openraft::BasicNode> =
             [(1, openraft::BasicNode::new("127.0.0.1:1"))].into();
         node.raft.initialize(members).await.unwrap();
-        Arc::new(ReplicatedStore::new(
-            node,
-            doppel_replication::PeerClient::new("secret"),
-        ))
+        Arc::new(ReplicatedStore::new(node, peers()))
     });
     println!("store commits (counter increments), one host:");
     for writers in [1usize, 64] {

@@ -75,7 +75,7 @@ pub(crate) enum StreamError {
     Broken(String),
 }
 
-fn broken(e: impl std::fmt::Display) -> StreamError {
+pub(crate) fn broken(e: impl std::fmt::Display) -> StreamError {
     StreamError::Broken(e.to_string())
 }
 

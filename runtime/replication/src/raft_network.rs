@@ -57,6 +57,8 @@ pub struct Peer {
     lease_ms: u64,
     /// The connection appends go over, once opened.
     appends: Option<AppendStream>,
+    /// A connection being opened for appends.
+    opening: Option<tokio::task::JoinHandle<Result<AppendStream, StreamError>>>,
     lease_warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
@@ -70,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peers: self.peers.clone(),
             lease_ms: self.lease_ms,
             appends: None,
+            opening: None,
             lease_warned: self.lease_warned.clone(),
         }
     }
@@ -131,24 +134,38 @@ impl Peer {
     /// One append over the connection kept for appends, opening it if there is none. A kept
     /// connection may have died since its last use (the follower restarted): then the append is
     /// sent once more on a new one (appends are idempotent).
+    ///
+    /// openraft gives an append one heartbeat interval and drops it after that, so:
+    /// - the stream is taken out while an append is on it: an append dropped halfway leaves its
+    ///   answer unread, and the stream, out of step, is dropped with it;
+    /// - a new stream is opened by a task of its own, which a dropped append leaves running for
+    ///   the next one to pick up: opening (a TLS handshake, an upgrade) may take longer than one
+    ///   heartbeat interval on a loaded host, and restarting it every time would never finish.
     async fn append_over_stream(
         &mut self,
         rpc: &AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendAnswer, StreamError> {
-        if let Some(stream) = &mut self.appends {
+        if let Some(mut stream) = self.appends.take() {
             match stream.append(rpc).await {
-                Ok(answer) => return Ok(answer),
+                Ok(answer) => {
+                    self.appends = Some(stream);
+                    return Ok(answer);
+                }
                 Err(e) => {
                     tracing::debug!(target = self.target, error = %e, "append stream broke; reopening");
-                    self.appends = None;
                 }
             }
         }
-        let opened = AppendStream::open(&self.peers, &self.addr, self.lease_ms).await?;
-        let stream = self.appends.insert(opened);
+        let opening = self.opening.get_or_insert_with(|| {
+            let (peers, addr, lease_ms) = (self.peers.clone(), self.addr.clone(), self.lease_ms);
+            tokio::spawn(async move { AppendStream::open(&peers, &addr, lease_ms).await })
+        });
+        let opened = opening.await;
+        self.opening = None;
+        let mut stream = opened.map_err(crate::append_stream::broken)??;
         let answer = stream.append(rpc).await;
-        if answer.is_err() {
-            self.appends = None;
+        if answer.is_ok() {
+            self.appends = Some(stream);
         }
         answer
     }
@@ -169,11 +186,8 @@ impl RaftNetwork<TypeConfig> for Peer {
                 return Err(NetworkError::new(&std::io::Error::other(why)).into());
             }
             Ok(Err(e)) => return Err(NetworkError::new(&e).into()),
-            Err(elapsed) => {
-                // The answer may still come: the connection is out of step, so it goes.
-                self.appends = None;
-                return Err(NetworkError::new(&elapsed).into());
-            }
+            // The stream that was on it was dropped with it (see `append_over_stream`).
+            Err(elapsed) => return Err(NetworkError::new(&elapsed).into()),
         };
         answer.map_err(|e| RemoteError::new(self.target, e).into())
     }

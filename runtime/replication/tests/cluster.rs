@@ -1,14 +1,82 @@
-//! Three raft nodes on loopback, talking real HTTP: writes replicate to every node, a write
-//! survives the loss of the leader, and a process without the cluster secret is refused.
+//! Three raft nodes on loopback, talking real HTTP over mutual TLS: writes replicate to every
+//! node, a write survives the loss of the leader, and a process without a certificate of the
+//! cluster's CA, or with one but not a member, is refused.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use doppel_replication::{PeerClient, PeerServer, StateMachine, TypeConfig};
+use doppel_replication::{Credentials, PeerClient, ReplicatedStore, StateMachine, TypeConfig};
 use doppel_store::{Command, Op, Outcome, Space};
+use doppel_trust::{ClusterCa, HostIdentity, HostKey};
 use openraft::{BasicNode, Raft};
 
-const SECRET: &str = "test-cluster-secret";
+/// The test cluster's CA, shared by every node of every test.
+static CA: LazyLock<ClusterCa> = LazyLock::new(|| ClusterCa::create("test").unwrap());
+
+/// A certificate from `ca` for host `id`.
+fn credentials_from(ca: &ClusterCa, id: u64) -> Credentials {
+    let key = HostKey::generate().unwrap();
+    let who = HostIdentity {
+        id,
+        name: format!("n{id}"),
+        labels: Default::default(),
+    };
+    let cert = ca
+        .issue(&key.request().unwrap(), &who, Duration::from_secs(3600))
+        .unwrap();
+    Credentials::from_pem(
+        &format!("{cert}{}", ca.cert_pem()),
+        &key.pem(),
+        ca.cert_pem(),
+    )
+    .unwrap()
+}
+
+fn peers(id: u64) -> PeerClient {
+    PeerClient::new(&credentials_from(&CA, id)).unwrap()
+}
+
+/// A client presenting host `id`'s certificate from `ca` (none for `None`), trusting the test CA.
+fn client_as(ca: &ClusterCa, id: Option<u64>) -> reqwest::Client {
+    let tls = match id {
+        Some(id) => {
+            let own = credentials_from(ca, id);
+            doppel_trust::tls::peer_client(own.slot(), &[CA.cert_der().to_vec()]).unwrap()
+        }
+        None => doppel_trust::tls::operator_client(&[CA.cert_der().to_vec()]).unwrap(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap()
+}
+
+/// Serves `app` on `listener` over mutual TLS, as a host's peer listener does.
+async fn serve_tls(listener: tokio::net::TcpListener, app: axum::Router, id: u64) {
+    use hyper_util::rt::TokioIo;
+    let config = credentials_from(&CA, id).peer_server().unwrap();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let (config, app) = (config.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok((stream, peer)) = doppel_replication::accept(config, stream).await else {
+                return;
+            };
+            let app = hyper_util::service::TowerToHyperService::new(app);
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                req.extensions_mut().insert(peer.clone());
+                hyper::service::Service::call(&app, req)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
 
 struct Node {
     id: u64,
@@ -32,21 +100,20 @@ async fn node_with(id: u64, config: openraft::Config) -> Node {
         state,
         log,
         gate,
-    } = doppel_replication::start_with(id, dir.path(), PeerClient::new(SECRET), config)
+    } = doppel_replication::start_with(id, dir.path(), peers(id), config)
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = doppel_replication::peer_router(
-        raft.clone(),
-        log.clone(),
-        gate.clone(),
-        &PeerServer::new(SECRET),
-        axum::Router::new(),
-    );
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let parts = doppel_replication::Node {
+        raft: raft.clone(),
+        state: state.clone(),
+        log: log.clone(),
+        gate: gate.clone(),
+    };
+    let store = Arc::new(ReplicatedStore::new(parts, peers(id)));
+    let app = doppel_replication::peer_router(store, axum::Router::new());
+    let server = tokio::spawn(serve_tls(listener, app, id));
     Node {
         id,
         raft,
@@ -151,29 +218,44 @@ async fn three_nodes_replicate_and_survive_the_loss_of_the_leader() {
     write_and_check(&survivors, second, "after").await;
 }
 
-#[tokio::test]
-async fn a_process_without_the_secret_is_refused() {
-    let n = node(1).await;
-    let client = reqwest::Client::new();
-    for path in ["vote", "snapshot", "append-stream"] {
-        let url = format!("http://{}/raft/v1/{path}", n.addr);
-        let none = client.post(&url).body(vec![1, 2, 3]).send().await.unwrap();
-        assert_eq!(none.status().as_u16(), 401);
-        let wrong = client
-            .post(&url)
-            .bearer_auth("guess")
-            .body(vec![1, 2, 3])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(wrong.status().as_u16(), 401);
+/// Who may call a member: a client without a certificate gets nothing but a 401; one with a
+/// certificate from another CA does not finish the handshake; one of this CA that is not a member
+/// is refused (403); a member sending in another's name is refused; a member sending garbage gets
+/// a clear 400, not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_members_with_the_clusters_certificate_are_served() {
+    let nodes = three_nodes().await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    leader(&all, None).await;
+    let n = &nodes[0];
+    let url = |path: &str| format!("https://{}/raft/v1/{path}", n.addr);
+    let anonymous = client_as(&CA, None);
+    for path in ["vote", "snapshot", "append-stream", "write", "ping"] {
+        let none = anonymous.post(url(path)).body(vec![1, 2, 3]).send().await.unwrap();
+        assert_eq!(none.status().as_u16(), 401, "{path}");
     }
-    // With the secret, garbage is a clear 400, not a crash.
-    assert_eq!(garbage_vote(&client, &n).await, 400);
-    // The append stream's route, with the secret but without asking for the upgrade, says so.
-    let plain = client
-        .post(format!("http://{}/raft/v1/append-stream", n.addr))
-        .bearer_auth(SECRET)
+    let stranger = ClusterCa::create("another cluster").unwrap();
+    let refused = client_as(&stranger, Some(2)).post(url("ping")).send().await;
+    assert!(refused.is_err(), "a certificate of another CA was accepted");
+    let outsider = client_as(&CA, Some(99));
+    for path in ["vote", "write", "ping", "status"] {
+        let answer = outsider.post(url(path)).body(vec![1, 2, 3]).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 403, "{path}");
+        assert!(answer.text().await.unwrap().contains("not a member"));
+    }
+    // Node 2 asking for a vote in node 3's name.
+    let forged = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(99, 3), None);
+    let answer = client_as(&CA, Some(2))
+        .post(url("vote"))
+        .body(postcard::to_stdvec(&forged).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 403);
+    assert_eq!(garbage_vote(n).await, 400);
+    // The append stream's route, for a member but without asking for the upgrade, says so.
+    let plain = client_as(&CA, Some(2))
+        .post(url("append-stream"))
         .send()
         .await
         .unwrap();
@@ -197,7 +279,7 @@ async fn raft_messages_from_a_host_with_another_lease_are_refused() {
     let ms = Duration::from_millis;
     let member = node_with(2, doppel_replication::config_with_lease(ms(600))).await;
     let to_member = |lease| async move {
-        doppel_replication::Network::new(PeerClient::new(SECRET), lease)
+        doppel_replication::Network::new(peers(1), lease)
             .new_client(2, &BasicNode::new(member.addr))
             .await
     };
@@ -225,10 +307,9 @@ async fn raft_messages_from_a_host_with_another_lease_are_refused() {
     same.append_entries(append, option()).await.unwrap();
 
     // A message naming no lease is served (here: refused as garbage, which is past the check).
-    assert_eq!(garbage_vote(&reqwest::Client::new(), &member).await, 400);
-    let named = reqwest::Client::new()
-        .post(format!("http://{}/raft/v1/vote", member.addr))
-        .bearer_auth(SECRET)
+    assert_eq!(garbage_vote(&member).await, 400);
+    let named = client_as(&CA, Some(1))
+        .post(format!("https://{}/raft/v1/vote", member.addr))
         .header(doppel_replication::LEASE_HEADER, "300")
         .body(vec![255, 255, 255])
         .send()
@@ -243,11 +324,10 @@ async fn raft_messages_from_a_host_with_another_lease_are_refused() {
 async fn a_garbled_append_stream_is_closed_and_the_node_goes_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let n = node(1).await;
-    let client = reqwest::Client::new();
+    let client = client_as(&CA, Some(2));
     let open = || async {
         let response = client
-            .post(format!("http://{}/raft/v1/append-stream", n.addr))
-            .bearer_auth(SECRET)
+            .post(format!("https://{}/raft/v1/append-stream", n.addr))
             .header("connection", "upgrade")
             .header("upgrade", "doppel-raft-append/1")
             .send()
@@ -267,18 +347,13 @@ async fn a_garbled_append_stream_is_closed_and_the_node_goes_on() {
             .expect("the node closes the stream");
         assert!(read.is_err() || rest.is_empty(), "{read:?} {rest:?}");
     }
-    assert_eq!(
-        garbage_vote(&client, &n).await,
-        400,
-        "the node still answers"
-    );
+    assert_eq!(garbage_vote(&n).await, 400, "the node still answers");
 }
 
-/// The status a vote request with a garbage body gets from `n`, sent with the secret.
-async fn garbage_vote(client: &reqwest::Client, n: &Node) -> u16 {
-    client
-        .post(format!("http://{}/raft/v1/vote", n.addr))
-        .bearer_auth(SECRET)
+/// The status a vote request with a garbage body gets from `n`, sent by a member (host 2).
+async fn garbage_vote(n: &Node) -> u16 {
+    client_as(&CA, Some(2))
+        .post(format!("https://{}/raft/v1/vote", n.addr))
         .body(vec![255, 255, 255])
         .send()
         .await
@@ -306,7 +381,7 @@ fn store(n: &Node) -> doppel_replication::ReplicatedStore {
         log: n.log.clone(),
         gate: n.gate.clone(),
     };
-    doppel_replication::ReplicatedStore::new(node, PeerClient::new(SECRET))
+    doppel_replication::ReplicatedStore::new(node, peers(n.id))
 }
 
 /// Every host answers reads and writes, linearizably: a write through one follower is seen by a
