@@ -59,7 +59,7 @@ fn admin_api_refuses_a_wrong_token_and_never_echoes_it() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("wrong admin token"), "{stderr}");
+    assert!(stderr.contains("wrong credential"), "{stderr}");
     assert!(!stderr.contains(guess));
 }
 

@@ -1,27 +1,31 @@
-//! How a bearer credential is checked, on the admin API and between hosts alike: the
-//! `Authorization: Bearer …` header, compared in constant time (`subtle`), so that a secret
-//! cannot be found byte by byte from response times.
+//! How an operator's credential is checked on the admin API: the `Authorization: Bearer …`
+//! header, and a constant-time comparison (`subtle`), so that a secret cannot be found byte by
+//! byte from response times.
 
 use subtle::ConstantTimeEq as _;
 
-/// Whether an `Authorization` header value (`None`: none was sent) is `Bearer SECRET`.
-pub fn bears(authorization: Option<&[u8]>, secret: &str) -> bool {
-    authorization
-        .and_then(|v| v.strip_prefix(b"Bearer "))
-        .is_some_and(|presented| bool::from(presented.ct_eq(secret.as_bytes())))
+/// The credential an `Authorization` header value carries (`None`: none, or not a bearer).
+pub fn bearer(authorization: Option<&[u8]>) -> Option<&[u8]> {
+    authorization.and_then(|v| v.strip_prefix(b"Bearer "))
+}
+
+/// Whether `a` and `b` are equal, in time that does not depend on where they differ.
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::bears;
+    use super::{bearer, same};
 
     #[test]
-    fn only_the_exact_secret_passes() {
-        assert!(bears(Some(b"Bearer s3cret"), "s3cret"));
-        assert!(!bears(Some(b"Bearer s3cre"), "s3cret"));
-        assert!(!bears(Some(b"Bearer s3cretx"), "s3cret"));
-        assert!(!bears(Some(b"Basic s3cret"), "s3cret"));
-        assert!(!bears(Some(b"s3cret"), "s3cret"));
-        assert!(!bears(None, "s3cret"));
+    fn only_a_bearer_header_carries_a_credential() {
+        assert_eq!(bearer(Some(b"Bearer s3cret")), Some(&b"s3cret"[..]));
+        assert_eq!(bearer(Some(b"Basic s3cret")), None);
+        assert_eq!(bearer(Some(b"s3cret")), None);
+        assert_eq!(bearer(None), None);
+        assert!(same(b"s3cret", b"s3cret"));
+        assert!(!same(b"s3cret", b"s3cre"));
+        assert!(!same(b"s3cret", b"s3creT"));
     }
 }

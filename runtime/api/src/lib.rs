@@ -371,6 +371,161 @@ pub struct ClusterInfo {
     pub hosts: Vec<HostStatus>,
 }
 
+/// What a credential may do; each role may do what the ones before it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads the cluster, services, logs, events and the audit trail.
+    Viewer,
+    /// Also deploys, removes, migrates, drains, and reads and writes services' records.
+    Operator,
+    /// Also manages hosts and credentials.
+    Admin,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("{s:?} is not a role: viewer, operator or admin")),
+        }
+    }
+}
+
+/// One entry of the audit trail.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its number in the chain (from 1).
+    #[serde(default)]
+    pub seq: u64,
+    /// When (ms since the Unix epoch, the recording host's clock).
+    pub time_ms: u64,
+    /// Who: the credential's name, `(unauthenticated)` or `(peer)`.
+    pub actor: String,
+    /// Through which host.
+    pub via: String,
+    /// What: method and path.
+    pub action: String,
+    /// How it ended: `done`, `failed: STATUS`, `refused: …`.
+    pub outcome: String,
+    /// More: a deploy's module digest.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// One host's check of its own copy of the audit trail.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditCheck {
+    /// The host (its name, or its address if it did not answer).
+    pub host: String,
+    /// How many entries its copy has.
+    pub entries: u64,
+    /// The entry whose hash it reports.
+    pub at: u64,
+    /// That entry's hash (hex).
+    pub hash_at: String,
+    /// The first entry whose link is broken in its copy, if one is.
+    pub broken_at: Option<u64>,
+    /// Why it did not answer, if it did not.
+    pub error: Option<String>,
+}
+
+/// `doppel audit --verify`: every host's check, and the hosts whose copy was altered.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditVerdict {
+    /// Every host's check.
+    pub checks: Vec<AuditCheck>,
+    /// Hosts whose copy is broken, or differs from most copies at the same entry.
+    pub altered: Vec<String>,
+    /// Hosts that did not answer.
+    pub unreachable: Vec<String>,
+}
+
+impl AuditVerdict {
+    /// The verdict on `checks`: a copy is altered if its chain is broken, or if its hash at the
+    /// entry it was asked about differs from the hash most copies that reach that entry have.
+    pub fn of(checks: Vec<AuditCheck>) -> AuditVerdict {
+        let answered: Vec<&AuditCheck> = checks.iter().filter(|c| c.error.is_none()).collect();
+        let mut most: BTreeMap<(u64, &str), usize> = BTreeMap::new();
+        for c in &answered {
+            *most.entry((c.at, c.hash_at.as_str())).or_default() += 1;
+        }
+        let majority = |at: u64| {
+            most.iter()
+                .filter(|((a, _), _)| *a == at)
+                .max_by_key(|(_, n)| **n)
+                .map(|((_, h), _)| *h)
+        };
+        let altered = answered
+            .iter()
+            .filter(|c| c.broken_at.is_some() || majority(c.at) != Some(c.hash_at.as_str()))
+            .map(|c| c.host.clone())
+            .collect();
+        let unreachable = checks
+            .iter()
+            .filter(|c| c.error.is_some())
+            .map(|c| c.host.clone())
+            .collect();
+        AuditVerdict {
+            checks,
+            altered,
+            unreachable,
+        }
+    }
+}
+
+/// `POST /v1/tokens`: make a named credential.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRequest {
+    /// Its name (whose it is).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Seconds until it expires; `None`: never.
+    #[serde(default)]
+    pub expires_secs: Option<u64>,
+}
+
+/// The answer: the credential, shown this once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewToken {
+    /// What the store keeps of it.
+    pub info: TokenInfo,
+    /// The credential (`--token`, `DOPPEL_TOKEN`); not kept anywhere by the cluster.
+    pub token: String,
+}
+
+/// A credential as `doppel tokens ls` shows it (never its secret).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Its name.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// When it was made (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// Who made it.
+    pub created_by: String,
+    /// When it expires, if it does.
+    pub expires_ms: Option<u64>,
+    /// When it was revoked, if it was.
+    pub revoked_ms: Option<u64>,
+}
+
 /// `POST /v1/hosts/invitations`: invite a host to join.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InviteRequest {

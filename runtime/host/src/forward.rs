@@ -1,8 +1,10 @@
 //! Forwarding a request to the host a service is active on, when it is not active here. The
-//! request goes out as it came in (path with the service prefix, method, headers, body), marked
-//! with one more `x-doppel-forwarded-by` (each forwarding host adds its id), so that the
-//! receiving host serves it itself unless it is handing the service over; a request is forwarded
-//! at most twice.
+//! request goes to that host's peer listener (mutual TLS: a client's request never crosses the
+//! network between hosts in clear), at [`FORWARD`] followed by the path it came with, with its
+//! method, headers and body, marked with one more `x-doppel-forwarded-by` (each forwarding host
+//! adds its id), so that the receiving host serves it itself unless it is handing the service
+//! over; a request is forwarded at most twice. The mark counts only there: the service port
+//! drops it from clients.
 
 use std::time::Duration;
 
@@ -10,10 +12,22 @@ use bytes::Bytes;
 use http::{HeaderName, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
+use doppel_replication::{HostRoute, PeerClient};
+
 use crate::invoke::{ResponseBody, host_response};
 
 /// Marks a forwarded request; its value is the forwarding host's id.
 pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-doppel-forwarded-by");
+
+/// The peer route forwarded requests arrive on, followed by their own path.
+pub const FORWARD: HostRoute = HostRoute("/forward");
+
+/// The path (and query) a forwarded request came with, from the path it arrived on at
+/// [`FORWARD`] (below the peer routes' prefix).
+pub fn original_uri(uri: &http::Uri) -> Option<http::Uri> {
+    let rest = uri.path_and_query()?.as_str().strip_prefix(FORWARD.0)?;
+    rest.starts_with('/').then(|| rest.parse().ok()).flatten()
+}
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -53,7 +67,7 @@ where
 /// Sends the request to the first of `targets` that answers, and relays its answer; `Err` with
 /// the last failure when none answers.
 pub async fn send(
-    client: &reqwest::Client,
+    peers: &PeerClient,
     this: u64,
     targets: &[String],
     timeout: Duration,
@@ -67,8 +81,8 @@ pub async fn send(
         .to_string();
     let mut last = String::new();
     for target in targets {
-        let mut out = client
-            .request(parts.method.clone(), format!("http://{target}{path}"))
+        let mut out = peers
+            .host_request(target, parts.method.clone(), FORWARD, &path)
             .timeout(timeout)
             .header(FORWARDED_BY, this.to_string())
             .body(body.clone());

@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use doppel_api::HostInfo;
 use doppel_replication::{JoinTarget, Member, MemberConfig};
-use doppel_store::files::write_private;
 use doppel_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -119,30 +118,6 @@ pub fn endpoint_path(data_dir: &Path) -> PathBuf {
     data_dir.join("host.json")
 }
 
-/// Reads the admin token, creating one (owner-only) on first start.
-fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
-    let path = token_path(data_dir);
-    match std::fs::read_to_string(&path) {
-        Ok(token) => {
-            let mode = std::fs::metadata(&path)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), "the admin token file is readable by others; run `chmod 600` on it");
-            }
-            Ok(token.trim().to_string())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut raw = [0u8; 32];
-            getrandom::fill(&mut raw)
-                .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
-            let token = hex::encode(raw);
-            write_private(&path, token.as_bytes())
-                .with_context(|| format!("while writing the admin token to {}", path.display()))?;
-            Ok(token)
-        }
-        Err(e) => Err(e).with_context(|| format!("while reading {}", path.display())),
-    }
-}
-
 fn write_endpoint(data_dir: &Path, endpoint: &Endpoint) -> anyhow::Result<()> {
     let path = endpoint_path(data_dir);
     let tmp = path.with_extension("tmp");
@@ -176,7 +151,6 @@ pub async fn run(
             data.display()
         );
     }
-    let token = admin_token(data)?;
     let member = Member::open(MemberConfig {
         name: config.name.clone(),
         labels: config.labels.clone(),
@@ -241,7 +215,7 @@ pub async fn run(
     let admin_state = AdminState {
         mover: mover.clone(),
         registry: registry.clone(),
-        token: token.into(),
+        audit: crate::admin::audit::Audit::new(store.clone(), &me.name),
         max_module_size: config.max_module_size,
         info,
         member: member.clone(),
@@ -253,7 +227,21 @@ pub async fn run(
     // Peers must reach this host (votes, log entries, a joining host's catch-up) before it is
     // ready, so the peer server starts first. Both it and the admin server have the same
     // connection limits and header timeout as the service listener.
-    let peer_routes = member.peer_router(moves::host_routes(mover.clone()));
+    let audit = admin_state.audit.clone();
+    // Refused peers (a bad certificate, a non-member), counted and summarised at both ends of
+    // the peer listener, go to the audit trail.
+    let (refusals, mut refused) = tokio::sync::mpsc::channel::<String>(16);
+    let auditing = tokio::spawn(async move {
+        while let Some(summary) = refused.recv().await {
+            audit.peers_refused(summary);
+        }
+    });
+    let peer_routes = member.peer_router(
+        moves::host_routes(mover.clone())
+            .merge(ingress::peer_routes(registry.clone(), member.peers().clone()))
+            .merge(crate::admin::audit::peer_routes(admin_state.audit.clone())),
+        refusals.clone(),
+    );
     let peers = tokio::spawn({
         let (limits, stopped, grace) = (
             config.ingress.clone(),
@@ -261,7 +249,12 @@ pub async fn run(
             config.grace,
         );
         let service = hyper_util::service::TowerToHyperService::new(peer_routes);
-        let tls = Tls::Peers(peer_tls);
+        let tls = Tls::Peers(
+            peer_tls,
+            Arc::new(std::sync::Mutex::new(doppel_replication::RefusalLog::new(
+                refusals,
+            ))),
+        );
         async move {
             listener::serve("peer", peer_listener, &limits, tls, service, stopped, grace).await;
         }
@@ -301,12 +294,20 @@ pub async fn run(
     )
     .await
     .context("while registering this host in the cluster")?;
+    // The local CLI's credential: `admin` on the host that created the cluster.
+    let local_name = if first_start && !joined {
+        "admin".to_string()
+    } else {
+        format!("admin-{}", me.name)
+    };
+    crate::admin::tokens::ensure_local(&store, &token_path(data), &local_name).await?;
     let syncing = tokio::spawn(follow_deploys(registry.clone(), store.system_changes()));
     let scheduling = tokio::spawn(scheduler::run(mover));
 
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,
         registry.clone(),
+        member.peers().clone(),
         config.ingress.clone(),
         stopped(stop_rx),
         config.grace,
@@ -341,6 +342,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = ingress.await;
     syncing.abort();
+    auditing.abort();
     scheduling.abort();
     let _ = tokio::time::timeout(config.grace, admin).await;
     let _ = tokio::time::timeout(config.grace, peers).await;

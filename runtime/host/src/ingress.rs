@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use doppel_api::Limits;
+use doppel_replication::PeerClient;
 use doppel_store::Writer;
 
 use crate::forward::{self, FORWARDED_BY};
@@ -21,30 +22,48 @@ use crate::placement::Route;
 use crate::services::{Registry, Service};
 
 /// Serves service traffic on `listener` until `shutdown` resolves, then lets in-flight requests
-/// finish for at most `grace`.
+/// finish for at most `grace`. Requests for services active elsewhere go to those hosts through
+/// `peers` (mutual TLS, like every host-to-host request).
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
+    peers: PeerClient,
     limits: IngressLimits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    // One connection pool for requests forwarded to the hosts services are active on.
-    // A dead or cut-off active host must not hold requests for long: connecting is bounded, and a
-    // refused or timed-out connection becomes a 503 with Retry-After. An idle connection is let
-    // go well before the other host closes it (after its header timeout, at least 1 s): reusing
-    // one just as it is closed would fail the request though that host is fine.
-    let forwarder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(1))
-        .pool_idle_timeout(Duration::from_millis(500))
-        .build()
-        .unwrap_or_default();
-    let service = hyper::service::service_fn(move |req| {
-        let registry = registry.clone();
-        let forwarder = forwarder.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(&registry, &forwarder, req).await) }
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let (registry, peers) = (registry.clone(), peers.clone());
+        // How often a request was forwarded is a peer's word, never a client's.
+        req.headers_mut().remove(FORWARDED_BY);
+        async move { Ok::<_, std::convert::Infallible>(route(&registry, &peers, req).await) }
     });
-    listener::serve("service", listener, &limits, listener::Tls::Plain, service, shutdown, grace).await;
+    listener::serve("service", listener, &limits, listener::Tls::Plain, service, shutdown, grace)
+        .await;
+}
+
+/// The peer route forwarded requests arrive on ([`forward::FORWARD`]): routed as if they had come
+/// to the service port, with the forwarding hosts' marks, which only a peer can set.
+pub fn peer_routes(registry: Arc<Registry>, peers: PeerClient) -> axum::Router {
+    let handler = move |req: axum::extract::Request| {
+        let (registry, peers) = (registry.clone(), peers.clone());
+        async move {
+            let (mut parts, body) = req.into_parts();
+            let Some(original) = forward::original_uri(&parts.uri) else {
+                return host_response(StatusCode::NOT_FOUND, "not a forwarded request")
+                    .map(axum::body::Body::new);
+            };
+            parts.uri = original;
+            let req = Request::from_parts(parts, body);
+            route(&registry, &peers, req)
+                .await
+                .map(axum::body::Body::new)
+        }
+    };
+    axum::Router::new().route(
+        &format!("{}/{{*path}}", forward::FORWARD.0),
+        axum::routing::any(handler),
+    )
 }
 
 /// How much of an abandoned request body is read and thrown away, and for how long, before the
@@ -56,11 +75,28 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// or it went over the size limit), is read to its end in the background, within bounds. Closing
 /// a socket with unread bytes makes the kernel send a reset, which can destroy the response still
 /// on its way to the client; draining first lets the connection close cleanly (a lingering close).
-struct Drain(Option<Incoming>);
+struct Drain<B: RequestBody>(Option<B>);
 
-impl http_body::Body for Drain {
+/// What a request body must be to be served here: the service port's and the peer route's alike.
+pub(crate) trait RequestBody:
+    http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
+impl<B: RequestBody> http_body::Body for Drain<B> {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
@@ -84,7 +120,7 @@ impl http_body::Body for Drain {
     }
 }
 
-impl Drop for Drain {
+impl<B: RequestBody> Drop for Drain<B> {
     fn drop(&mut self) {
         let Some(mut body) = self.0.take() else {
             return;
@@ -150,11 +186,11 @@ const SERVED_BY: http::HeaderName = http::HeaderName::from_static("x-doppel-serv
 
 async fn route(
     registry: &Registry,
-    forwarder: &reqwest::Client,
-    req: Request<Incoming>,
+    peers: &PeerClient,
+    req: Request<impl RequestBody>,
 ) -> Response<ResponseBody> {
     let traced = req.headers().contains_key(TRACE);
-    let mut response = answer(registry, forwarder, req).await;
+    let mut response = answer(registry, peers, req).await;
     // A forwarded request's answer names the host that answered it already.
     if traced && !response.headers().contains_key(SERVED_BY) {
         let name = registry
@@ -169,8 +205,8 @@ async fn route(
 
 async fn answer(
     registry: &Registry,
-    forwarder: &reqwest::Client,
-    req: Request<Incoming>,
+    peers: &PeerClient,
+    req: Request<impl RequestBody>,
 ) -> Response<ResponseBody> {
     // Owned: the request moves on (to a guest or another host) while the name is still needed.
     let path = req.uri().path().to_string();
@@ -213,7 +249,7 @@ async fn answer(
         Route::Unavailable(reason) => cannot_run(name, &reason),
         Route::Forward(targets) => {
             drop(in_flight);
-            forward_once_more(registry, forwarder, &asked, targets, req).await
+            forward_once_more(registry, peers, &asked, targets, req).await
         }
     }
 }
@@ -223,10 +259,10 @@ async fn answer(
 /// again and decides once more — forward to the new hosts, or serve here — before giving up.
 async fn forward_once_more(
     registry: &Registry,
-    forwarder: &reqwest::Client,
+    peers: &PeerClient,
     asked: &Asked<'_>,
     targets: Vec<String>,
-    req: Request<Incoming>,
+    req: Request<impl RequestBody>,
 ) -> Response<ResponseBody> {
     let limits = asked
         .service
@@ -241,7 +277,7 @@ async fn forward_once_more(
         Err(response) => return response,
     };
     let this = registry.placements().this();
-    let why = match forward::send(forwarder, this, &targets, timeout, &parts, &body).await {
+    let why = match forward::send(peers, this, &targets, timeout, &parts, &body).await {
         Ok(response) => return response,
         Err(why) => why,
     };
@@ -251,7 +287,7 @@ async fn forward_once_more(
     }
     match (asked.decide(registry), &asked.service) {
         (Route::Forward(again), _) if again != targets => {
-            match forward::send(forwarder, this, &again, timeout, &parts, &body).await {
+            match forward::send(peers, this, &again, timeout, &parts, &body).await {
                 Ok(response) => response,
                 Err(why) => forward::unavailable(&why),
             }

@@ -43,8 +43,12 @@ pub enum Tls {
     Plain,
     /// TLS; the client's certificate is not asked for, or not looked at (the admin listener).
     Server(Arc<rustls::ServerConfig>),
-    /// Mutual TLS: requests carry the client's identity (the peer listener).
-    Peers(Arc<rustls::ServerConfig>),
+    /// Mutual TLS: requests carry the client's identity (the peer listener); refused handshakes
+    /// are counted in the log.
+    Peers(
+        Arc<rustls::ServerConfig>,
+        Arc<std::sync::Mutex<doppel_replication::RefusalLog>>,
+    ),
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves, then lets running requests finish
@@ -117,7 +121,7 @@ pub async fn serve<S, B>(
                         Err(_) => tracing::debug!(listener = what, "TLS handshake timed out"),
                     }
                 }
-                Tls::Peers(config) => {
+                Tls::Peers(config, refusals) => {
                     let accept = doppel_replication::accept(config, stream);
                     match tokio::time::timeout(handshake, accept).await {
                         Ok(Ok((stream, peer))) => {
@@ -128,7 +132,10 @@ pub async fn serve<S, B>(
                             let connection = http.serve_connection(TokioIo::new(stream), service);
                             drive(connection.with_upgrades(), stopping).await;
                         }
-                        Ok(Err(e)) => refused_handshake(what, &e),
+                        Ok(Err(e)) => refusals
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .refused("(handshake)", what, &e.to_string()),
                         Err(_) => tracing::debug!(listener = what, "TLS handshake timed out"),
                     }
                 }
@@ -185,16 +192,5 @@ where
 {
     fn graceful(self: std::pin::Pin<&mut Self>) {
         self.graceful_shutdown();
-    }
-}
-
-/// Logs a refused peer handshake, at most every few seconds (an attacker knocking must not
-/// flood the log): a certificate not from the cluster's CA, an expired one, no TLS at all.
-fn refused_handshake(what: &str, e: &std::io::Error) {
-    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-        *last = Some(std::time::Instant::now());
-        tracing::warn!(listener = what, error = %e, "refused a peer connection");
     }
 }

@@ -162,7 +162,8 @@ impl Placements {
         let targets: Vec<String> = placement
             .active
             .iter()
-            .filter_map(|id| hosts.get(id).map(|h| h.listen.clone()))
+            .filter_map(|id| hosts.get(id).map(|h| h.peer.clone()))
+            .filter(|peer| !peer.is_empty())
             .collect();
         if targets.is_empty() {
             if allowed() {
@@ -471,7 +472,7 @@ mod tests {
             Route::Local(Some(placed.epoch))
         );
         let b = cluster.view(B).await;
-        assert_eq!(b.route("svc", 0, &rules), forward("a:80"));
+        assert_eq!(b.route("svc", 0, &rules), forward("a:82"));
         // Forwarded once already: served where it lands, whatever this host's view says.
         assert_eq!(b.route("svc", 1, &rules), Route::Local(Some(placed.epoch)));
     }
@@ -483,9 +484,9 @@ mod tests {
         let switched = cluster.place(&[B], &[A]).await;
         let a = cluster.view(A).await;
         let rules = no_rules();
-        assert_eq!(a.route("svc", 0, &rules), forward("b:80"));
+        assert_eq!(a.route("svc", 0, &rules), forward("b:82"));
         // A host with an older view forwarded it here: it goes on to the new active host.
-        assert_eq!(a.route("svc", 1, &rules), forward("b:80"));
+        assert_eq!(a.route("svc", 1, &rules), forward("b:82"));
         // After two hops it is served wherever it is, so views that disagree cannot loop.
         assert_eq!(
             a.route("svc", 2, &rules),
@@ -500,7 +501,7 @@ mod tests {
         let c = cluster.view(C).await;
         let de: BTreeMap<String, String> = [("j".to_string(), "de".to_string())].into();
         for hops in 0..3 {
-            assert_eq!(c.route("svc", hops, &de), forward("a:80"), "hops {hops}");
+            assert_eq!(c.route("svc", hops, &de), forward("a:82"), "hops {hops}");
         }
         match c.route("svc", 3, &de) {
             Route::Unavailable(why) => assert!(why.contains("forwarded 3 times"), "{why}"),
@@ -529,12 +530,12 @@ mod tests {
         let cluster = cluster().await;
         cluster.place(&[A], &[]).await;
         let c = cluster.view(C).await;
-        assert_eq!(c.route("svc", 0, &no_rules()), forward("a:80"));
+        assert_eq!(c.route("svc", 0, &no_rules()), forward("a:82"));
         // The scheduler moves it off a dead `a`; `c` has not heard yet.
         cluster.place(&[B], &[]).await;
-        assert_eq!(c.route("svc", 0, &no_rules()), forward("a:80"));
+        assert_eq!(c.route("svc", 0, &no_rules()), forward("a:82"));
         c.refresh().await.unwrap();
-        assert_eq!(c.route("svc", 0, &no_rules()), forward("b:80"));
+        assert_eq!(c.route("svc", 0, &no_rules()), forward("b:82"));
     }
 
     #[tokio::test]

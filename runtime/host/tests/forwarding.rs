@@ -1,6 +1,6 @@
 //! Forwarding between two hosts started in this process (`doppel_host::run`), talking real HTTP
-//! on loopback: a standby sends a request on to the active host, and a request that already came
-//! through another host is served where it lands. Crashes, kills and partitions are the process
+//! on loopback: a standby sends a request on to the active host over the peer listener, and a
+//! client cannot make a host believe a request was forwarded already. Crashes, kills and partitions are the process
 //! tests' (`tests/integration`).
 
 use std::time::Duration;
@@ -99,7 +99,7 @@ impl InProcess {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_forwards_to_the_active_host_and_a_forwarded_request_is_served_where_it_lands() {
+async fn a_standby_forwards_to_the_active_host_and_a_client_cannot_claim_it_was_forwarded() {
     let http = reqwest::Client::new();
     let a = InProcess::start("a", None).await;
     let invitation: InvitationAnswer = a
@@ -142,16 +142,18 @@ async fn a_standby_forwards_to_the_active_host_and_a_forwarded_request_is_served
     assert_eq!(a.requests("hello").await, 1);
     assert_eq!(b.requests("hello").await, 0);
 
-    // Already forwarded once by some host: `b` serves it itself rather than send it on again.
+    // A client claiming the request was forwarded already is not believed (only a peer, on the
+    // peer listener, can say so): `b` still sends it on to `a`.
     let answer = http
         .get(b.service("/hello/"))
         .header("x-doppel-forwarded-by", "7")
+        .header("x-doppel-forwarded-by", "8")
         .send()
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
-    assert_eq!(a.requests("hello").await, 1);
-    assert_eq!(b.requests("hello").await, 1);
+    assert_eq!(a.requests("hello").await, 2);
+    assert_eq!(b.requests("hello").await, 0);
 
     b.stop().await;
     a.stop().await;

@@ -44,7 +44,7 @@ mod transport;
 mod types;
 mod write_gate;
 
-pub use authority::{AuthorityError, Invitation, InvitationToken, breaks_rule};
+pub use authority::{AuthorityError, Invitation, InvitationToken, breaks_rule, check_label_part};
 pub use credentials::{Credentials, CredentialsError, ca_path, tls_dir};
 pub use liveness::{LiveView, Liveness};
 pub use log_store::LogStore;
@@ -55,6 +55,9 @@ pub use peer_server::peer_router;
 pub use raft_network::Network;
 pub use replicated::ReplicatedStore;
 pub use state_machine::StateMachine;
-pub use transport::{ConnectedPeer, HostRoute, LEASE_HEADER, PeerClient, PeerError, accept, causes};
+pub use transport::{
+    ConnectedPeer, HostRoute, LEASE_HEADER, PeerClient, PeerError, RefusalLog, RefusalSink, accept,
+    causes,
+};
 pub use types::{Batch, LogReach, NodeId, Response, StorageError, TypeConfig};
 pub use write_gate::WriteGate;

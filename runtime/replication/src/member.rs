@@ -24,7 +24,7 @@ use crate::membership::{ClusterStatus, JoinRequest, Refusal};
 use crate::node::{LEADER_LEASE, Storage, config_with_lease};
 use crate::peer_server::peer_router;
 use crate::replicated::ReplicatedStore;
-use crate::transport::{PeerClient, PeerError, RaftRoute};
+use crate::transport::{PeerClient, PeerError, RaftRoute, RefusalSink};
 use crate::types::NodeId;
 
 /// Where to join, from `doppel host --join ADDR --token INVITATION`.
@@ -309,9 +309,10 @@ impl Member {
     }
 
     /// Every peer route this host serves: raft's and the host's own `host_routes` (paths below
-    /// the host's prefix, see [`crate::HostRoute`]), behind the transport's authentication.
-    pub fn peer_router(&self, host_routes: axum::Router) -> axum::Router {
-        peer_router(self.store.clone(), host_routes)
+    /// the host's prefix, see [`crate::HostRoute`]), behind the transport's admission, which
+    /// reports refusals to `refusals`.
+    pub fn peer_router(&self, host_routes: axum::Router, refusals: RefusalSink) -> axum::Router {
+        peer_router(self.store.clone(), host_routes, refusals)
     }
 
     /// Makes this host a member on its first start — the only member of a new cluster, or one

@@ -25,7 +25,7 @@ use crate::membership::{self, JoinRequest};
 use crate::raft_network::LEASE_WARNING_EVERY;
 use crate::replicated::ReplicatedStore;
 use crate::transport::{
-    Admit, ConnectedPeer, LEAVING, PeerServer, RaftRoute, named_lease, raft_route_of,
+    Admit, ConnectedPeer, LEAVING, PeerServer, RaftRoute, RefusalSink, named_lease, raft_route_of,
 };
 use crate::types::{Batch, NodeId, TypeConfig};
 use crate::write_gate::WriteGate;
@@ -42,20 +42,25 @@ struct Server {
 
 /// Who may call what, by the identity in the caller's certificate (already verified against the
 /// cluster's CAs by the TLS handshake):
+/// - a current member (voter or learner): everything — also while it is being removed (its
+///   revocation is written first, so that it holds from the moment the removal is decided; the
+///   leader removing itself still has to replicate that);
 /// - a host removed for good: nothing;
-/// - a current member (voter or learner): everything;
 /// - any other host of the cluster's CA: only asking the lease and joining (a host that enrolled
 ///   and is about to join), and — while this host is not a member of anything yet, because it is
 ///   joining — everything, since the leader that is taking it in is not yet in its membership.
 pub(crate) fn admission(store: Arc<ReplicatedStore>) -> Admit {
     Arc::new(move |who, route| {
+        let members = store.members();
+        if members.iter().any(|(id, _)| *id == who.id) {
+            return Ok(());
+        }
         if authority::is_revoked(store.state().engine(), who.id) {
             return Err(format!(
                 "{who} was removed from this cluster; its certificate is no longer accepted"
             ));
         }
-        let members = store.members();
-        if members.iter().any(|(id, _)| *id == who.id) || members.is_empty() {
+        if members.is_empty() {
             return Ok(());
         }
         match route {
@@ -67,8 +72,12 @@ pub(crate) fn admission(store: Arc<ReplicatedStore>) -> Admit {
 
 /// Every peer route of a host: raft's, for the node behind `store`, and the host's own `host`
 /// routes, behind the transport's admission.
-pub fn peer_router(store: Arc<ReplicatedStore>, host: axum::Router) -> axum::Router {
-    let acceptor = PeerServer::new(admission(store.clone()));
+pub fn peer_router(
+    store: Arc<ReplicatedStore>,
+    host: axum::Router,
+    refusals: RefusalSink,
+) -> axum::Router {
+    let acceptor = PeerServer::new(admission(store.clone()), refusals);
     let server = Server {
         raft: store.raft().clone(),
         log: store.log().clone(),

@@ -168,6 +168,32 @@ impl ReplicatedStore {
         }
     }
 
+    /// `key` in this host's applied state, without asking the leader: possibly a little behind.
+    /// For checks that must work when no majority answers (an operator's credential).
+    pub fn read_local(&self, space: &Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.core.state.engine().get(space, key)
+    }
+
+    /// Every key and value of `space` in this host's applied state, in key order, without asking
+    /// the leader (for checking this host's own copy of something).
+    pub fn scan_local(&self, space: &Space) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let engine = self.core.state.engine();
+        let mut rows = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let keys = engine.list_keys(space, after.as_deref(), 1000)?;
+            let Some(last) = keys.last().cloned() else {
+                return Ok(rows);
+            };
+            for key in keys {
+                if let Some(value) = engine.get(space, &key)? {
+                    rows.push((key, value));
+                }
+            }
+            after = Some(last);
+        }
+    }
+
     /// The membership now.
     fn membership(&self) -> openraft::Membership<NodeId, openraft::BasicNode> {
         self.core

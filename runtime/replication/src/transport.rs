@@ -274,6 +274,19 @@ impl PeerClient {
         }
     }
 
+    /// A request to one of the host's own peer routes on the host at `addr`, with `rest` after
+    /// the route's path (a forwarded client request's own path), for the caller to complete.
+    pub fn host_request(
+        &self,
+        addr: &str,
+        method: reqwest::Method,
+        route: HostRoute,
+        rest: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("https://{addr}{HOST_ROUTES}{}{rest}", route.0))
+    }
+
     /// Calls one of the host's own peer routes on the host at `addr` (`HOST:PORT`): `GET` without
     /// a body, `POST` with `body` as JSON; decodes a JSON answer.
     pub async fn call<T: Serialize, R: DeserializeOwned>(
@@ -368,12 +381,19 @@ pub struct PeerServer {
     refusals: Arc<std::sync::Mutex<RefusalLog>>,
 }
 
+/// Where summaries of refused peers go (for the audit trail): at most one per
+/// [`REFUSALS_LOGGED_EVERY`] from each source.
+pub type RefusalSink = tokio::sync::mpsc::Sender<String>;
+
 impl PeerServer {
-    /// An acceptor admitting requests as `admit` says.
-    pub fn new(admit: Admit) -> PeerServer {
+    /// An acceptor admitting requests as `admit` says, reporting refusals to `sink`.
+    pub fn new(admit: Admit, sink: RefusalSink) -> PeerServer {
         PeerServer {
             admit,
-            refusals: Arc::default(),
+            refusals: Arc::new(std::sync::Mutex::new(RefusalLog {
+                sink: Some(sink),
+                ..RefusalLog::default()
+            })),
         }
     }
 
@@ -392,25 +412,42 @@ pub(crate) fn raft_route_of(request: &Request) -> Option<RaftRoute> {
 }
 
 /// How often refusals are logged: an attacker knocking must not flood the log.
-const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+pub const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
 
 /// Refusals counted since the last log line.
 #[derive(Default)]
-struct RefusalLog {
+pub struct RefusalLog {
     last: Option<std::time::Instant>,
     since: u64,
+    sink: Option<RefusalSink>,
 }
 
 impl RefusalLog {
-    fn refused(&mut self, who: &str, path: &str, why: &str) {
+    /// A log that also reports to `sink`.
+    pub fn new(sink: RefusalSink) -> RefusalLog {
+        RefusalLog {
+            sink: Some(sink),
+            ..RefusalLog::default()
+        }
+    }
+
+    /// Counts one refusal of `who` on `what`, and logs (and reports) it with the count since the
+    /// last line, if that was long enough ago.
+    pub fn refused(&mut self, who: &str, what: &str, why: &str) {
         self.since += 1;
         if self.last.is_none_or(|at| at.elapsed() >= REFUSALS_LOGGED_EVERY) {
             tracing::warn!(
                 peer = who,
-                path,
+                what,
                 refused_since_last_line = self.since,
-                "refused a peer request: {why}"
+                "refused a peer: {why}"
             );
+            if let Some(sink) = &self.sink {
+                let _ = sink.try_send(format!(
+                    "{} peer request(s); the last from {who} on {what}: {why}",
+                    self.since
+                ));
+            }
             self.last = Some(std::time::Instant::now());
             self.since = 0;
         }

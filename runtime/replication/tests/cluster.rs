@@ -112,7 +112,8 @@ async fn node_with(id: u64, config: openraft::Config) -> Node {
         gate: gate.clone(),
     };
     let store = Arc::new(ReplicatedStore::new(parts, peers(id)));
-    let app = doppel_replication::peer_router(store, axum::Router::new());
+    let (refusals, _) = tokio::sync::mpsc::channel(16);
+    let app = doppel_replication::peer_router(store, axum::Router::new(), refusals);
     let server = tokio::spawn(serve_tls(listener, app, id));
     Node {
         id,

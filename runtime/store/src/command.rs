@@ -113,6 +113,16 @@ pub enum Op {
         /// Whose data.
         service: String,
     },
+    /// Append `entry` to the hash chain kept in `space` (a system table): it becomes entry
+    /// `n + 1` after the chain's last entry `n`, stored with `SHA-256(hash of entry n || entry)`,
+    /// so that changing or removing any entry breaks every hash after it. Computed by the state
+    /// machine, so every host holds the same chain. Answers `Outcome::Counter(n + 1)`.
+    Chain {
+        /// Where the chain is kept.
+        space: Space,
+        /// What to append (opaque here).
+        entry: Vec<u8>,
+    },
     /// Move `service` to `epoch` (which must be exactly one past its current epoch, so that of
     /// two hosts deciding at once only one wins) and store its new `placement` record, atomically,
     /// also under the service's placement history. Writes by a `deposed` host carrying an epoch
@@ -140,7 +150,8 @@ impl Op {
             | Op::Increment { space, .. }
             | Op::CompareAndSwap { space, .. }
             | Op::PutMany { space, .. }
-            | Op::DeleteMany { space, .. } => &space.service,
+            | Op::DeleteMany { space, .. }
+            | Op::Chain { space, .. } => &space.service,
             Op::PurgeService { service } => service,
             // Placement records live in the host's own tables.
             Op::Place { .. } => "",
@@ -161,6 +172,7 @@ impl Op {
             Op::PutMany { pairs, .. } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
             Op::DeleteMany { keys, .. } => keys.iter().map(Vec::len).sum(),
             Op::PurgeService { service } => service.len(),
+            Op::Chain { entry, .. } => entry.len() + 48,
             Op::Place { placement, .. } => placement.len(),
         }
     }

@@ -553,6 +553,17 @@ impl Overlay<'_> {
                 }
                 Outcome::Done
             }
+            Op::Chain { space, entry } => {
+                let head_key = space::data_key(space, crate::chain::HEAD);
+                let head = crate::chain::Head::decode(self.get(&head_key)?.as_deref())?;
+                let next = head.next(entry);
+                changes.insert(
+                    space::data_key(space, &crate::chain::entry_key(next.seq)),
+                    Some(crate::chain::stored(&next.hash, entry)),
+                );
+                changes.insert(head_key, Some(next.encode()));
+                Outcome::Counter(i64::try_from(next.seq).unwrap_or(i64::MAX))
+            }
             Op::Place {
                 service,
                 epoch,

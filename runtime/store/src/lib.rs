@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chain;
 mod command;
 pub mod crash;
 mod engine;

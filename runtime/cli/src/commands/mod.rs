@@ -2,6 +2,7 @@
 //! wasmtime's `src/commands/`. Each parses its flags and calls the admin API or the host library;
 //! none holds business logic.
 
+mod audit;
 mod cluster;
 mod deploy;
 mod drain;
@@ -15,6 +16,7 @@ mod migrate;
 mod new;
 mod rm;
 mod status;
+mod tokens;
 mod undrain;
 
 use clap::Subcommand;
@@ -32,8 +34,12 @@ pub enum Command {
     Status(status::Status),
     /// Manage the cluster's hosts.
     Hosts(hosts::Hosts),
-    /// Cluster-wide settings: the join token.
+    /// The cluster as a whole: its CA certificate.
     Cluster(cluster::Cluster),
+    /// Named operator credentials with roles.
+    Tokens(tokens::Tokens),
+    /// The audit trail of every admin change and refusal; `--verify` checks every host's copy.
+    Audit(audit::Audit),
     /// Remove a service.
     Rm(rm::Rm),
     /// Show what a service wrote to stdout/stderr, and what the host noted about it.
@@ -72,6 +78,8 @@ impl Command {
             Command::Status(c) => c.run().await,
             Command::Hosts(c) => c.run().await,
             Command::Cluster(c) => c.run().await,
+            Command::Tokens(c) => c.run().await,
+            Command::Audit(c) => c.run().await,
             Command::Rm(c) => c.run().await,
             Command::Logs(c) => c.run().await,
             Command::Migrate(c) => c.run().await,

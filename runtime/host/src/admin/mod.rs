@@ -1,21 +1,25 @@
-//! The admin API the `doppel` CLI talks to: HTTP + JSON under `/v1`, bearer token required.
-//! The routes are listed in the `doppel-api` crate; the operator's routes for moving services
-//! are in `operator`.
+//! The admin API the `doppel` CLI talks to: HTTPS + JSON under `/v1`, a named credential with a
+//! role required (`tokens`), every change and refusal written to the audit trail (`audit`). The
+//! routes are listed in the `doppel-api` crate; the operator's routes for moving services are in
+//! `operator`.
 
+pub(crate) mod audit;
 mod operator;
+pub(crate) mod tokens;
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::Extension;
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use doppel_api::{
     ApiError, ClusterInfo, DeployRequest, HostInfo, HostStatus, InvitationAnswer, InviteRequest,
-    KeyPage,
+    KeyPage, NewToken, Role, TokenInfo, TokenRequest,
 };
 use doppel_replication::{AuthorityError, Member};
 use doppel_store::{Command, Op, Space, StoreError};
@@ -23,6 +27,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 
+use self::tokens::{Caller, TokenError};
 use crate::hosts::{self, RemoveError};
 use crate::moves::Mover;
 use crate::services::{DeployError, Registry};
@@ -32,8 +37,8 @@ use crate::services::{DeployError, Registry};
 pub struct AdminState {
     /// The services.
     pub registry: Arc<Registry>,
-    /// The bearer token every request must carry.
-    pub token: Arc<str>,
+    /// The audit trail every change and refusal is written to.
+    pub audit: audit::Audit,
     /// Largest module upload accepted, in bytes.
     pub max_module_size: usize,
     /// What `GET /v1/host` answers.
@@ -87,6 +92,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/hosts/invitations", post(invite))
         .route("/v1/cluster/ca", get(cluster_ca))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/hosts/{name}", axum::routing::delete(remove_host))
         .route("/v1/hosts/{name}/drain", post(operator::drain))
         .route("/v1/hosts/{name}/undrain", post(operator::undrain))
@@ -110,20 +119,92 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn authenticate(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let presented = request.headers().get(header::AUTHORIZATION);
-    if doppel_api::auth::bears(presented.map(|v| v.as_bytes()), &state.token) {
-        return next.run(request).await;
+/// The role a request needs: reading needs a viewer, except services' stored records (people's
+/// data), which need an operator like every change; hosts and credentials need an admin.
+fn needed_role(method: &Method, path: &str) -> Role {
+    let admin = path.starts_with("/v1/tokens")
+        || path.starts_with("/v1/hosts/invitations")
+        || (method == Method::DELETE && path.starts_with("/v1/hosts/"));
+    if admin {
+        Role::Admin
+    } else if method == Method::GET && !path.contains("/kv/") {
+        Role::Viewer
+    } else {
+        Role::Operator
     }
-    // Never echo what was presented: a mistyped token is often one character from the real one.
-    AdminError(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong admin token; pass --token (or DOPPEL_TOKEN), or run on the host \
-         with --data pointing at its data directory"
-            .into(),
-    )
-    .into_response()
 }
+
+/// Checks the caller's credential and role, lets the request through with the caller in its
+/// extensions, and writes every change and every refusal to the audit trail.
+async fn authenticate(
+    State(state): State<AdminState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let presented = doppel_api::auth::bearer(
+        request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    );
+    let caller = match presented.map(|p| tokens::check(state.member.store(), p)) {
+        Some(Ok(caller)) => caller,
+        refused => {
+            let why = match refused {
+                Some(Err(why)) => why,
+                _ => "missing credential",
+            };
+            state.audit.knocked(&method, &path);
+            // Never echo what was presented: a mistyped credential is often one character
+            // from the real one.
+            return AdminError(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "{why}; pass --token (or DOPPEL_TOKEN), or run on the host with --data \
+                     pointing at its data directory"
+                ),
+            )
+            .into_response();
+        }
+    };
+    let needed = needed_role(&method, &path);
+    if caller.role < needed {
+        state
+            .audit
+            .record(&caller.name, &method, &path, "refused: role", None)
+            .await;
+        return AdminError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the credential {:?} is a {}; this needs an {needed} (or more)",
+                caller.name, caller.role
+            ),
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(caller.clone());
+    let response = next.run(request).await;
+    if method != Method::GET {
+        let result = response.status();
+        let detail = response.extensions().get::<AuditDetail>().map(|d| d.0.clone());
+        let outcome = if result.is_success() {
+            "done".to_string()
+        } else {
+            format!("failed: {}", result.as_u16())
+        };
+        state
+            .audit
+            .record(&caller.name, &method, &path, &outcome, detail)
+            .await;
+    }
+    response
+}
+
+/// What a handler adds to its answer for the audit trail (a deploy's module digest).
+#[derive(Clone)]
+pub(crate) struct AuditDetail(pub String);
 
 async fn cluster_status(State(state): State<AdminState>) -> AdminResult<Json<ClusterInfo>> {
     Ok(Json(
@@ -222,27 +303,72 @@ async fn show(State(state): State<AdminState>, Path(name): Path<String>) -> Admi
 async fn deploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> AdminResult<Response> {
     let request: DeployRequest = serde_json::from_slice(&body)
         .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("bad deploy request: {e}")))?;
-    let actor = actor(&state, &headers);
-    Ok(Json(state.registry.deploy(&name, request, &actor).await?).into_response())
+    let digest = AuditDetail(request.module.clone());
+    let actor = actor(&state, &caller);
+    let mut response = Json(state.registry.deploy(&name, request, &actor).await?).into_response();
+    response.extensions_mut().insert(digest);
+    Ok(response)
 }
 
-/// Who is asking, for the placement history: the CLI's `x-doppel-actor` (user@machine), and
-/// the host the request came through.
-pub(crate) fn actor(state: &AdminState, headers: &HeaderMap) -> String {
-    let who: String = headers
-        .get("x-doppel-actor")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("an operator")
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect();
-    format!("{who} via {}", state.info.name)
+/// Who is asking, for the placement history: the name of the credential presented (never what
+/// a client says of itself), and the host the request came through.
+pub(crate) fn actor(state: &AdminState, caller: &Caller) -> String {
+    format!("{} via {}", caller.name, state.info.name)
+}
+
+/// `GET /v1/tokens`.
+async fn list_tokens(State(state): State<AdminState>) -> AdminResult<Json<Vec<TokenInfo>>> {
+    Ok(Json(
+        tokens::list(state.member.store().as_ref())
+            .await
+            .map_err(token_error)?,
+    ))
+}
+
+/// `POST /v1/tokens`.
+async fn create_token(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Json(req): Json<TokenRequest>,
+) -> AdminResult<Json<NewToken>> {
+    let ttl = req.expires_secs.map(std::time::Duration::from_secs);
+    let store = state.member.store().as_ref();
+    let token = tokens::create(store, &req.name, req.role, ttl, &caller.name)
+        .await
+        .map_err(token_error)?;
+    let info = tokens::list(store)
+        .await
+        .map_err(token_error)?
+        .into_iter()
+        .find(|t| t.name == req.name)
+        .ok_or_else(|| AdminError(StatusCode::INTERNAL_SERVER_ERROR, "made, then lost".into()))?;
+    Ok(Json(NewToken { info, token }))
+}
+
+/// `DELETE /v1/tokens/{name}`.
+async fn revoke_token(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> AdminResult<Json<TokenInfo>> {
+    Ok(Json(
+        tokens::revoke(state.member.store().as_ref(), &name)
+            .await
+            .map_err(token_error)?,
+    ))
+}
+
+fn token_error(e: TokenError) -> AdminError {
+    match e {
+        TokenError::BadName(_) => AdminError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        TokenError::Exists(_) => AdminError(StatusCode::CONFLICT, e.to_string()),
+        TokenError::NoSuch(_) => AdminError(StatusCode::NOT_FOUND, e.to_string()),
+        TokenError::Store(e) => e.into(),
+    }
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::Extension;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use doppel_api::{DrainRequest, HostStatus, MigrateRequest, PlacementEvent, Progress};
 use serde::Deserialize;
@@ -57,7 +58,7 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes, what: &str) -> AdminResult<
 pub async fn migrate(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<super::tokens::Caller>,
     bytes: Bytes,
 ) -> AdminResult<Response> {
     let request: MigrateRequest = body(&bytes, "migrate")?;
@@ -67,7 +68,7 @@ pub async fn migrate(
     let (placement, source, target) = mover
         .plan_migration(&name, &request.to, request.from.as_deref())
         .await?;
-    let actor = actor(&state, &headers);
+    let actor = actor(&state, &caller);
     let (tx, response) = progress_stream();
     tokio::spawn(async move {
         let step = |text: String| {
