@@ -13,3 +13,4 @@ mod placement;
 mod redeploy;
 mod services;
 mod support;
+mod trust;

@@ -7,8 +7,13 @@
 //!   guest contract (`linker`, `keyvalue/`, `state`);
 //! - **placement**: where each service is active (`placement`, `schedule`, `scheduler`,
 //!   `moves`), and routing each request to be served here or forwarded (`ingress`, `forward`);
-//! - **admin**: the API the `doppel` CLI talks to (`admin/`, its operator routes in
-//!   `admin/operator.rs`), and the hosts table (`hosts`).
+//! - **admin**: the API the `doppel` CLI talks to over TLS (`admin/`: its operator routes in
+//!   `admin/operator.rs`, named credentials with roles in `admin/tokens.rs`, the hash-chained
+//!   audit trail in `admin/audit.rs`), and the hosts table (`hosts`).
+//!
+//! It serves three listeners (`listener`): service traffic (plain HTTP, for clients), the admin
+//! API (TLS with a certificate from the cluster's CA) and the peer routes (mutual TLS, admitted
+//! by the replication crate).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -18,6 +23,7 @@
 //!     data_dir: "./doppel-data".into(),
 //!     listen: "127.0.0.1:8080".parse()?,
 //!     admin: "127.0.0.1:8081".parse()?,
+//!     peer: "127.0.0.1:8082".parse()?,
 //!     ingress: IngressLimits::default(),
 //!     max_module_size: 64 << 20,
 //!     grace: std::time::Duration::from_secs(10),
@@ -26,6 +32,7 @@
 //!     snapshot_every: 10_000,
 //!     leader_lease: None,
 //!     labels: Default::default(),
+//!     require: Default::default(),
 //! };
 //! doppel_host::run(config, |started| println!("serving on {}", started.listen), async {
 //!     let _ = tokio::signal::ctrl_c().await;
