@@ -85,7 +85,10 @@ fn a_wrong_join_token_is_refused() {
     for (token, says) in [
         ("not-the-token", "this is not an invitation"),
         (forged.as_str(), "no such invitation"),
-        (other_cluster.as_str(), "not the cluster that invited this host"),
+        (
+            other_cluster.as_str(),
+            "not the cluster that invited this host",
+        ),
     ] {
         let out = doppel()
             .args(["host", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
@@ -527,7 +530,13 @@ fn a_clusters_lease_changes_while_every_host_is_stopped() {
     });
     let places: Vec<[String; 3]> = hosts
         .iter()
-        .map(|h| [h.listen.to_string(), h.admin.to_string(), h.peer.to_string()])
+        .map(|h| {
+            [
+                h.listen.to_string(),
+                h.admin.to_string(),
+                h.peer.to_string(),
+            ]
+        })
         .collect();
     let args = |i: usize| -> Vec<String> {
         let [listen, admin, peer] = places[i].clone();

@@ -91,14 +91,34 @@ fn a_relay_on_the_path_sees_no_secret() {
             .args(["--token", token.trim(), "--ca", ca.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let config_canary = "DB_PASSWORD=canary-config-5f1e";
-    through_relay(&["deploy", guests::HTTP_BASICS, "--name", "web", "--config", config_canary]);
+    through_relay(&[
+        "deploy",
+        guests::HTTP_BASICS,
+        "--name",
+        "web",
+        "--config",
+        config_canary,
+    ]);
     through_relay(&["deploy", guests::KV_DRAFT2, "--name", "kv"]);
-    through_relay(&["kv", "put", "--service", "kv", "citizen", "canary-record-77ab"]);
+    through_relay(&[
+        "kv",
+        "put",
+        "--service",
+        "kv",
+        "citizen",
+        "canary-record-77ab",
+    ]);
     eventually("b serves the config value", || {
-        b.get("/web/config?key=DB_PASSWORD").1.contains("canary-config-5f1e")
+        b.get("/web/config?key=DB_PASSWORD")
+            .1
+            .contains("canary-config-5f1e")
     });
     // A record written through b (forwarded to, or replicated from, the other host).
     eventually("a record written through b", || {
@@ -109,7 +129,10 @@ fn a_relay_on_the_path_sees_no_secret() {
     });
     let between_hosts = [to_a.captured(), to_b.captured()].concat();
     let from_cli = to_admin.captured();
-    assert!(between_hosts.len() > 10_000, "the relays saw the hosts' traffic");
+    assert!(
+        between_hosts.len() > 10_000,
+        "the relays saw the hosts' traffic"
+    );
     assert!(from_cli.len() > 10_000, "the relay saw the CLI's traffic");
     let module = std::fs::read(guests::HTTP_BASICS).unwrap();
     let sample = String::from_utf8_lossy(&module[module.len() / 2..module.len() / 2 + 64]);
@@ -122,9 +145,15 @@ fn a_relay_on_the_path_sees_no_secret() {
             "Bearer",
             "doppel-token-v1",
         ] {
-            assert!(!contains(seen, canary), "{canary:?} crossed the relay in clear");
+            assert!(
+                !contains(seen, canary),
+                "{canary:?} crossed the relay in clear"
+            );
         }
-        assert!(!contains(seen, &sample), "module bytes crossed the relay in clear");
+        assert!(
+            !contains(seen, &sample),
+            "module bytes crossed the relay in clear"
+        );
     }
 }
 
@@ -140,7 +169,10 @@ fn peers_without_a_valid_certificate_are_refused() {
     // Another cluster's host.
     let other = Host::start_with(&["--name", "z"]);
     let refused = peer_http(&other).post(&ping).send();
-    assert!(refused.is_err(), "a host of another cluster was served: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a host of another cluster was served: {refused:?}"
+    );
     // Self-signed, and expired but from the right CA, as written by someone holding a's CA key.
     let dir = tempfile::tempdir().unwrap();
     let ca_pem = std::fs::read_to_string(a.data.join("tls/ca.pem")).unwrap();
@@ -161,13 +193,18 @@ fn peers_without_a_valid_certificate_are_refused() {
         let tls = dir.path().join(name);
         write_certificate(&tls, ca, &me, from, to, &ca_pem);
         let refused = peer_http_as(&tls).post(&ping).send();
-        assert!(refused.is_err(), "a {name} certificate was served: {refused:?}");
+        assert!(
+            refused.is_err(),
+            "a {name} certificate was served: {refused:?}"
+        );
     }
-    eventually("the refusals are logged", || a.log().contains("refused a peer"));
+    eventually("the refusals are logged", || {
+        a.log().contains("refused a peer")
+    });
     eventually("the refusals are in the audit trail", || {
         a.cli_ok(&["audit", "--json"]).contains("(peer)")
     });
-    assert!(a.cli_ok(&["audit", "--json"]).contains("refused: 1 request(s) without a valid"));
+    assert!(a.cli_ok(&["audit", "--json"]).contains("peer request(s)"));
 }
 
 /// `tls/host.pem` and `host.key` for `who`, from `ca`, valid `from` to `to`, trusting `roots`.
@@ -197,7 +234,14 @@ fn a_removed_host_and_a_host_speaking_for_another_are_refused() {
     let c_tls = tempfile::tempdir().unwrap();
     copy_dir(&hosts[2].data.join("tls"), c_tls.path());
     let ping = format!("https://{}/raft/v1/ping", hosts[0].peer);
-    assert!(peer_http_as(c_tls.path()).post(&ping).send().unwrap().status().is_success());
+    assert!(
+        peer_http_as(c_tls.path())
+            .post(&ping)
+            .send()
+            .unwrap()
+            .status()
+            .is_success()
+    );
     hosts[2].kill();
     hosts[0].cli_ok(&["hosts", "rm", "c"]);
     eventually("the removed host's certificate is refused", || {
@@ -226,7 +270,11 @@ fn a_removed_host_and_a_host_speaking_for_another_are_refused() {
         .unwrap()["admin"]
         .clone();
     assert_ne!(a_addr, "127.0.0.1:9");
-    assert!(hosts[0].log().contains("sent a join request in the name of"));
+    assert!(
+        hosts[0]
+            .log()
+            .contains("refused a join request sent in another host's name")
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -251,7 +299,10 @@ fn labels_come_from_the_invitation_and_the_residency_rule_holds() {
         "jurisdiction=de",
     ]);
     let refused = a.cli_err(&["hosts", "invite", "fr1", "--label", "jurisdiction=fr"]);
-    assert!(refused.contains("requires every host to carry jurisdiction=de"), "{refused}");
+    assert!(
+        refused.contains("requires every host to carry jurisdiction=de"),
+        "{refused}"
+    );
     let refused = a.cli_err(&["hosts", "invite", "none"]);
     assert!(refused.contains("jurisdiction=de"), "{refused}");
     // A rogue invited as de, started claiming another provider too: it gets only what it was given.
@@ -262,11 +313,20 @@ fn labels_come_from_the_invitation_and_the_residency_rule_holds() {
     assert!(b.log().contains("--label is ignored") || b.log().contains("--name is not used"));
     let st = status(&a);
     let hosts = st["cluster"]["hosts"].as_array().unwrap();
-    let b_status = hosts.iter().find(|h| h["name"] == "b").expect("b is named by its invitation");
-    assert_eq!(b_status["labels"], serde_json::json!({"jurisdiction": "de"}));
+    let b_status = hosts
+        .iter()
+        .find(|h| h["name"] == "b")
+        .expect("b is named by its invitation");
+    assert_eq!(
+        b_status["labels"],
+        serde_json::json!({"jurisdiction": "de"})
+    );
     a.deploy(guests::HELLO, "hello", &["--on", "provider=trusted"]);
     let placed = a.cli_ok(&["ls", "--json"]);
-    assert!(!placed.contains("\"b\""), "placed on a label the host only claimed: {placed}");
+    assert!(
+        !placed.contains("\"b\""),
+        "placed on a label the host only claimed: {placed}"
+    );
     // A cluster cannot be created breaking its own rule.
     let dir = tempfile::tempdir().unwrap();
     let out = crate::support::host_command(&dir.path().join("x"))
@@ -290,7 +350,10 @@ fn an_invitation_is_good_once_and_not_after_it_expires() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "joined with an invitation meant to expire: {stderr}");
+        assert!(
+            !out.status.success(),
+            "joined with an invitation meant to expire: {stderr}"
+        );
         stderr.contains("the invitation expired")
     });
 }
@@ -314,10 +377,18 @@ fn credentials_have_roles_and_can_be_revoked() {
     assert!(as_(&viewer, &["ls"]).status.success());
     let denied = as_(&viewer, &["deploy", guests::HELLO, "--name", "hello"]);
     assert!(!denied.status.success());
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("\"vera\" is a viewer"));
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(stderr.contains("\"vera\" is a viewer"), "{stderr}");
     let deployed = as_(&operator, &["deploy", guests::HELLO, "--name", "hello"]);
-    assert!(deployed.status.success(), "{}", String::from_utf8_lossy(&deployed.stderr));
-    let denied = as_(&operator, &["tokens", "create", "mallory", "--role", "admin"]);
+    assert!(
+        deployed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    let denied = as_(
+        &operator,
+        &["tokens", "create", "mallory", "--role", "admin"],
+    );
     assert!(String::from_utf8_lossy(&denied.stderr).contains("this needs an admin"));
     // The actor is the credential's name, whatever header a client sends.
     let events = a

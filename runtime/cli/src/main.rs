@@ -32,13 +32,24 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let host = cli.command.is_host();
     // A client command whose reader goes away early (`doppel status | head`) ends quietly, as
-    // other command-line tools do, instead of panicking on its next line of output. A host keeps
-    // Rust's default (the signal ignored): a closed pipe must never stop it.
+    // other command-line tools do, instead of panicking on its next line of output. SIGPIPE
+    // itself stays ignored (Rust's default), for client and host alike: a host that answers a
+    // refused upload before reading it closes the connection, and a client killed by the signal
+    // then would never print the host's reason.
     if !host {
-        // SAFETY: sets the signal's disposition back to the default; no handler runs our code.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or_default();
+            if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+                std::process::exit(141);
+            }
+            default_hook(info);
+        }));
     }
     // openraft narrates every election at info; a host's own lines are what an operator reads.
     let default_level = if host { "info,openraft=warn" } else { "warn" };

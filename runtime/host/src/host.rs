@@ -238,7 +238,10 @@ pub async fn run(
     });
     let peer_routes = member.peer_router(
         moves::host_routes(mover.clone())
-            .merge(ingress::peer_routes(registry.clone(), member.peers().clone()))
+            .merge(ingress::peer_routes(
+                registry.clone(),
+                member.peers().clone(),
+            ))
             .merge(crate::admin::audit::peer_routes(admin_state.audit.clone())),
         refusals.clone(),
     );
@@ -268,7 +271,16 @@ pub async fn run(
         let service = hyper_util::service::TowerToHyperService::new(router(admin_state));
         let tls = Tls::Server(admin_tls);
         async move {
-            listener::serve("admin", admin_listener, &limits, tls, service, stopped, grace).await;
+            listener::serve(
+                "admin",
+                admin_listener,
+                &limits,
+                tls,
+                service,
+                stopped,
+                grace,
+            )
+            .await;
         }
     });
     let joined = member

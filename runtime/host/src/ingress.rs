@@ -38,8 +38,16 @@ pub async fn serve(
         req.headers_mut().remove(FORWARDED_BY);
         async move { Ok::<_, std::convert::Infallible>(route(&registry, &peers, req).await) }
     });
-    listener::serve("service", listener, &limits, listener::Tls::Plain, service, shutdown, grace)
-        .await;
+    listener::serve(
+        "service",
+        listener,
+        &limits,
+        listener::Tls::Plain,
+        service,
+        shutdown,
+        grace,
+    )
+    .await;
 }
 
 /// The peer route forwarded requests arrive on ([`forward::FORWARD`]): routed as if they had come

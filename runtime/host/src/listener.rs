@@ -117,7 +117,9 @@ pub async fn serve<S, B>(
                             let connection = http.serve_connection(TokioIo::new(stream), service);
                             drive(connection.with_upgrades(), stopping).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(listener = what, error = %e, "TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = what, error = %e, "TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(listener = what, "TLS handshake timed out"),
                     }
                 }
@@ -125,17 +127,19 @@ pub async fn serve<S, B>(
                     let accept = doppel_replication::accept(config, stream);
                     match tokio::time::timeout(handshake, accept).await {
                         Ok(Ok((stream, peer))) => {
-                            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                                req.extensions_mut().insert(peer.clone());
-                                service.call(req)
-                            });
+                            let service =
+                                hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                                    req.extensions_mut().insert(peer.clone());
+                                    service.call(req)
+                                });
                             let connection = http.serve_connection(TokioIo::new(stream), service);
                             drive(connection.with_upgrades(), stopping).await;
                         }
-                        Ok(Err(e)) => refusals
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .refused("(handshake)", what, &e.to_string()),
+                        Ok(Err(e)) => refusals.lock().unwrap_or_else(|e| e.into_inner()).refused(
+                            "(handshake)",
+                            what,
+                            &e.to_string(),
+                        ),
                         Err(_) => tracing::debug!(listener = what, "TLS handshake timed out"),
                     }
                 }

@@ -103,11 +103,15 @@ async fn a_standby_forwards_to_the_active_host_and_a_client_cannot_claim_it_was_
     let http = reqwest::Client::new();
     let a = InProcess::start("a", None).await;
     let invitation: InvitationAnswer = a
-        .ask(a.http.post(a.admin("/v1/hosts/invitations")).json(&InviteRequest {
-            name: "b".into(),
-            labels: Default::default(),
-            expires_secs: 60,
-        }))
+        .ask(
+            a.http
+                .post(a.admin("/v1/hosts/invitations"))
+                .json(&InviteRequest {
+                    name: "b".into(),
+                    labels: Default::default(),
+                    expires_secs: 60,
+                }),
+        )
         .await;
     let b = InProcess::start(
         "ignored",

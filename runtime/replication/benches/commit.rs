@@ -48,7 +48,11 @@ fn peers() -> doppel_replication::PeerClient {
         labels: Default::default(),
     };
     let cert = ca
-        .issue(&key.request().unwrap(), &who, std::time::Duration::from_secs(3600))
+        .issue(
+            &key.request().unwrap(),
+            &who,
+            std::time::Duration::from_secs(3600),
+        )
         .unwrap();
     let own = doppel_replication::Credentials::from_pem(
         &format!("{cert}{}", ca.cert_pem()),
@@ -67,13 +71,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path().join("local")).unwrap());
     let replicated: Arc<dyn Store> = rt.block_on(async {
-        let node = doppel_replication::start(
-            1,
-            &dir.path().join("raft"),
-            peers(),
-        )
-        .await
-        .unwrap();
+        let node = doppel_replication::start(1, &dir.path().join("raft"), peers())
+            .await
+            .unwrap();
         let members: BTreeMap<u64, openraft::BasicNode> =
             [(1, openraft::BasicNode::new("127.0.0.1:1"))].into();
         node.raft.initialize(members).await.unwrap();

@@ -143,7 +143,11 @@ impl AppendStream {
 /// like every peer route), then answers appends on it until the leader closes it.
 /// `caller` is the raft id in the leader's certificate: an append naming another leader closes
 /// the stream.
-pub(crate) async fn accept(raft: Raft<TypeConfig>, caller: NodeId, mut request: Request) -> Response {
+pub(crate) async fn accept(
+    raft: Raft<TypeConfig>,
+    caller: NodeId,
+    mut request: Request,
+) -> Response {
     let asked = request
         .headers()
         .get(header::UPGRADE)
@@ -172,7 +176,11 @@ pub(crate) async fn accept(raft: Raft<TypeConfig>, caller: NodeId, mut request: 
 
 /// Answers appends on `io` until the leader closes it or sends something that is not an append
 /// (the connection is then closed: a garbled stream cannot be resynchronised).
-async fn serve(raft: Raft<TypeConfig>, caller: NodeId, mut io: impl AsyncRead + AsyncWrite + Unpin) {
+async fn serve(
+    raft: Raft<TypeConfig>,
+    caller: NodeId,
+    mut io: impl AsyncRead + AsyncWrite + Unpin,
+) {
     loop {
         let frame = match read_frame(&mut io, MAX_RPC).await {
             Ok(Some(frame)) => frame,

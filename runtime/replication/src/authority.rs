@@ -245,7 +245,8 @@ pub async fn invite(
     }
     let ca = kept_ca(store).await?;
     let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).map_err(|e| AuthorityError::Refused(format!("no randomness: {e}")))?;
+    getrandom::fill(&mut raw)
+        .map_err(|e| AuthorityError::Refused(format!("no randomness: {e}")))?;
     let secret = hex::encode(raw);
     let invitation = Invitation {
         name: name.to_string(),
@@ -274,14 +275,15 @@ pub(crate) async fn redeem(
 ) -> Result<EnrolAnswer, AuthorityError> {
     let refused = |why: &str| AuthorityError::Refused(why.to_string());
     let key = invitation_key(&req.secret);
-    let bytes = store
-        .get(&space(), &key)
-        .await?
-        .ok_or_else(|| refused("no such invitation: it was never made, or was made for another cluster"))?;
+    let bytes = store.get(&space(), &key).await?.ok_or_else(|| {
+        refused("no such invitation: it was never made, or was made for another cluster")
+    })?;
     let invitation: Invitation =
         serde_json::from_slice(&bytes).map_err(|_| refused("the invitation is damaged"))?;
     if invitation.used_by.is_some_and(|by| by != req.id) {
-        return Err(refused("the invitation was already used; ask for a new one"));
+        return Err(refused(
+            "the invitation was already used; ask for a new one",
+        ));
     }
     if now_ms() >= invitation.expires_ms {
         return Err(refused("the invitation expired; ask for a new one"));
@@ -306,7 +308,9 @@ pub(crate) async fn redeem(
             }))
             .await?;
         if matches!(swapped, Outcome::Conflict { .. }) {
-            return Err(refused("the invitation was already used; ask for a new one"));
+            return Err(refused(
+                "the invitation was already used; ask for a new one",
+            ));
         }
     }
     let ca = kept_ca(store).await?;
@@ -355,7 +359,10 @@ mod tests {
             secret: "b".repeat(64),
         };
         let back = InvitationToken::parse(&token.to_string()).unwrap();
-        assert_eq!((back.ca_fingerprint, back.secret), ("a".repeat(64), "b".repeat(64)));
+        assert_eq!(
+            (back.ca_fingerprint, back.secret),
+            ("a".repeat(64), "b".repeat(64))
+        );
         for bad in ["", "doppel-invitation-v1:x:y", &"c".repeat(64)] {
             assert!(InvitationToken::parse(bad).is_err(), "{bad}");
         }

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use doppel_trust::{ClusterCa, HostIdentity, HostKey, Labels};
 
-use crate::authority::{self, AuthorityError, CERT_LIFETIME, EnrolAnswer, EnrolRequest, InvitationToken};
+use crate::authority::{
+    self, AuthorityError, CERT_LIFETIME, EnrolAnswer, EnrolRequest, InvitationToken,
+};
 use crate::credentials::{Credentials, CredentialsError, tls_dir};
 use crate::liveness::{self, Liveness};
 use crate::membership::{ClusterStatus, JoinRequest, Refusal};
@@ -481,7 +483,8 @@ async fn credentials(
 ) -> Result<(Credentials, Option<(ClusterCa, Labels)>), MemberError> {
     let data = &config.data_dir;
     if !first_start {
-        let kept = Credentials::load(data)?.ok_or_else(|| MemberError::NoCertificate(data.clone()))?;
+        let kept =
+            Credentials::load(data)?.ok_or_else(|| MemberError::NoCertificate(data.clone()))?;
         return Ok((kept, None));
     }
     match &config.join {
@@ -523,7 +526,11 @@ async fn credentials(
 }
 
 /// Uses the invitation in `target` to get a certificate for host `id`, for a key made here.
-async fn enrol(target: &JoinTarget, id: NodeId, patience: Duration) -> Result<Credentials, MemberError> {
+async fn enrol(
+    target: &JoinTarget,
+    id: NodeId,
+    patience: Duration,
+) -> Result<Credentials, MemberError> {
     let token = InvitationToken::parse(&target.token).map_err(JoinError::Refused)?;
     let client = PeerClient::enrolling(&token.ca_fingerprint)?;
     let key = HostKey::generate()?;
@@ -535,12 +542,21 @@ async fn enrol(target: &JoinTarget, id: NodeId, patience: Duration) -> Result<Cr
     let body = postcard::to_stdvec(&req).expect("an enrolment always encodes");
     let deadline = Instant::now() + patience;
     loop {
-        let answer =
-            ask::<Result<EnrolAnswer, String>>(&client, target.addr(), RaftRoute::Enrol, body.clone(), None)
-                .await?;
+        let answer = ask::<Result<EnrolAnswer, String>>(
+            &client,
+            target.addr(),
+            RaftRoute::Enrol,
+            body.clone(),
+            None,
+        )
+        .await?;
         let last = match answer {
             Ok(Ok(answer)) => {
-                return Ok(Credentials::from_pem(&answer.chain_pem, &key.pem(), &answer.roots_pem)?);
+                return Ok(Credentials::from_pem(
+                    &answer.chain_pem,
+                    &key.pem(),
+                    &answer.roots_pem,
+                )?);
             }
             Ok(Err(refused)) => return Err(JoinError::Refused(refused).into()),
             Err(last) => last,
@@ -676,7 +692,10 @@ async fn ask<T: serde::de::DeserializeOwned>(
         Ok(answer) => Ok(Ok(answer)),
         Err(PeerError::Unauthorized(why)) => Err(JoinError::Refused(format!("{addr}: {why}"))),
         // The TLS handshake failed on the CA: the token names another cluster.
-        Err(e) if e.to_string().contains(doppel_trust::tls::NOT_THE_INVITING_CLUSTER) => {
+        Err(e)
+            if e.to_string()
+                .contains(doppel_trust::tls::NOT_THE_INVITING_CLUSTER) =>
+        {
             Err(JoinError::Refused(format!("{addr}: {e}")))
         }
         Err(e) => Ok(Err(format!("{addr}: {e}"))),

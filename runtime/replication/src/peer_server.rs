@@ -8,8 +8,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use axum::Extension;
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -121,7 +121,10 @@ fn impersonation(peer: &ConnectedPeer, named: Option<NodeId>, what: &str) -> Opt
     if named.is_some() && named == caller(peer) {
         return None;
     }
-    let who = peer.0.as_ref().map_or("(nobody)".to_string(), |p| p.to_string());
+    let who = peer
+        .0
+        .as_ref()
+        .map_or("(nobody)".to_string(), |p| p.to_string());
     tracing::warn!(caller = %who, ?named, "refused a {what} sent in another host's name");
     Some(
         (

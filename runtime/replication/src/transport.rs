@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
-use doppel_trust::{HostIdentity, TrustError};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use doppel_trust::{HostIdentity, TrustError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -283,8 +283,10 @@ impl PeerClient {
         route: HostRoute,
         rest: &str,
     ) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("https://{addr}{HOST_ROUTES}{}{rest}", route.0))
+        self.http.request(
+            method,
+            format!("https://{addr}{HOST_ROUTES}{}{rest}", route.0),
+        )
     }
 
     /// Calls one of the host's own peer routes on the host at `addr` (`HOST:PORT`): `GET` without
@@ -357,7 +359,9 @@ pub async fn accept<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let tls = tokio_rustls::TlsAcceptor::from(config).accept(stream).await?;
+    let tls = tokio_rustls::TlsAcceptor::from(config)
+        .accept(stream)
+        .await?;
     let peer = tls
         .get_ref()
         .1
@@ -435,7 +439,10 @@ impl RefusalLog {
     /// last line, if that was long enough ago.
     pub fn refused(&mut self, who: &str, what: &str, why: &str) {
         self.since += 1;
-        if self.last.is_none_or(|at| at.elapsed() >= REFUSALS_LOGGED_EVERY) {
+        if self
+            .last
+            .is_none_or(|at| at.elapsed() >= REFUSALS_LOGGED_EVERY)
+        {
             tracing::warn!(
                 peer = who,
                 what,
@@ -454,11 +461,7 @@ impl RefusalLog {
     }
 }
 
-async fn authenticate(
-    State(server): State<PeerServer>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn authenticate(State(server): State<PeerServer>, request: Request, next: Next) -> Response {
     let route = raft_route_of(&request);
     let peer = request
         .extensions()
@@ -470,7 +473,9 @@ async fn authenticate(
             StatusCode::UNAUTHORIZED,
             "a peer request needs a client certificate from this cluster's CA".to_string(),
         )),
-        (Some(who), route) => (server.admit)(who, route).map_err(|why| (StatusCode::FORBIDDEN, why)),
+        (Some(who), route) => {
+            (server.admit)(who, route).map_err(|why| (StatusCode::FORBIDDEN, why))
+        }
     };
     match verdict {
         Ok(()) => next.run(request).await,

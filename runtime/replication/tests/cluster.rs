@@ -232,7 +232,12 @@ async fn only_members_with_the_clusters_certificate_are_served() {
     let url = |path: &str| format!("https://{}/raft/v1/{path}", n.addr);
     let anonymous = client_as(&CA, None);
     for path in ["vote", "snapshot", "append-stream", "write", "ping"] {
-        let none = anonymous.post(url(path)).body(vec![1, 2, 3]).send().await.unwrap();
+        let none = anonymous
+            .post(url(path))
+            .body(vec![1, 2, 3])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(none.status().as_u16(), 401, "{path}");
     }
     let stranger = ClusterCa::create("another cluster").unwrap();
@@ -240,7 +245,12 @@ async fn only_members_with_the_clusters_certificate_are_served() {
     assert!(refused.is_err(), "a certificate of another CA was accepted");
     let outsider = client_as(&CA, Some(99));
     for path in ["vote", "write", "ping", "status"] {
-        let answer = outsider.post(url(path)).body(vec![1, 2, 3]).send().await.unwrap();
+        let answer = outsider
+            .post(url(path))
+            .body(vec![1, 2, 3])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(answer.status().as_u16(), 403, "{path}");
         assert!(answer.text().await.unwrap().contains("not a member"));
     }

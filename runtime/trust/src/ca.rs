@@ -150,15 +150,16 @@ impl ClusterCa {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, who.name.clone());
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::DnsName(
-            CLUSTER_NAME.try_into().map_err(signing)?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::DnsName(CLUSTER_NAME.try_into().map_err(signing)?)];
         for uri in who.uris() {
-            params.subject_alt_names.push(SanType::URI(uri.try_into().map_err(
-                |e: rcgen::Error| {
-                    TrustError::Signing(format!("a name or label is not plain ASCII: {e}"))
-                },
-            )?));
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.try_into().map_err(
+                    |e: rcgen::Error| {
+                        TrustError::Signing(format!("a name or label is not plain ASCII: {e}"))
+                    },
+                )?));
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

@@ -65,4 +65,3 @@ pub fn certificates(pem: &str) -> Result<Vec<Vec<u8>>, TrustError> {
             why: e.to_string(),
         })
 }
-

@@ -48,16 +48,12 @@ pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>
             why: "no certificate in it".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
-        TrustError::Malformed {
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TrustError::Malformed {
             what: "the host key",
             why: e.to_string(),
-        }
-    })?;
-    let key = provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(tls)?;
+        })?;
+    let key = provider().key_provider.load_private_key(key).map_err(tls)?;
     Ok(Arc::new(CertifiedKey::new(chain, key)))
 }
 

@@ -61,10 +61,7 @@ impl HostsAction {
                     "invited {} for one join within {} s; on the new machine run:",
                     answer.name, answer.expires_secs
                 );
-                println!(
-                    "doppel host --join {peer} --token {}",
-                    answer.token
-                );
+                println!("doppel host --join {peer} --token {}", answer.token);
                 Ok(())
             }
             HostsAction::Rm { name } => {

@@ -103,10 +103,7 @@ impl Audit {
         knocks
             .first
             .get_or_insert_with(|| (method.clone(), path.to_string()));
-        if knocks
-            .written
-            .is_some_and(|at| at.elapsed() < KNOCKS_EVERY)
-        {
+        if knocks.written.is_some_and(|at| at.elapsed() < KNOCKS_EVERY) {
             return;
         }
         knocks.written = Some(Instant::now());
@@ -128,7 +125,13 @@ impl Audit {
         let audit = self.clone();
         tokio::spawn(async move {
             audit
-                .record("(peer)", &Method::POST, "/peer", &format!("refused: {summary}"), None)
+                .record(
+                    "(peer)",
+                    &Method::POST,
+                    "/peer",
+                    &format!("refused: {summary}"),
+                    None,
+                )
                 .await;
         });
     }
@@ -179,7 +182,8 @@ pub async fn list(
             let Some(value) = store.get(&space(), &key).await? else {
                 continue;
             };
-            let Ok(mut entry) = serde_json::from_slice::<AuditEntry>(value.get(32..).unwrap_or_default())
+            let Ok(mut entry) =
+                serde_json::from_slice::<AuditEntry>(value.get(32..).unwrap_or_default())
             else {
                 continue;
             };

@@ -9,9 +9,9 @@ pub(crate) mod tokens;
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::Extension;
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -188,7 +188,10 @@ async fn authenticate(
     let response = next.run(request).await;
     if method != Method::GET {
         let result = response.status();
-        let detail = response.extensions().get::<AuditDetail>().map(|d| d.0.clone());
+        let detail = response
+            .extensions()
+            .get::<AuditDetail>()
+            .map(|d| d.0.clone());
         let outcome = if result.is_success() {
             "done".to_string()
         } else {
@@ -231,7 +234,9 @@ async fn invite(
         .map_err(|e| match e {
             AuthorityError::Refused(why) => AdminError(StatusCode::UNPROCESSABLE_ENTITY, why),
             AuthorityError::Store(e) => e.into(),
-            AuthorityError::Trust(e) => AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            AuthorityError::Trust(e) => {
+                AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
         })?;
     let peers = state
         .member

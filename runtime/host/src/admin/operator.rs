@@ -5,10 +5,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::Extension;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use doppel_api::{DrainRequest, HostStatus, MigrateRequest, PlacementEvent, Progress};

@@ -117,7 +117,8 @@ pub async fn create(
         hash: hash(secret.as_bytes()),
         created_ms: now,
         created_by: by.to_string(),
-        expires_ms: ttl.map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
+        expires_ms: ttl
+            .map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
         revoked_ms: None,
     };
     let swapped = store
@@ -218,7 +219,9 @@ pub async fn ensure_local(
         match create(store, &name, Role::Admin, None, "the host's first start").await {
             Ok(token) => break token,
             // Left by an earlier start of a host of the same name whose file is gone.
-            Err(TokenError::Exists(_)) => name = format!("{name}-{}", &hash(&now_ms().to_le_bytes())[..6]),
+            Err(TokenError::Exists(_)) => {
+                name = format!("{name}-{}", &hash(&now_ms().to_le_bytes())[..6])
+            }
             Err(e) => return Err(e).context("while making this host's local credential"),
         }
     };
