@@ -136,13 +136,15 @@ fn impersonation(peer: &ConnectedPeer, named: Option<NodeId>, what: &str) -> Opt
 }
 
 /// Decodes a postcard body, or answers 400.
-fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
     postcard::from_bytes(body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("malformed raft message: {e}"),
+        Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                format!("malformed raft message: {e}"),
+            )
+                .into_response(),
         )
-            .into_response()
     })
 }
 
@@ -225,7 +227,7 @@ async fn vote(
 ) -> Response {
     let req: openraft::raft::VoteRequest<NodeId> = match decode(&body) {
         Ok(req) => req,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     if let Some(refused) = impersonation(&peer, req.vote.leader_id().voted_for(), "vote request") {
         return refused;
@@ -240,7 +242,7 @@ async fn snapshot(
 ) -> Response {
     let req: openraft::raft::InstallSnapshotRequest<TypeConfig> = match decode(&body) {
         Ok(req) => req,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     if let Some(refused) = impersonation(&peer, req.vote.leader_id().voted_for(), "snapshot") {
         return refused;
@@ -296,7 +298,7 @@ async fn join(
 ) -> Response {
     let req: JoinRequest = match decode(&body) {
         Ok(req) => req,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     if let Some(refused) = impersonation(&peer, Some(req.id), "join request") {
         return refused;

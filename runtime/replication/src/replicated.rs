@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use doppel_store::{Command, Outcome, Space, Store, StoreError};
+use doppel_store::{Command, Outcome, Pairs, Space, Store, StoreError};
 use openraft::Raft;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use serde::Serialize;
@@ -176,7 +176,7 @@ impl ReplicatedStore {
 
     /// Every key and value of `space` in this host's applied state, in key order, without asking
     /// the leader (for checking this host's own copy of something).
-    pub fn scan_local(&self, space: &Space) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_local(&self, space: &Space) -> Result<Pairs, StoreError> {
         let engine = self.core.state.engine();
         let mut rows = Vec::new();
         let mut after: Option<Vec<u8>> = None;
