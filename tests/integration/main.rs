@@ -11,6 +11,7 @@ mod operator;
 mod partition;
 mod placement;
 mod redeploy;
+mod rotation;
 mod services;
 mod support;
 mod trust;

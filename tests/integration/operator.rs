@@ -89,9 +89,11 @@ fn a_client_whose_reader_goes_away_ends_quietly() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    // Ended by SIGPIPE, as `head`'s other writers are, not with an error of its own.
-    use std::os::unix::process::ExitStatusExt as _;
-    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+    // Ends with 141, the status a shell gives a writer that SIGPIPE ended (`head`'s other
+    // writers), and no error of its own. The signal itself stays ignored: a host that refuses an
+    // upload before reading it closes the connection, and the CLI must live to print why.
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
 }
 
 #[test]

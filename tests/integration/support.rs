@@ -412,7 +412,13 @@ pub fn peer_http_as(tls: &Path) -> reqwest::blocking::Client {
     let roots = doppel_trust::certificates(&read("ca.pem")).unwrap();
     let slot = std::sync::Arc::new(doppel_trust::tls::CredentialSlot::new(key));
     reqwest::blocking::Client::builder()
-        .use_preconfigured_tls(doppel_trust::tls::peer_client(slot, &roots).unwrap())
+        .use_preconfigured_tls(
+            doppel_trust::tls::peer_client(
+                slot,
+                doppel_trust::tls::TrustedRoots::new(&roots).unwrap(),
+            )
+            .unwrap(),
+        )
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()

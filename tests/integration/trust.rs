@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use doppel_guests as guests;
 use doppel_trust::{ClusterCa, HostIdentity, HostKey};
@@ -208,7 +208,7 @@ fn peers_without_a_valid_certificate_are_refused() {
 }
 
 /// `tls/host.pem` and `host.key` for `who`, from `ca`, valid `from` to `to`, trusting `roots`.
-fn write_certificate(
+pub(crate) fn write_certificate(
     tls: &Path,
     ca: &ClusterCa,
     who: &HostIdentity,
@@ -341,21 +341,45 @@ fn labels_come_from_the_invitation_and_the_residency_rule_holds() {
 #[test]
 fn an_invitation_is_good_once_and_not_after_it_expires() {
     let a = Host::start_with(&["--name", "a"]);
-    let expiring = a.cli_ok(&["hosts", "invite", "late", "--expires", "1s"]);
-    let token = expiring.split_whitespace().last().unwrap().to_string();
+    let invitation = a.invite("b", &[]);
+    let args: Vec<&str> = invitation.iter().map(String::as_str).collect();
+    let _b = Host::start_with(&args);
     let dir = tempfile::tempdir().unwrap();
-    eventually("the invitation expires", || {
-        let out = crate::support::host_command(&dir.path().join("late"))
-            .args(["--join", &a.peer.to_string(), "--token", &token])
-            .output()
+    let try_join = |token: &str| -> String {
+        let mut child = crate::support::host_command(&dir.path().join("late"))
+            .args(["--join", &a.peer.to_string(), "--token", token])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "joined with an invitation meant to expire: {stderr}"
-        );
-        stderr.contains("the invitation expired")
-    });
+        // A host that joined would run on: give up on it rather than wait forever.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("a host joined with an invitation that should have been refused");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        stderr
+    };
+    let used = try_join(&invitation[3]);
+    assert!(used.contains("the invitation was already used"), "{used}");
+
+    let expiring = a.cli_ok(&["hosts", "invite", "late", "--expires", "1s"]);
+    let made = Instant::now();
+    let token = expiring.split_whitespace().last().unwrap().to_string();
+    // Expiry is by the wall clock, so this waits for the clock, not for a process.
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(made.elapsed()));
+    let late = try_join(&token);
+    assert!(late.contains("the invitation expired"), "{late}");
 }
 
 /// Credentials have roles and names: a viewer reads but does not deploy, an operator deploys but

@@ -62,6 +62,9 @@ pub struct HostConfig {
     pub labels: BTreeMap<String, String>,
     /// Labels every host of a cluster this host creates must carry (`--require-label`).
     pub require: BTreeMap<String, String>,
+    /// How long the host certificates of a cluster this host creates are valid (`None`: a year).
+    /// Hosts renew their own when a third of it is left.
+    pub cert_lifetime: Option<Duration>,
 }
 
 /// What a started host tells whoever started it.
@@ -159,6 +162,7 @@ pub async fn run(
         join: config.join.clone(),
         leader_lease: config.leader_lease,
         snapshot_every: config.snapshot_every,
+        cert_lifetime: config.cert_lifetime,
     })
     .await?;
     let member = Arc::new(member);

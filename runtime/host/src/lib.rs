@@ -33,6 +33,7 @@
 //!     leader_lease: None,
 //!     labels: Default::default(),
 //!     require: Default::default(),
+//!     cert_lifetime: None,
 //! };
 //! doppel_host::run(config, |started| println!("serving on {}", started.listen), async {
 //!     let _ = tokio::signal::ctrl_c().await;

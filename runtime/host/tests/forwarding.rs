@@ -36,6 +36,7 @@ impl InProcess {
             leader_lease: None,
             labels: Default::default(),
             require: Default::default(),
+            cert_lifetime: None,
         };
         let (ready, is_ready) = tokio::sync::oneshot::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

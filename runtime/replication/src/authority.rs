@@ -2,8 +2,13 @@
 //! host leads can act on it:
 //!
 //! - `ca`: the cluster CA's certificate and key, with which any member issues certificates to
-//!   invited hosts (as Consul keeps its CA in its raft state). It never leaves the store but as a
-//!   signature: no route answers it.
+//!   invited hosts and renews its own (as Consul keeps its CA in its raft state). It never leaves
+//!   the store but as a signature: no route answers it. During a rotation it also holds the next
+//!   CA (trusted, not yet signing) or the retiring one (still trusted, no longer signing): see
+//!   `rotation.rs`.
+//! - `lifetime`: how long the certificates it issues are valid.
+//! - `hosts/ID`: what each host reports it trusts and which CA issued its certificate, which a
+//!   rotation waits on.
 //! - `rule`: the residency rule (labels every host must carry), set when the cluster is created.
 //! - `invitations/SHA256`: one invitation per hash of its secret (the secret itself is only in
 //!   the token the operator was given): the name and labels the invited host will have, when it
@@ -17,11 +22,13 @@ use doppel_trust::{ClusterCa, HostIdentity, Labels};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::ReplicatedStore;
 use crate::types::NodeId;
 
 const TABLE: &str = "trust";
 const CA: &[u8] = b"ca";
 const RULE: &[u8] = b"rule";
+const LIFETIME: &[u8] = b"lifetime";
 
 fn space() -> Space {
     Space::system(TABLE)
@@ -47,10 +54,84 @@ pub enum AuthorityError {
     Trust(#[from] doppel_trust::TrustError),
 }
 
-#[derive(Serialize, Deserialize)]
-struct KeptCa {
-    cert_pem: String,
-    key_pem: String,
+/// A CA as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CaPems {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl CaPems {
+    fn of(ca: &ClusterCa) -> CaPems {
+        CaPems {
+            cert_pem: ca.cert_pem().to_string(),
+            key_pem: ca.key_pem(),
+        }
+    }
+
+    pub fn ca(&self) -> Result<ClusterCa, doppel_trust::TrustError> {
+        ClusterCa::from_pem(&self.cert_pem, &self.key_pem)
+    }
+}
+
+/// The cluster's CAs: the one that signs, and during a rotation the next or the retiring one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeptCas {
+    #[serde(flatten)]
+    pub signing: CaPems,
+    /// A rotation's first phase: every host is to trust this CA before any host uses it.
+    #[serde(default)]
+    pub next: Option<CaPems>,
+    /// A rotation's second phase: the old CA's certificate, trusted until every host's
+    /// certificate comes from the new one.
+    #[serde(default)]
+    pub retiring: Option<String>,
+}
+
+impl KeptCas {
+    /// Every CA certificate a host must trust now, PEM.
+    pub fn trusted_pem(&self) -> String {
+        let mut pem = self.signing.cert_pem.clone();
+        if let Some(next) = &self.next {
+            pem.push_str(&next.cert_pem);
+        }
+        if let Some(retiring) = &self.retiring {
+            pem.push_str(retiring);
+        }
+        pem
+    }
+
+    /// The fingerprint of the CA that signs.
+    pub fn signing_fingerprint(&self) -> String {
+        pem_fingerprint(&self.signing.cert_pem)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KeptCas, AuthorityError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| AuthorityError::Refused(format!("the kept CA is damaged: {e}")))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("CAs always encode")
+    }
+}
+
+/// The SHA-256 fingerprint of the first certificate in `pem` (empty if there is none).
+pub(crate) fn pem_fingerprint(pem: &str) -> String {
+    doppel_trust::certificates(pem)
+        .ok()
+        .and_then(|c| c.into_iter().next())
+        .map(|der| doppel_trust::fingerprint(&der))
+        .unwrap_or_default()
+}
+
+/// What a host reports about its own trust (`hosts/ID`), for a rotation to wait on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HostTrust {
+    /// The fingerprints of the CAs it trusts.
+    pub trusts: Vec<String>,
+    /// The fingerprint of the CA that issued its certificate.
+    pub issuer: String,
 }
 
 /// An open invitation, as the store keeps it.
@@ -160,30 +241,116 @@ impl std::fmt::Display for InvitationToken {
     }
 }
 
-/// Keeps `ca` in the store (when the cluster is created).
-pub(crate) async fn keep_ca(store: &dyn Store, ca: &ClusterCa) -> Result<(), StoreError> {
-    let kept = KeptCa {
-        cert_pem: ca.cert_pem().to_string(),
-        key_pem: ca.key_pem(),
+/// Keeps `ca` in the store, with the lifetime of the certificates it issues (when the cluster is
+/// created).
+pub(crate) async fn keep_ca(
+    store: &dyn Store,
+    ca: &ClusterCa,
+    lifetime: Duration,
+) -> Result<(), StoreError> {
+    let kept = KeptCas {
+        signing: CaPems::of(ca),
+        next: None,
+        retiring: None,
     };
-    let value = serde_json::to_vec(&kept).expect("the CA always encodes");
     store
-        .apply(Command::new(Op::Put {
+        .apply(Command::new(Op::PutMany {
             space: space(),
-            key: CA.to_vec(),
-            value,
+            pairs: vec![
+                (CA.to_vec(), kept.encode()),
+                (
+                    LIFETIME.to_vec(),
+                    lifetime.as_secs().to_string().into_bytes(),
+                ),
+            ],
         }))
         .await?;
     Ok(())
 }
 
-async fn kept_ca(store: &dyn Store) -> Result<ClusterCa, AuthorityError> {
-    let bytes = store.get(&space(), CA).await?.ok_or_else(|| {
-        AuthorityError::Refused("this cluster keeps no CA; it cannot issue certificates".into())
-    })?;
-    let kept: KeptCa = serde_json::from_slice(&bytes)
-        .map_err(|e| AuthorityError::Refused(format!("the kept CA is damaged: {e}")))?;
-    Ok(ClusterCa::from_pem(&kept.cert_pem, &kept.key_pem)?)
+fn no_ca() -> AuthorityError {
+    AuthorityError::Refused("this cluster keeps no CA; it cannot issue certificates".into())
+}
+
+/// The cluster's CAs as the leader knows them, with their stored bytes (for a compare-and-swap).
+pub(crate) async fn kept_cas(store: &dyn Store) -> Result<(KeptCas, Vec<u8>), AuthorityError> {
+    let bytes = store.get(&space(), CA).await?.ok_or_else(no_ca)?;
+    Ok((KeptCas::decode(&bytes)?, bytes))
+}
+
+/// The cluster's CAs as this host's applied state has them (possibly a little behind).
+pub(crate) fn local_cas(store: &ReplicatedStore) -> Result<KeptCas, AuthorityError> {
+    let bytes = store.read_local(&space(), CA)?.ok_or_else(no_ca)?;
+    KeptCas::decode(&bytes)
+}
+
+/// Replaces the kept CAs `was` (their stored bytes) by `next`; false if another change came first.
+pub(crate) async fn swap_cas(
+    store: &dyn Store,
+    was: Vec<u8>,
+    next: &KeptCas,
+) -> Result<bool, StoreError> {
+    let outcome = store
+        .apply(Command::new(Op::CompareAndSwap {
+            space: space(),
+            key: CA.to_vec(),
+            expected: Some(was),
+            value: next.encode(),
+        }))
+        .await?;
+    Ok(!matches!(outcome, Outcome::Conflict { .. }))
+}
+
+async fn kept_ca(store: &dyn Store) -> Result<(ClusterCa, KeptCas), AuthorityError> {
+    let (kept, _) = kept_cas(store).await?;
+    Ok((kept.signing.ca()?, kept))
+}
+
+/// How long the certificates this cluster issues are valid, as this host's applied state says.
+pub(crate) fn local_lifetime(store: &ReplicatedStore) -> Duration {
+    store
+        .read_local(&space(), LIFETIME)
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok()?.parse::<u64>().ok())
+        .map_or(CERT_LIFETIME, Duration::from_secs)
+}
+
+async fn lifetime(store: &dyn Store) -> Result<Duration, StoreError> {
+    Ok(store
+        .get(&space(), LIFETIME)
+        .await?
+        .and_then(|b| String::from_utf8(b).ok()?.parse::<u64>().ok())
+        .map_or(CERT_LIFETIME, Duration::from_secs))
+}
+
+fn host_key(id: NodeId) -> Vec<u8> {
+    format!("hosts/{id}").into_bytes()
+}
+
+/// Records what host `id` trusts and which CA issued its certificate.
+pub(crate) async fn report(
+    store: &dyn Store,
+    id: NodeId,
+    trust: &HostTrust,
+) -> Result<(), StoreError> {
+    store
+        .apply(Command::new(Op::Put {
+            space: space(),
+            key: host_key(id),
+            value: serde_json::to_vec(trust).expect("a report always encodes"),
+        }))
+        .await?;
+    Ok(())
+}
+
+/// What host `id` last reported, as the leader knows it.
+pub(crate) async fn reported(store: &dyn Store, id: NodeId) -> Result<HostTrust, StoreError> {
+    Ok(store
+        .get(&space(), &host_key(id))
+        .await?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default())
 }
 
 /// The residency rule: labels every host of the cluster must carry.
@@ -243,7 +410,7 @@ pub async fn invite(
     if let Some(why) = breaks_rule(&rule(store).await?, labels) {
         return Err(AuthorityError::Refused(why));
     }
-    let ca = kept_ca(store).await?;
+    let (ca, _) = kept_ca(store).await?;
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw)
         .map_err(|e| AuthorityError::Refused(format!("no randomness: {e}")))?;
@@ -313,17 +480,17 @@ pub(crate) async fn redeem(
             ));
         }
     }
-    let ca = kept_ca(store).await?;
+    let (ca, kept) = kept_ca(store).await?;
     let who = HostIdentity {
         id: req.id,
         name: invitation.name,
         labels: invitation.labels,
     };
-    let cert = ca.issue(&req.csr_pem, &who, CERT_LIFETIME)?;
+    let cert = ca.issue(&req.csr_pem, &who, lifetime(store).await?)?;
     tracing::info!(host = %who, "issued a certificate to an invited host");
     Ok(EnrolAnswer {
         chain_pem: format!("{cert}{}", ca.cert_pem()),
-        roots_pem: ca.cert_pem().to_string(),
+        roots_pem: kept.trusted_pem(),
     })
 }
 

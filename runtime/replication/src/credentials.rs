@@ -4,10 +4,11 @@
 //! offline keeping; the cluster's copy is in the replicated store (see `authority.rs`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
-use doppel_trust::tls::{self, CredentialSlot};
-use doppel_trust::{HostIdentity, TrustError};
+use doppel_trust::tls::{self, CredentialSlot, TrustedRoots};
+use doppel_trust::{HostIdentity, HostKey, TrustError};
 
 /// The directory in a data directory that holds the TLS files.
 pub fn tls_dir(data: &Path) -> PathBuf {
@@ -19,14 +20,22 @@ pub fn ca_path(data: &Path) -> PathBuf {
     tls_dir(data).join("ca.pem")
 }
 
-/// A host's credentials.
+/// A host's credentials: its certificate (renewable) and the CAs it trusts (replaceable during a
+/// CA rotation), both taken up by the TLS configurations built from them at the next handshake.
+/// Its identity never changes: a renewed certificate must name the same host.
 pub struct Credentials {
     slot: Arc<CredentialSlot>,
+    trusted: Arc<TrustedRoots>,
+    identity: HostIdentity,
+    files: Mutex<Files>,
+}
+
+/// The PEM texts as they are kept in `DATA/tls/`.
+struct Files {
     chain_pem: String,
     key_pem: String,
     roots_pem: String,
     roots: Vec<Vec<u8>>,
-    identity: HostIdentity,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -52,12 +61,19 @@ impl Credentials {
         let roots = doppel_trust::certificates(roots_pem)?;
         Ok(Credentials {
             slot: Arc::new(CredentialSlot::new(key)),
-            chain_pem: chain_pem.to_string(),
-            key_pem: key_pem.to_string(),
-            roots_pem: roots_pem.to_string(),
-            roots,
+            trusted: TrustedRoots::new(&roots)?,
             identity,
+            files: Mutex::new(Files {
+                chain_pem: chain_pem.to_string(),
+                key_pem: key_pem.to_string(),
+                roots_pem: roots_pem.to_string(),
+                roots,
+            }),
         })
+    }
+
+    fn files(&self) -> MutexGuard<'_, Files> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The credentials kept in `data`, if there are any.
@@ -84,17 +100,20 @@ impl Credentials {
             })
     }
 
-    /// Writes the credentials into `data` (the key owner-only), each file replaced whole.
+    /// Writes the credentials into `data` (the key owner-only), each file replaced whole. The key
+    /// never changes after the first save, so a host stopped between two files still finds a
+    /// certificate for its key (the old one or the new one) when it starts again.
     pub fn save(&self, data: &Path) -> Result<(), CredentialsError> {
         let dir = tls_dir(data);
         std::fs::create_dir_all(&dir).map_err(|source| CredentialsError::Io {
             path: dir.clone(),
             source,
         })?;
+        let files = self.files();
         for (name, text) in [
-            ("host.key", &self.key_pem),
-            ("host.pem", &self.chain_pem),
-            ("ca.pem", &self.roots_pem),
+            ("host.key", &files.key_pem),
+            ("host.pem", &files.chain_pem),
+            ("ca.pem", &files.roots_pem),
         ] {
             let path = dir.join(name);
             doppel_store::files::replace_private(&path, text.as_bytes())
@@ -109,18 +128,79 @@ impl Credentials {
     }
 
     /// The CAs this host trusts (DER).
-    pub fn roots(&self) -> &[Vec<u8>] {
-        &self.roots
+    pub fn roots(&self) -> Vec<Vec<u8>> {
+        self.files().roots.clone()
+    }
+
+    /// The SHA-256 fingerprints of the CAs this host trusts, in order.
+    pub fn root_fingerprints(&self) -> Vec<String> {
+        self.files()
+            .roots
+            .iter()
+            .map(|r| doppel_trust::fingerprint(r))
+            .collect()
     }
 
     /// The CAs this host trusts, PEM (public).
-    pub fn roots_pem(&self) -> &str {
-        &self.roots_pem
+    pub fn roots_pem(&self) -> String {
+        self.files().roots_pem.clone()
+    }
+
+    /// The fingerprint of the CA that issued this host's certificate (the second in its chain).
+    pub fn issuer_fingerprint(&self) -> Option<String> {
+        let files = self.files();
+        let chain = doppel_trust::certificates(&files.chain_pem).ok()?;
+        chain.get(1).map(|ca| doppel_trust::fingerprint(ca))
+    }
+
+    /// When this host's certificate stops being valid.
+    pub fn not_after(&self) -> Result<SystemTime, TrustError> {
+        let files = self.files();
+        let chain = doppel_trust::certificates(&files.chain_pem)?;
+        doppel_trust::not_after(chain.first().map(Vec::as_slice).unwrap_or_default())
+    }
+
+    /// A certificate signing request for this host's key (for its renewal).
+    pub fn request(&self) -> Result<String, TrustError> {
+        HostKey::from_pem(&self.files().key_pem)?.request()
+    }
+
+    /// Presents `chain_pem` (a new certificate for the same key, then its CA) from the next
+    /// handshake on. Refused if it names another host.
+    pub fn renew(&self, chain_pem: &str) -> Result<(), TrustError> {
+        let mut files = self.files();
+        let key = tls::certified_key(chain_pem, &files.key_pem)?;
+        let own = key.cert.first().map(|c| c.to_vec()).unwrap_or_default();
+        let named = HostIdentity::from_certificate(&own)?;
+        if named != self.identity {
+            return Err(TrustError::NoIdentity(format!(
+                "a renewed certificate must name {}, not {named}",
+                self.identity
+            )));
+        }
+        self.slot.replace(key);
+        files.chain_pem = chain_pem.to_string();
+        Ok(())
+    }
+
+    /// Trusts the CAs in `roots_pem` instead, from the next handshake on.
+    pub fn trust(&self, roots_pem: &str) -> Result<(), TrustError> {
+        let roots = doppel_trust::certificates(roots_pem)?;
+        self.trusted.replace(&roots)?;
+        let mut files = self.files();
+        files.roots = roots;
+        files.roots_pem = roots_pem.to_string();
+        Ok(())
     }
 
     /// The certificate this host presents.
     pub fn slot(&self) -> Arc<CredentialSlot> {
         self.slot.clone()
+    }
+
+    /// The CAs this host trusts, as its TLS configurations see them.
+    pub fn trusted(&self) -> Arc<TrustedRoots> {
+        self.trusted.clone()
     }
 
     /// The admin listener's TLS configuration.
@@ -130,7 +210,7 @@ impl Credentials {
 
     /// The peer listener's TLS configuration.
     pub fn peer_server(&self) -> Result<Arc<rustls::ServerConfig>, TrustError> {
-        tls::peer_server(self.slot(), &self.roots)
+        tls::peer_server(self.slot(), self.trusted())
     }
 }
 

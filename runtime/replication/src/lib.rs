@@ -8,8 +8,9 @@
 //!   connector/acceptor pair every host-to-host request goes through — raft's own routes and the
 //!   host's ([`HostRoute`]) alike — over mutual TLS. Its URLs and headers appear nowhere else.
 //!   Who may call which route is `peer_server.rs`'s [`admission`](peer_router).
-//! - **Trust** (`credentials.rs`, `authority.rs`): this host's certificate in `DATA/tls/`, and
-//!   the cluster's CA, invitations, revocations and residency rule in the replicated store.
+//! - **Trust** (`credentials.rs`, `authority.rs`, `rotation.rs`): this host's certificate in
+//!   `DATA/tls/`, renewed by the host itself; the cluster's CA (rotated in three steps),
+//!   invitations, revocations and residency rule in the replicated store.
 //! - **Liveness** ([`Liveness`], `liveness.rs`): the one probe loop; who is alive, and standing
 //!   for election as soon as a dead leader's lease allows.
 //! - **The replicated store** ([`ReplicatedStore`]): doppel's `Store` over raft. Followers
@@ -39,6 +40,7 @@ mod peer_server;
 mod raft_network;
 mod read_index;
 mod replicated;
+mod rotation;
 mod state_machine;
 mod transport;
 mod types;
@@ -54,6 +56,7 @@ pub use node::{LEADER_LEASE, Node, Storage, config, config_with_lease, start, st
 pub use peer_server::peer_router;
 pub use raft_network::Network;
 pub use replicated::ReplicatedStore;
+pub use rotation::Rotated;
 pub use state_machine::StateMachine;
 pub use transport::{
     ConnectedPeer, HostRoute, LEASE_HEADER, PeerClient, PeerError, RefusalLog, RefusalSink, accept,

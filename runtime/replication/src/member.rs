@@ -26,6 +26,7 @@ use crate::membership::{ClusterStatus, JoinRequest, Refusal};
 use crate::node::{LEADER_LEASE, Storage, config_with_lease};
 use crate::peer_server::peer_router;
 use crate::replicated::ReplicatedStore;
+use crate::rotation::{self, Rotated};
 use crate::transport::{PeerClient, PeerError, RaftRoute, RefusalSink};
 use crate::types::NodeId;
 
@@ -74,6 +75,9 @@ pub struct MemberConfig {
     pub leader_lease: Option<Duration>,
     /// Log entries between snapshots.
     pub snapshot_every: u64,
+    /// How long the certificates of a cluster this host creates are valid (hosts renew theirs
+    /// when a third is left); `None` for a year.
+    pub cert_lifetime: Option<Duration>,
 }
 
 /// Why a host could not become or stay a member.
@@ -219,10 +223,12 @@ pub struct Member {
     lease: Duration,
     store: Arc<ReplicatedStore>,
     peers: PeerClient,
-    credentials: Credentials,
+    credentials: Arc<Credentials>,
     /// The CA of a cluster this start creates, kept in the store by [`Member::enter`].
     new_ca: Option<(ClusterCa, Labels)>,
+    cert_lifetime: Duration,
     liveness: Mutex<Option<(Liveness, tokio::task::JoinHandle<()>)>>,
+    keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Member {
@@ -298,8 +304,9 @@ impl Member {
         let store = Arc::new(ReplicatedStore::new(node, peers.clone()));
         Ok(Member {
             data_dir: data.clone(),
-            credentials,
+            credentials: Arc::new(credentials),
             new_ca,
+            cert_lifetime: config.cert_lifetime.unwrap_or(CERT_LIFETIME),
             identity,
             first_start,
             join: config.join,
@@ -307,6 +314,7 @@ impl Member {
             store,
             peers,
             liveness: Mutex::new(None),
+            keeper: Mutex::new(None),
         })
     }
 
@@ -322,6 +330,7 @@ impl Member {
     /// identity. Peers must reach [`Member::peer_router`] already. Answers whether it joined.
     pub async fn enter(&self, advertise: &str) -> Result<bool, MemberError> {
         if !self.first_start {
+            self.keep_credentials();
             return Ok(false);
         }
         let id = self.id();
@@ -343,7 +352,7 @@ impl Member {
                     MemberError::Raft(format!("while creating a one-member cluster: {e}"))
                 })?;
                 if let Some((ca, rule)) = &self.new_ca {
-                    authority::keep_ca(self.store.as_ref(), ca).await?;
+                    authority::keep_ca(self.store.as_ref(), ca, self.cert_lifetime).await?;
                     authority::set_rule(self.store.as_ref(), rule).await?;
                     self.credentials.save(&self.data_dir)?;
                     let key = tls_dir(&self.data_dir).join("ca.key");
@@ -359,7 +368,38 @@ impl Member {
             }
         };
         save_identity(&self.data_dir, &self.identity)?;
+        self.keep_credentials();
         Ok(joined)
+    }
+
+    /// Starts the task that keeps this host's certificate and trusted CAs current (see
+    /// `rotation.rs`).
+    fn keep_credentials(&self) {
+        let task = rotation::spawn_keeper(
+            self.store.clone(),
+            self.credentials.clone(),
+            self.data_dir.clone(),
+            self.id(),
+        );
+        if let Some(old) = self
+            .keeper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    /// Rotates the cluster CA with no downtime (`doppel cluster rotate-ca`), telling `step` what
+    /// happens; goes on with a rotation that stopped half-way. Waits up to `patience` for every
+    /// member at each step.
+    pub async fn rotate_ca(
+        &self,
+        patience: Duration,
+        step: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<Rotated, AuthorityError> {
+        rotation::rotate_ca(&self.store, &self.identity().name, patience, step).await
     }
 
     /// Records `advertise` as this host's peer address when the cluster has another (it
@@ -459,6 +499,9 @@ impl Member {
         {
             task.abort();
         }
+        if let Some(task) = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
         self.store
             .raft()
             .shutdown()
@@ -503,7 +546,8 @@ async fn credentials(
                 name: config.name.clone(),
                 labels: config.labels.clone(),
             };
-            let cert = ca.issue(&key.request()?, &who, CERT_LIFETIME)?;
+            let lifetime = config.cert_lifetime.unwrap_or(CERT_LIFETIME);
+            let cert = ca.issue(&key.request()?, &who, lifetime)?;
             let own = Credentials::from_pem(
                 &format!("{cert}{}", ca.cert_pem()),
                 &key.pem(),

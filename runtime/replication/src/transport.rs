@@ -201,7 +201,7 @@ impl std::fmt::Debug for PeerClient {
 impl PeerClient {
     /// A client presenting `credentials` to its peers and trusting the CAs they name.
     pub fn new(credentials: &Credentials) -> Result<PeerClient, TrustError> {
-        let tls = doppel_trust::tls::peer_client(credentials.slot(), credentials.roots())?;
+        let tls = doppel_trust::tls::peer_client(credentials.slot(), credentials.trusted())?;
         Ok(PeerClient::with_tls(tls))
     }
 

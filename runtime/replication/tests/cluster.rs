@@ -42,7 +42,7 @@ fn client_as(ca: &ClusterCa, id: Option<u64>) -> reqwest::Client {
     let tls = match id {
         Some(id) => {
             let own = credentials_from(ca, id);
-            doppel_trust::tls::peer_client(own.slot(), &[CA.cert_der().to_vec()]).unwrap()
+            doppel_trust::tls::peer_client(own.slot(), own.trusted()).unwrap()
         }
         None => doppel_trust::tls::operator_client(&[CA.cert_der().to_vec()]).unwrap(),
     };

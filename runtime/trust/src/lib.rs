@@ -53,6 +53,17 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
+/// When a DER certificate stops being valid.
+pub fn not_after(der: &[u8]) -> Result<std::time::SystemTime, TrustError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| TrustError::Malformed {
+        what: "a certificate",
+        why: e.to_string(),
+    })?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
 /// Every certificate in a PEM text, as DER, in order.
 pub fn certificates(pem: &str) -> Result<Vec<Vec<u8>>, TrustError> {
     use rustls::pki_types::CertificateDer;

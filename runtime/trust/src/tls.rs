@@ -9,8 +9,9 @@
 //!   dialled); a joining host, which has no CA yet, pins the CA by the fingerprint its invitation
 //!   carries.
 //!
-//! A host's own certificate sits in a [`CredentialSlot`], so that a renewed one is used from the
-//! next handshake on without restarting anything.
+//! A host's own certificate sits in a [`CredentialSlot`] and the CAs it trusts in
+//! [`TrustedRoots`], so that a renewed certificate or a rotated CA is used from the next handshake
+//! on without restarting anything.
 
 use std::sync::{Arc, RwLock};
 
@@ -19,9 +20,13 @@ use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
 use crate::{CLUSTER_NAME, TrustError};
 
@@ -109,21 +114,60 @@ fn root_store(roots: &[Vec<u8>]) -> Result<Arc<RootCertStore>, TrustError> {
     Ok(Arc::new(store))
 }
 
+/// The CAs a host trusts, replaceable while it runs: during a CA rotation the old and the new
+/// CA are both trusted, then only the new one.
+#[derive(Debug)]
+pub struct TrustedRoots(RwLock<Verifiers>);
+
+#[derive(Clone, Debug)]
+struct Verifiers {
+    clients: Arc<dyn ClientCertVerifier>,
+    servers: Arc<WebPkiServerVerifier>,
+}
+
+impl Verifiers {
+    fn of(roots: &[Vec<u8>]) -> Result<Verifiers, TrustError> {
+        let store = root_store(roots)?;
+        let clients = WebPkiClientVerifier::builder_with_provider(store.clone(), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(tls)?;
+        let servers = WebPkiServerVerifier::builder_with_provider(store, provider())
+            .build()
+            .map_err(tls)?;
+        Ok(Verifiers { clients, servers })
+    }
+}
+
+impl TrustedRoots {
+    /// Trusts the CAs `roots` (DER).
+    pub fn new(roots: &[Vec<u8>]) -> Result<Arc<TrustedRoots>, TrustError> {
+        Ok(Arc::new(TrustedRoots(RwLock::new(Verifiers::of(roots)?))))
+    }
+
+    /// Trusts `roots` instead, from the next handshake on.
+    pub fn replace(&self, roots: &[Vec<u8>]) -> Result<(), TrustError> {
+        let verifiers = Verifiers::of(roots)?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = verifiers;
+        Ok(())
+    }
+
+    fn current(&self) -> Verifiers {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// The peer listener's configuration: presents `credentials`, asks every client for a
 /// certificate from one of `roots`, and lets one without a certificate finish the handshake (a
 /// joining host enrols before it has one; the transport refuses it everything else).
 pub fn peer_server(
     credentials: Arc<CredentialSlot>,
-    roots: &[Vec<u8>],
+    roots: Arc<TrustedRoots>,
 ) -> Result<Arc<ServerConfig>, TrustError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(tls)?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(PeerClients(roots)))
         .with_cert_resolver(credentials);
     Ok(Arc::new(config))
 }
@@ -142,13 +186,13 @@ pub fn admin_server(credentials: Arc<CredentialSlot>) -> Result<Arc<ServerConfig
 /// [`CLUSTER_NAME`] from one of `roots`.
 pub fn peer_client(
     credentials: Arc<CredentialSlot>,
-    roots: &[Vec<u8>],
+    roots: Arc<TrustedRoots>,
 ) -> Result<ClientConfig, TrustError> {
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls)?
         .dangerous()
-        .with_custom_certificate_verifier(ClusterServer::new(roots)?)
+        .with_custom_certificate_verifier(Arc::new(ClusterServer(roots)))
         .with_client_cert_resolver(credentials))
 }
 
@@ -159,7 +203,7 @@ pub fn operator_client(roots: &[Vec<u8>]) -> Result<ClientConfig, TrustError> {
         .with_safe_default_protocol_versions()
         .map_err(tls)?
         .dangerous()
-        .with_custom_certificate_verifier(ClusterServer::new(roots)?)
+        .with_custom_certificate_verifier(Arc::new(ClusterServer(TrustedRoots::new(roots)?)))
         .with_no_client_auth())
 }
 
@@ -179,14 +223,60 @@ pub fn pinned_client(fingerprint: &str) -> Result<ClientConfig, TrustError> {
 
 /// Verifies a server against the cluster CA and [`CLUSTER_NAME`], not the name dialled.
 #[derive(Debug)]
-struct ClusterServer(Arc<WebPkiServerVerifier>);
+struct ClusterServer(Arc<TrustedRoots>);
 
-impl ClusterServer {
-    fn new(roots: &[Vec<u8>]) -> Result<Arc<ClusterServer>, TrustError> {
-        let inner = WebPkiServerVerifier::builder_with_provider(root_store(roots)?, provider())
-            .build()
-            .map_err(tls)?;
-        Ok(Arc::new(ClusterServer(inner)))
+/// Verifies a peer's client certificate, if it shows one, against the CAs trusted now.
+#[derive(Debug)]
+struct PeerClients(Arc<TrustedRoots>);
+
+impl ClientCertVerifier for PeerClients {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional; a host presents the one certificate it has whatever they say.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .current()
+            .clients
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current()
+            .clients
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current()
+            .clients
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.current().clients.supported_verify_schemes()
     }
 }
 
@@ -203,8 +293,13 @@ impl ServerCertVerifier for ClusterServer {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.0
-            .verify_server_cert(end_entity, intermediates, &cluster_name(), ocsp, now)
+        self.0.current().servers.verify_server_cert(
+            end_entity,
+            intermediates,
+            &cluster_name(),
+            ocsp,
+            now,
+        )
     }
 
     fn verify_tls12_signature(
@@ -213,7 +308,10 @@ impl ServerCertVerifier for ClusterServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.0
+            .current()
+            .servers
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -222,11 +320,14 @@ impl ServerCertVerifier for ClusterServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.0
+            .current()
+            .servers
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.0.current().servers.supported_verify_schemes()
     }
 }
 
@@ -253,9 +354,9 @@ impl ServerCertVerifier for PinnedCa {
                     "the server's CA is not the one the invitation names: {NOT_THE_INVITING_CLUSTER}"
                 ))
             })?;
-        ClusterServer::new(&[ca.to_vec()])
-            .map_err(|e| rustls::Error::General(e.to_string()))?
-            .verify_server_cert(end_entity, &[], dialled, ocsp, now)
+        let roots =
+            TrustedRoots::new(&[ca.to_vec()]).map_err(|e| rustls::Error::General(e.to_string()))?;
+        ClusterServer(roots).verify_server_cert(end_entity, &[], dialled, ocsp, now)
     }
 
     fn verify_tls12_signature(

@@ -65,6 +65,11 @@ pub struct Host {
     /// host, start one with the new value, then the others without it.
     #[arg(long, value_parser = parse_lease)]
     pub leader_lease: Option<u64>,
+    /// How long the host certificates of a cluster this host creates are valid, 10s to 10y
+    /// (default 365d). Every host renews its own, from the cluster CA, when a third of it is
+    /// left. Only for the host that creates a cluster.
+    #[arg(long, value_parser = parse_cert_lifetime)]
+    pub cert_lifetime: Option<Duration>,
     /// A label placement rules can match (`doppel deploy --on KEY=VALUE`), repeatable, e.g.
     /// `--label provider=ionos --label jurisdiction=de`. Only for the host that creates a
     /// cluster: an invited host carries its invitation's labels, bound into its certificate.
@@ -191,6 +196,7 @@ impl Host {
             leader_lease: self.leader_lease.map(Duration::from_millis),
             labels,
             require,
+            cert_lifetime: self.cert_lifetime,
         };
         tracing::info!(?config, "starting");
         let data = self.data;
@@ -218,6 +224,17 @@ fn label_map(
 }
 
 /// A leader lease: a duration from 100 ms to 10 s.
+fn parse_cert_lifetime(text: &str) -> Result<Duration, String> {
+    let lifetime = humantime::parse_duration(text)
+        .map_err(|e| format!("{text} is not a duration such as 90d or 12h: {e}"))?;
+    if !(Duration::from_secs(10)..=Duration::from_secs(10 * 365 * 24 * 3600)).contains(&lifetime) {
+        return Err(format!(
+            "{text} is out of range: a certificate lifetime is 10s to 10y (default 365d)"
+        ));
+    }
+    Ok(lifetime)
+}
+
 fn parse_lease(text: &str) -> Result<u64, String> {
     let ms = parse_millis(text)?;
     if !(100..=10_000).contains(&ms) {

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use doppel_api::{
     ApiError, ClusterInfo, DeployRequest, HostInfo, HostStatus, InvitationAnswer, InviteRequest,
-    KeyPage, NewToken, Role, TokenInfo, TokenRequest,
+    KeyPage, NewToken, Progress, Role, TokenInfo, TokenRequest,
 };
 use doppel_replication::{AuthorityError, Member};
 use doppel_store::{Command, Op, Space, StoreError};
@@ -92,6 +92,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/hosts/invitations", post(invite))
         .route("/v1/cluster/ca", get(cluster_ca))
+        .route("/v1/cluster/rotate-ca", post(rotate_ca))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/v1/audit", get(audit::list))
@@ -124,6 +125,7 @@ pub fn router(state: AdminState) -> Router {
 fn needed_role(method: &Method, path: &str) -> Role {
     let admin = path.starts_with("/v1/tokens")
         || path.starts_with("/v1/hosts/invitations")
+        || path.starts_with("/v1/cluster/rotate-ca")
         || (method == Method::DELETE && path.starts_with("/v1/hosts/"));
     if admin {
         Role::Admin
@@ -215,10 +217,43 @@ async fn cluster_status(State(state): State<AdminState>) -> AdminResult<Json<Clu
     ))
 }
 
-/// The join token, behind the admin token like everything here.
 /// The CA certificates this host trusts (public; the key is never answered).
 async fn cluster_ca(State(state): State<AdminState>) -> String {
-    state.member.credentials().roots_pem().to_string()
+    state.member.credentials().roots_pem()
+}
+
+/// How long a CA rotation waits for every host at each of its steps.
+const ROTATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Rotates the cluster CA (`doppel cluster rotate-ca`), answering with progress lines.
+async fn rotate_ca(State(state): State<AdminState>) -> axum::response::Response {
+    let (tx, response) = operator::progress_stream();
+    tokio::spawn(async move {
+        let step_tx = tx.clone();
+        let step = move |text: String| {
+            let _ = step_tx.send(Progress::Step { text });
+        };
+        let started = std::time::Instant::now();
+        match state.member.rotate_ca(ROTATION_PATIENCE, &step).await {
+            Ok(rotated) => {
+                let _ = tx.send(Progress::Done {
+                    text: format!(
+                        "rotated the cluster CA from {} to {} in {} ms; `doppel cluster ca` prints \
+                         the new one for operators who keep a copy",
+                        rotated.from,
+                        rotated.to,
+                        started.elapsed().as_millis()
+                    ),
+                });
+            }
+            Err(e) => {
+                let _ = tx.send(Progress::Failed {
+                    error: e.to_string(),
+                });
+            }
+        }
+    });
+    response
 }
 
 /// Opens an invitation for one host (`doppel hosts invite`).

@@ -34,7 +34,7 @@ impl From<MoveError> for AdminError {
 }
 
 /// A JSON-lines answer fed by the returned sender.
-fn progress_stream() -> (mpsc::UnboundedSender<Progress>, Response) {
+pub(crate) fn progress_stream() -> (mpsc::UnboundedSender<Progress>, Response) {
     let (tx, rx) = mpsc::unbounded_channel::<Progress>();
     let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|p| {
         let mut line = serde_json::to_vec(&p).unwrap_or_default();
