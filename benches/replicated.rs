@@ -2,7 +2,9 @@
 //! - doppel: a 3-host loopback cluster, each write a keyvalue `set` through a guest, sent to the
 //!   service's active host (which also leads), acknowledged once a majority has it fdatasynced;
 //! - etcd: a 3-member loopback cluster (Debian's etcd-server, `benches/install-peers.sh`), each
-//!   write a `put` through its JSON gateway (`POST /v3/kv/put`), sent to the leader;
+//!   write a `put` through its JSON gateway (`POST /v3/kv/put`), sent to the leader; its members
+//!   talk mutual TLS to each other and TLS to clients, as doppel's hosts talk mutual TLS
+//!   (`REPLICATED_ETCD_TLS=0` runs it in plain HTTP);
 //! - one doppel host, for what replication costs.
 //!
 //! Same load generator (wrk), same key written over and over, same machine (2 cores, one disk:
@@ -40,25 +42,71 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Whether etcd runs with TLS (the default; `REPLICATED_ETCD_TLS=0` for plain HTTP).
+fn etcd_tls() -> bool {
+    std::env::var("REPLICATED_ETCD_TLS").map_or(true, |v| v.trim() != "0")
+}
+
+/// A CA and one certificate for 127.0.0.1 (server and client use) in `dir`: `ca.pem`,
+/// `etcd.pem`, `etcd.key`.
+fn write_etcd_certificates(dir: &std::path::Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let issuer = Issuer::from_ca_cert_der(ca_cert.der(), &ca_key).unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("etcd.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("etcd.key"), key.serialize_pem()).unwrap();
+}
+
 impl Etcd {
     fn start() -> Option<Etcd> {
         if Command::new("etcd").arg("--version").output().is_err() {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
+        let tls = etcd_tls();
+        let scheme = if tls { "https" } else { "http" };
+        if tls {
+            write_etcd_certificates(dir.path());
+        }
+        let file = |name: &str| dir.path().join(name).display().to_string();
         let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let initial: Vec<String> = peers
             .iter()
             .enumerate()
-            .map(|(i, p)| format!("e{i}=http://127.0.0.1:{p}"))
+            .map(|(i, p)| format!("e{i}={scheme}://127.0.0.1:{p}"))
             .collect();
         let members = (0..3)
             .map(|i| {
-                let peer = format!("http://127.0.0.1:{}", peers[i]);
-                let client = format!("http://127.0.0.1:{}", clients[i]);
-                Command::new("etcd")
-                    .args(["--name", &format!("e{i}")])
+                let peer = format!("{scheme}://127.0.0.1:{}", peers[i]);
+                let client = format!("{scheme}://127.0.0.1:{}", clients[i]);
+                let mut etcd = Command::new("etcd");
+                if tls {
+                    etcd.args(["--peer-client-cert-auth", "--peer-auto-tls=false"])
+                        .args(["--peer-trusted-ca-file", &file("ca.pem")])
+                        .args(["--peer-cert-file", &file("etcd.pem")])
+                        .args(["--peer-key-file", &file("etcd.key")])
+                        .args(["--trusted-ca-file", &file("ca.pem")])
+                        .args(["--cert-file", &file("etcd.pem")])
+                        .args(["--key-file", &file("etcd.key")]);
+                }
+                etcd.args(["--name", &format!("e{i}")])
                     .arg("--data-dir")
                     .arg(dir.path().join(format!("e{i}")))
                     .args(["--listen-peer-urls", &peer])
@@ -78,7 +126,7 @@ impl Etcd {
             members,
             clients: clients
                 .iter()
-                .map(|p| format!("http://127.0.0.1:{p}"))
+                .map(|p| format!("{scheme}://127.0.0.1:{p}"))
                 .collect(),
             _dir: dir,
         })
@@ -91,7 +139,11 @@ impl Etcd {
 
     /// The leader's client URL, once the cluster has one and accepts writes.
     fn leader(&self) -> String {
-        let http = reqwest::blocking::Client::new();
+        let mut http = reqwest::blocking::Client::builder();
+        if let Ok(pem) = std::fs::read(self._dir.path().join("ca.pem")) {
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+        }
+        let http = http.build().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             assert!(Instant::now() < deadline, "etcd did not elect a leader");
@@ -220,6 +272,15 @@ fn main() {
     let etcd_leader = etcd.as_ref().map(Etcd::leader);
     if etcd.is_none() {
         println!("etcd is not installed (benches/install-peers.sh): its column is left out");
+    } else {
+        println!(
+            "etcd runs {}",
+            if etcd_tls() {
+                "with mutual TLS between members and TLS to clients"
+            } else {
+                "in plain HTTP (REPLICATED_ETCD_TLS=0)"
+            }
+        );
     }
     let doppel_put = post("1", "text/plain");
     let etcd_put = post(PUT, "application/json");

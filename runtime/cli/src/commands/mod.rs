@@ -34,7 +34,7 @@ pub enum Command {
     Status(status::Status),
     /// Manage the cluster's hosts.
     Hosts(hosts::Hosts),
-    /// The cluster as a whole: its CA certificate.
+    /// The cluster as a whole: its CA certificate, and rotating the CA.
     Cluster(cluster::Cluster),
     /// Named operator credentials with roles.
     Tokens(tokens::Tokens),
