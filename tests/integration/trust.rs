@@ -327,6 +327,15 @@ fn labels_come_from_the_invitation_and_the_residency_rule_holds() {
         !placed.contains("\"b\""),
         "placed on a label the host only claimed: {placed}"
     );
+    // Status says where data lives, and warns of a rule narrower than the cluster's.
+    let told = a.cli_ok(&["status"]);
+    for says in [
+        "Residency rule: every host carries jurisdiction=de.",
+        "its data (buckets) is stored on every host of the cluster",
+        "warning: hello runs only where provider=trusted, but its data is on every host",
+    ] {
+        assert!(told.contains(says), "{told}");
+    }
     // A cluster cannot be created breaking its own rule.
     let dir = tempfile::tempdir().unwrap();
     let out = crate::support::host_command(&dir.path().join("x"))

@@ -369,6 +369,9 @@ pub struct ClusterInfo {
     pub lease_ms: u64,
     /// Every member.
     pub hosts: Vec<HostStatus>,
+    /// The residency rule: labels every host of the cluster carries (`--require-label`).
+    #[serde(default)]
+    pub residency: BTreeMap<String, String>,
 }
 
 /// What a credential may do; each role may do what the ones before it may.

@@ -141,6 +141,7 @@ pub async fn info(member: &Member, liveness: &Liveness) -> Result<ClusterInfo, S
         term: status.term,
         lease_ms: u64::try_from(member.lease().as_millis()).unwrap_or(u64::MAX),
         hosts,
+        residency: member.residency_rule().await.unwrap_or_default(),
     })
 }
 

@@ -52,6 +52,12 @@ impl Status {
             ]);
         }
         print_table(&rows);
+        if !cluster.residency.is_empty() {
+            println!(
+                "Residency rule: every host carries {}.",
+                labels_text(&cluster.residency)
+            );
+        }
         let leader = cluster.leader.is_some();
         println!(
             "{} host(s), term {}, leader lease {} ms{}  (* = the host that answered)",
@@ -109,7 +115,39 @@ impl Status {
                 );
             }
             println!("Hosts a service is not active on forward its requests to one that is.");
+            println!(
+                "--on rules place a service's compute; its data (buckets) is stored on every host of the cluster."
+            );
+            for s in &services {
+                let narrower: Vec<String> = s
+                    .placement
+                    .on
+                    .iter()
+                    .filter(|(k, v)| cluster.residency.get(*k) != Some(*v))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                if !narrower.is_empty() {
+                    println!(
+                        "warning: {} runs only where {}, but its data is on every host{}",
+                        s.name,
+                        narrower.join(", "),
+                        if cluster.residency.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (all of which carry {})", labels_text(&cluster.residency))
+                        }
+                    );
+                }
+            }
         }
         Ok(())
     }
+}
+
+fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
