@@ -172,6 +172,17 @@ impl Peer {
 }
 
 impl RaftNetwork<TypeConfig> for Peer {
+    /// How long the leader waits before trying an unreachable follower again: one heartbeat
+    /// interval, not openraft's 500 ms. A follower that restarts stands for election if it hears
+    /// nothing within its election timeout (two thirds of the lease to the lease), which a
+    /// leader waiting 500 ms, plus a TLS handshake, would often miss; its election would then
+    /// depose a healthy leader. Retrying costs a refused connection per interval while a host is
+    /// down (a connection being opened is kept for the next try, never opened twice).
+    fn backoff(&self) -> openraft::network::Backoff {
+        let interval = Duration::from_millis((self.lease_ms / 4).max(10));
+        openraft::network::Backoff::new(std::iter::repeat(interval))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
