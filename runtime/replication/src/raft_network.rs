@@ -36,6 +36,38 @@ pub struct Network {
     /// When each peer's refusal over different leases was last logged. Shared by every client,
     /// because openraft makes a new one for each round of votes.
     lease_warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    /// Append connections no client holds now, by address.
+    idle: IdleStreams,
+}
+
+/// Append connections a dropped client left, for the next client to the same address.
+///
+/// openraft makes a new client for every leadership check (each linearizable read) and drops it
+/// after one heartbeat interval: without these, each check would open its connections afresh (a
+/// TLS handshake and an upgrade per follower), which often takes longer than that interval, so
+/// that reads failed for want of a quorum that was there all along.
+#[derive(Clone, Default)]
+struct IdleStreams(Arc<Mutex<HashMap<String, Vec<AppendStream>>>>);
+
+/// Idle append connections kept per address.
+const IDLE_PER_PEER: usize = 4;
+
+impl IdleStreams {
+    fn take(&self, addr: &str) -> Option<AppendStream> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(addr)?
+            .pop()
+    }
+
+    fn put(&self, addr: &str, stream: AppendStream) {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = idle.entry(addr.to_string()).or_default();
+        if kept.len() < IDLE_PER_PEER {
+            kept.push(stream);
+        }
+    }
 }
 
 impl Network {
@@ -45,6 +77,7 @@ impl Network {
             peers,
             lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
             lease_warned: Arc::default(),
+            idle: IdleStreams::default(),
         }
     }
 }
@@ -60,6 +93,27 @@ pub struct Peer {
     /// A connection being opened for appends.
     opening: Option<tokio::task::JoinHandle<Result<AppendStream, StreamError>>>,
     lease_warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    idle: IdleStreams,
+}
+
+impl Drop for Peer {
+    /// Leaves its append connection, and one still being opened, to the next client.
+    fn drop(&mut self) {
+        if let Some(stream) = self.appends.take() {
+            self.idle.put(&self.addr, stream);
+        }
+        if let Some(opening) = self.opening.take() {
+            let (idle, addr) = (self.idle.clone(), self.addr.clone());
+            // Dropped outside a runtime only at shutdown, when nothing is left to hand over.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Ok(Ok(stream)) = opening.await {
+                        idle.put(&addr, stream);
+                    }
+                });
+            }
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -74,6 +128,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             appends: None,
             opening: None,
             lease_warned: self.lease_warned.clone(),
+            idle: self.idle.clone(),
         }
     }
 }
@@ -145,7 +200,7 @@ impl Peer {
         &mut self,
         rpc: &AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendAnswer, StreamError> {
-        if let Some(mut stream) = self.appends.take() {
+        if let Some(mut stream) = self.appends.take().or_else(|| self.idle.take(&self.addr)) {
             match stream.append(rpc).await {
                 Ok(answer) => {
                     self.appends = Some(stream);
