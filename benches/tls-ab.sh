@@ -18,13 +18,18 @@ export REPLICATED_CLIENTS=${REPLICATED_CLIENTS:-1,256}
 export REPLICATED_ETCD_TLS=0
 
 [ -d "$tree" ] || git worktree add --detach "$tree" "$plain"
+# The old tree gets its own target directory: cargo names a workspace's artifacts by their
+# path inside the workspace, so two checkouts sharing one target would overwrite each other.
+old_target=$root/target/tls-ab/target-$plain
 echo "building both binaries (release)"
-(cd "$tree" && cargo build --release -p doppel) && cp target/release/doppel target/tls-ab/doppel-plain
+(cd "$tree" && CARGO_TARGET_DIR=$old_target cargo build --release -p doppel) &&
+  cp "$old_target/release/doppel" target/tls-ab/doppel-plain
 cargo build --release -p doppel && cp target/release/doppel target/tls-ab/doppel-tls
 
 for pair in $(seq "$pairs"); do
   echo "== pair $pair: mutual TLS ($(git rev-parse --short HEAD))"
   DOPPEL_BIN=$root/target/tls-ab/doppel-tls cargo bench -p doppel --bench replicated
   echo "== pair $pair: plain HTTP ($plain)"
-  (cd "$tree" && DOPPEL_BIN=$root/target/tls-ab/doppel-plain cargo bench -p doppel --bench replicated)
+  (cd "$tree" && CARGO_TARGET_DIR=$old_target DOPPEL_BIN=$root/target/tls-ab/doppel-plain \
+    cargo bench -p doppel --bench replicated)
 done
