@@ -428,6 +428,11 @@ pub struct AuditEntry {
     /// More: a deploy's module digest.
     #[serde(default)]
     pub detail: Option<String>,
+    /// The last raft log index when the action started: restoring a backup to this index
+    /// (`doppel restore --before-event SEQ`) gives the state just before it. Absent in entries
+    /// not tied to a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
 }
 
 /// One host's check of its own copy of the audit trail.

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::{Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 
 use crate::framed;
-use crate::types::{LogReach, NodeId, StorageError, TypeConfig, io_error};
+use crate::types::{Batch, LogReach, NodeId, StorageError, TypeConfig, io_error};
 
 /// When the file has grown this much past what it must hold, it is rewritten after a purge.
 /// `DOPPEL_LOG_REWRITE_BYTES` sets another size: the crash tests rewrite after every purge.
@@ -146,6 +146,34 @@ impl LogStore {
             term: id.leader_id.term,
             index: id.index,
         })
+    }
+
+    /// The entries after index `after` up to and including `upto`, at most `max` of them, each
+    /// as its index and commands (a blank or membership entry carries none), for shipping the log
+    /// elsewhere. `None` when the log no longer holds the entry after `after` (purged into a
+    /// snapshot).
+    pub fn entries_after(&self, after: u64, upto: u64, max: usize) -> Option<Vec<(u64, Batch)>> {
+        let inner = self.lock();
+        if inner.last_purged.is_some_and(|p| p.index > after) {
+            return None;
+        }
+        if after < upto && !inner.entries.contains_key(&(after + 1)) {
+            return None;
+        }
+        Some(
+            inner
+                .entries
+                .range(after + 1..=upto)
+                .take(max)
+                .map(|(index, entry)| {
+                    let commands = match &entry.payload {
+                        EntryPayload::Normal(commands) => commands.clone(),
+                        _ => Vec::new(),
+                    };
+                    (*index, commands)
+                })
+                .collect(),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -194,6 +194,29 @@ impl ReplicatedStore {
         }
     }
 
+    /// The index of the last entry applied on this host.
+    pub fn applied_index(&self) -> u64 {
+        self.core.state.applied_index()
+    }
+
+    /// The index of the last entry in this host's log (committed or not).
+    pub fn last_log_index(&self) -> u64 {
+        self.core.log.reach().index
+    }
+
+    /// This host's whole applied state and the index it stands at (for a backup's snapshot).
+    pub fn export_applied(&self) -> Result<(u64, Pairs), StoreError> {
+        self.core.state.export_applied()
+    }
+
+    /// Applied entries after index `after` (at most `max`), each as its index and commands, for
+    /// shipping the log elsewhere: only entries applied here, so only committed ones. `None` when
+    /// the log was purged past `after` (the shipper then starts from a new snapshot).
+    pub fn applied_entries(&self, after: u64, max: usize) -> Option<Vec<(u64, crate::Batch)>> {
+        let upto = self.core.state.applied_index();
+        self.core.log.entries_after(after, upto, max)
+    }
+
     /// The membership now.
     fn membership(&self) -> openraft::Membership<NodeId, openraft::BasicNode> {
         self.core

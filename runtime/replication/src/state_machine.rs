@@ -129,6 +129,19 @@ impl StateMachine {
             .collect()
     }
 
+    /// The index of the last entry applied here (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.lock().last_applied.map_or(0, |id| id.index)
+    }
+
+    /// The whole applied state and the index it stands at, taken as one consistent state (under
+    /// the lock that applies hold, as a raft snapshot is).
+    pub fn export_applied(&self) -> Result<(u64, doppel_store::Pairs), StoreError> {
+        let meta = self.lock();
+        let pairs = self.shared.engine.export()?;
+        Ok((meta.last_applied.map_or(0, |id| id.index), pairs))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Meta> {
         self.shared.meta.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -29,6 +29,7 @@ pub mod crash;
 mod engine;
 pub mod files;
 mod local;
+pub mod portable;
 mod space;
 mod wal;
 

@@ -74,6 +74,20 @@ impl Audit {
         outcome: &str,
         detail: Option<String>,
     ) {
+        self.record_at(actor, method, path, outcome, detail, None)
+            .await
+    }
+
+    /// Like [`Audit::record`], for an action that started when the log reached `index`.
+    pub async fn record_at(
+        &self,
+        actor: &str,
+        method: &Method,
+        path: &str,
+        outcome: &str,
+        detail: Option<String>,
+        index: Option<u64>,
+    ) {
         let entry = AuditEntry {
             seq: 0,
             time_ms: now_ms(),
@@ -82,6 +96,7 @@ impl Audit {
             action: format!("{method} {path}"),
             outcome: outcome.to_string(),
             detail,
+            index,
         };
         let bytes = serde_json::to_vec(&entry).expect("an audit entry always encodes");
         let appended = self

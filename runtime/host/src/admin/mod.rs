@@ -187,6 +187,8 @@ async fn authenticate(
         .into_response();
     }
     request.extensions_mut().insert(caller.clone());
+    // Where the log stood before the action: a restore to here undoes it.
+    let started_at = state.member.store().last_log_index();
     let response = next.run(request).await;
     if method != Method::GET {
         let result = response.status();
@@ -201,7 +203,14 @@ async fn authenticate(
         };
         state
             .audit
-            .record(&caller.name, &method, &path, &outcome, detail)
+            .record_at(
+                &caller.name,
+                &method,
+                &path,
+                &outcome,
+                detail,
+                Some(started_at),
+            )
             .await;
     }
     response
