@@ -694,3 +694,63 @@ mod tests {
         assert!(rules(MAX_REPLICAS + 1).check().is_err());
     }
 }
+
+/// A backup target (`POST /v1/backups` takes one; `added_ms` is filled in by the host).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupTarget {
+    /// Its name in this cluster.
+    pub name: String,
+    /// Where: `s3://BUCKET/PREFIX` or `file:///DIRECTORY`.
+    pub url: String,
+    /// The age recipient (`age1…`) backups are encrypted to.
+    pub recipient: String,
+    /// When it was added (ms since the Unix epoch).
+    #[serde(default)]
+    pub added_ms: u64,
+}
+
+/// How shipping to one target goes, as the leader sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipStatus {
+    /// The last raft index shipped (0: none yet).
+    pub shipped_index: u64,
+    /// The last index applied on the leader.
+    pub applied_index: u64,
+    /// How long the oldest entry not yet shipped has waited, in ms (0 when none waits).
+    pub lag_ms: u64,
+    /// Manifests written to the target so far (by any leader).
+    pub manifests: u64,
+    /// Objects and bytes this leader created there since it started shipping.
+    pub objects: u64,
+    /// See `objects`.
+    pub bytes: u64,
+    /// When the last snapshot shipped covered, in ms since the Unix epoch (0: none by this
+    /// leader).
+    pub last_snapshot_ms: u64,
+    /// Why the last attempt failed, if it did (shipping goes on trying).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A target and how shipping to it goes (`GET /v1/backups`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// The target.
+    pub target: BackupTarget,
+    /// Its shipping, from the leader (`None` before the leader started on it, or when no leader
+    /// answers).
+    #[serde(default)]
+    pub status: Option<ShipStatus>,
+}
+
+/// A digest of the services' state on one host (`GET /v1/status/hash`): two clusters holding the
+/// same services with the same data answer the same hash, whatever their hosts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateHash {
+    /// The raft index the state stands at on this host.
+    pub index: u64,
+    /// How many keys (service records, modules, bucket keys) the hash covers.
+    pub keys: u64,
+    /// SHA-256, hex.
+    pub hash: String,
+}

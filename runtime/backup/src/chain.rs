@@ -1,0 +1,108 @@
+//! Reading a target's manifests as one chain, and refusing it when it is not whole: a manifest
+//! missing from the numbering, one that does not name its predecessor's hash (reordered,
+//! replaced), one signed by another key, one whose indexes do not follow on. Each error names
+//! the object.
+
+use crate::BackupError;
+use crate::format::{Kind, Manifest, manifest_name, manifest_seq};
+use crate::location::Location;
+
+/// The names of the manifests in `location`, in order, with their numbers.
+async fn manifest_names(location: &Location) -> Result<Vec<(u64, String)>, BackupError> {
+    let mut names: Vec<(u64, String)> = location
+        .list("manifests")
+        .await?
+        .into_iter()
+        .filter_map(|(name, _)| manifest_seq(&name).map(|seq| (seq, name)))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The last manifest of `location`, signature checked; `None` for an empty target.
+pub async fn tail(location: &Location) -> Result<Option<Manifest>, BackupError> {
+    let Some((_, name)) = manifest_names(location).await?.pop() else {
+        return Ok(None);
+    };
+    let bytes = location.get(&name).await?;
+    Manifest::parse(&name, &bytes).map(Some)
+}
+
+/// Every manifest of `location`, checked as one chain. With `signer`, the chain must be signed
+/// by that key (hex); without, by one key throughout.
+pub async fn read(location: &Location, signer: Option<&str>) -> Result<Vec<Manifest>, BackupError> {
+    let names = manifest_names(location).await?;
+    if names.is_empty() {
+        return Err(BackupError::NotFound(format!(
+            "{} holds no backup (no manifests/)",
+            location.url()
+        )));
+    }
+    let mut chain: Vec<Manifest> = Vec::with_capacity(names.len());
+    for (position, (seq, name)) in names.iter().enumerate() {
+        let expected = position as u64 + 1;
+        if *seq != expected {
+            return Err(BackupError::Broken(format!(
+                "{} is missing: the manifests go from {} to {name}",
+                manifest_name(expected),
+                if expected == 1 {
+                    "the start".to_string()
+                } else {
+                    manifest_name(expected - 1)
+                }
+            )));
+        }
+        let bytes = location.get(name).await?;
+        let manifest = Manifest::parse(name, &bytes)?;
+        let body = &manifest.body;
+        if body.seq != *seq {
+            return Err(BackupError::Broken(format!(
+                "{name} says it is manifest {} (moved or renamed)",
+                body.seq
+            )));
+        }
+        let want_signer = signer.or(chain.first().map(|m| m.body.signer.as_str()));
+        if let Some(want) = want_signer
+            && body.signer != want
+        {
+            return Err(BackupError::Broken(format!(
+                "{name} is signed by another key ({}…) than the backup ({}…)",
+                &body.signer[..16.min(body.signer.len())],
+                &want[..16.min(want.len())]
+            )));
+        }
+        match chain.last() {
+            None => {
+                if body.kind != Kind::Snapshot || !body.prev.is_empty() {
+                    return Err(BackupError::Broken(format!(
+                        "{name} is not the start of a backup (it should be a snapshot)"
+                    )));
+                }
+            }
+            Some(before) => {
+                if body.prev != before.file_sha256 {
+                    return Err(BackupError::Broken(format!(
+                        "{name} does not follow {}: its predecessor was replaced, altered or \
+                         reordered",
+                        manifest_name(before.body.seq)
+                    )));
+                }
+                let follows = match body.kind {
+                    Kind::Segment => body.first_index == before.body.last_index + 1,
+                    Kind::Snapshot => body.last_index >= before.body.last_index,
+                };
+                if !follows || body.first_index > body.last_index {
+                    return Err(BackupError::Broken(format!(
+                        "{name} covers indexes {}..={} but {} ended at {}",
+                        body.first_index,
+                        body.last_index,
+                        manifest_name(before.body.seq),
+                        before.body.last_index
+                    )));
+                }
+            }
+        }
+        chain.push(manifest);
+    }
+    Ok(chain)
+}
