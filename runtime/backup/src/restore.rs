@@ -85,7 +85,7 @@ pub async fn restore(
     point: Point,
     progress: &mut dyn Progress,
 ) -> Result<Restored, BackupError> {
-    if data.join("raft").exists() || data.join("host.json").exists() || data.join("tls").exists()
+    if ["raft", "tls", "cluster.json", "host.json"].iter().any(|f| data.join(f).exists())
     {
         return Err(BackupError::BadLocation(format!(
             "{} holds a host already; restore builds a new data directory",

@@ -154,6 +154,13 @@ pub async fn run(
             data.display()
         );
     }
+    if config.join.is_some() && doppel_backup::restore::pending(data)?.is_some() {
+        anyhow::bail!(
+            "{} holds a restored backup, which starts a new cluster; start it without --join \
+             (other hosts join it afterwards)",
+            data.display()
+        );
+    }
     let member = Member::open(MemberConfig {
         name: config.name.clone(),
         labels: config.labels.clone(),
@@ -216,7 +223,9 @@ pub async fn run(
         registry: registry.clone(),
         liveness: member.liveness(),
     };
+    let (shipper, shipping) = doppel_backup::ship::Shipper::spawn(store.clone());
     let admin_state = AdminState {
+        shipper: shipper.clone(),
         mover: mover.clone(),
         registry: registry.clone(),
         audit: crate::admin::audit::Audit::new(store.clone(), &me.name),
@@ -246,7 +255,8 @@ pub async fn run(
                 registry.clone(),
                 member.peers().clone(),
             ))
-            .merge(crate::admin::audit::peer_routes(admin_state.audit.clone())),
+            .merge(crate::admin::audit::peer_routes(admin_state.audit.clone()))
+            .merge(crate::admin::backups::peer_routes(shipper)),
         refusals.clone(),
     );
     let peers = tokio::spawn({
@@ -291,6 +301,7 @@ pub async fn run(
         .enter(&advertise)
         .await
         .context("while becoming a member of the cluster")?;
+    take_over_restore(data, &member).await?;
     let services = load_when_available(&registry, &member).await?;
     member
         .advertise(&advertise)
@@ -358,6 +369,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = ingress.await;
     syncing.abort();
+    shipping.abort();
     auditing.abort();
     scheduling.abort();
     let _ = tokio::time::timeout(config.grace, admin).await;
@@ -367,6 +379,22 @@ pub async fn run(
     member.shutdown().await.context("while stopping")?;
     tracing::info!("stopped cleanly");
     drop(lock);
+    Ok(())
+}
+
+/// Takes over the state a `doppel restore` left in the data directory, if one is waiting: its
+/// services' records, modules, buckets and audit trail are written into this new cluster
+/// before the services load.
+async fn take_over_restore(data: &Path, member: &Member) -> anyhow::Result<()> {
+    let Some(pending) = doppel_backup::restore::pending(data)? else {
+        return Ok(());
+    };
+    tracing::info!(from = %pending.url, index = pending.index, services = pending.services.len(), "taking over a restored backup");
+    let store = member.store().clone() as Arc<dyn Store>;
+    doppel_backup::restore::seed(data, store.as_ref(), &mut doppel_backup::restore::Quiet)
+        .await
+        .context("while taking over the restored backup (starting again takes it over again)")?;
+    tracing::info!(index = pending.index, hash = %pending.hash, "restored backup taken over");
     Ok(())
 }
 

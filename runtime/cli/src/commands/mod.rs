@@ -3,6 +3,7 @@
 //! none holds business logic.
 
 mod audit;
+mod backup;
 mod cluster;
 mod deploy;
 mod drain;
@@ -14,6 +15,7 @@ mod logs;
 mod ls;
 mod migrate;
 mod new;
+mod restore;
 mod rm;
 mod status;
 mod tokens;
@@ -40,6 +42,10 @@ pub enum Command {
     Tokens(tokens::Tokens),
     /// The audit trail of every admin change and refusal; `--verify` checks every host's copy.
     Audit(audit::Audit),
+    /// The backup copy outside the cluster: keys, targets, how far shipping has got.
+    Backup(backup::Backup),
+    /// Build a new data directory from a backup, at any point it holds.
+    Restore(restore::Restore),
     /// Remove a service.
     Rm(rm::Rm),
     /// Show what a service wrote to stdout/stderr, and what the host noted about it.
@@ -80,6 +86,8 @@ impl Command {
             Command::Cluster(c) => c.run().await,
             Command::Tokens(c) => c.run().await,
             Command::Audit(c) => c.run().await,
+            Command::Backup(c) => c.run().await,
+            Command::Restore(c) => c.run().await,
             Command::Rm(c) => c.run().await,
             Command::Logs(c) => c.run().await,
             Command::Migrate(c) => c.run().await,

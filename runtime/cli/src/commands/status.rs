@@ -1,7 +1,7 @@
 //! `doppel status`: every host of the cluster, then every service.
 
 use clap::Args;
-use doppel_api::{ClusterInfo, ServiceInfo};
+use doppel_api::{BackupInfo, ClusterInfo, ServiceInfo, StateHash};
 
 use crate::client::{Client, Target};
 use crate::output::{print_json, print_table};
@@ -11,16 +11,33 @@ use crate::output::{print_json, print_table};
 pub struct Status {
     #[command(flatten)]
     target: Target,
+    /// Print only the digest of the services' state on the answering host (records, modules,
+    /// buckets): two clusters with the same services and data print the same hash, e.g. a
+    /// restored cluster and the backup it came from.
+    #[arg(long)]
+    hash: bool,
 }
 
 impl Status {
     pub async fn run(self) -> anyhow::Result<()> {
         let target = &self.target;
         let client = Client::connect(target)?;
+        if self.hash {
+            let hash: StateHash = client.get_json("/v1/status/hash").await?;
+            if target.json {
+                return print_json(&hash);
+            }
+            println!("{}", hash.hash);
+            eprintln!("({} keys at index {})", hash.keys, hash.index);
+            return Ok(());
+        }
         let cluster: ClusterInfo = client.get_json("/v1/cluster").await?;
         let services: Vec<ServiceInfo> = client.get_json("/v1/services").await?;
+        let backups: Vec<BackupInfo> = client.get_json("/v1/backups").await?;
         if target.json {
-            return print_json(&serde_json::json!({ "cluster": cluster, "services": services }));
+            return print_json(
+                &serde_json::json!({ "cluster": cluster, "services": services, "backups": backups }),
+            );
         }
         let mut rows = vec![[
             "HOST".to_string(),
@@ -137,6 +154,20 @@ impl Status {
                             format!(" (all of which carry {})", labels_text(&cluster.residency))
                         }
                     );
+                }
+            }
+        }
+        println!();
+        if backups.is_empty() {
+            println!(
+                "warning: no backup outside the cluster; add one with `doppel backup add NAME URL \
+                 --recipient KEY`"
+            );
+        } else {
+            print_table(&super::backup::rows(&backups));
+            for info in &backups {
+                if let Some(warning) = super::backup::warning(info) {
+                    println!("warning: {warning}");
                 }
             }
         }

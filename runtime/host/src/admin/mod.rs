@@ -4,6 +4,7 @@
 //! `operator`.
 
 pub(crate) mod audit;
+pub(crate) mod backups;
 mod operator;
 pub(crate) mod tokens;
 
@@ -47,6 +48,8 @@ pub struct AdminState {
     pub member: Arc<Member>,
     /// Moves services between hosts.
     pub mover: Mover,
+    /// Ships the log to the backup targets while this host leads.
+    pub shipper: doppel_backup::ship::Shipper,
 }
 
 /// An error answer: a status and a message for humans.
@@ -97,6 +100,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/backups", get(backups::list).post(backups::add))
+        .route("/v1/backups/{name}", axum::routing::delete(backups::remove))
+        .route("/v1/status/hash", get(backups::hash))
         .route("/v1/hosts/{name}", axum::routing::delete(remove_host))
         .route("/v1/hosts/{name}/drain", post(operator::drain))
         .route("/v1/hosts/{name}/undrain", post(operator::undrain))
@@ -123,7 +129,10 @@ pub fn router(state: AdminState) -> Router {
 /// The role a request needs: reading needs a viewer, except services' stored records (people's
 /// data), which need an operator like every change; hosts and credentials need an admin.
 fn needed_role(method: &Method, path: &str) -> Role {
+    // A backup target receives the whole state (encrypted to whoever the caller names), and
+    // removing one stops the copy outside the cluster: both are an admin's.
     let admin = path.starts_with("/v1/tokens")
+        || (method != Method::GET && path.starts_with("/v1/backups"))
         || path.starts_with("/v1/hosts/invitations")
         || path.starts_with("/v1/cluster/rotate-ca")
         || (method == Method::DELETE && path.starts_with("/v1/hosts/"));

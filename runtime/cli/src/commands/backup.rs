@@ -1,0 +1,201 @@
+//! `doppel backup`: the copy of the cluster kept outside it — a key for it, and where it goes.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use doppel_api::{BackupInfo, BackupTarget};
+use doppel_backup::keys::{Identity, Recipient};
+use reqwest::Method;
+
+use crate::client::{Client, Target, segment};
+use crate::output::{print_json, print_table};
+use crate::units::{human_size, human_time};
+
+/// Lag past which `doppel backup ls` and `doppel status` warn.
+pub const LAG_WARNING_MS: u64 = doppel_backup::ship::LAG_WARNING.as_millis() as u64;
+
+/// What `doppel backup` does.
+#[derive(Subcommand, Debug)]
+pub enum BackupAction {
+    /// Make a new age identity for restoring, in FILE (owner-only; never overwritten), and print
+    /// its public recipient as the last line. Keep FILE off the cluster: whoever holds it reads
+    /// every backup. Identities made by `age-keygen` work too.
+    Keygen {
+        /// Where to write the identity.
+        file: PathBuf,
+    },
+    /// Ship the cluster's state to a new target, encrypted to RECIPIENT.
+    Add {
+        /// A name for the target.
+        name: String,
+        /// Where: s3://BUCKET/PREFIX (credentials and endpoint from AWS_* on every host) or
+        /// file:///DIRECTORY (a local or mounted directory on every host).
+        url: String,
+        /// The age recipient (age1…) backups are encrypted to.
+        #[arg(long)]
+        recipient: String,
+    },
+    /// List the targets and how far shipping to each has got.
+    Ls,
+    /// Stop shipping to a target (nothing there is deleted).
+    Rm {
+        /// The target's name.
+        name: String,
+    },
+}
+
+/// Flags of `doppel backup`.
+#[derive(clap::Args, Debug)]
+pub struct Backup {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    action: BackupAction,
+}
+
+impl Backup {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let target = &self.target;
+        match self.action {
+            BackupAction::Keygen { file } => {
+                let identity = Identity::generate();
+                identity.write_new(&file)?;
+                let recipient = identity.recipient().to_string();
+                if target.json {
+                    return print_json(&serde_json::json!({
+                        "identity_file": file.display().to_string(),
+                        "recipient": recipient,
+                    }));
+                }
+                eprintln!(
+                    "wrote a new identity to {} (owner-only); keep it off the cluster. Its recipient:",
+                    file.display()
+                );
+                println!("{recipient}");
+                Ok(())
+            }
+            BackupAction::Add {
+                name,
+                url,
+                recipient,
+            } => {
+                // Checked here too, so that a typo is named before anything is sent.
+                Recipient::parse(&recipient)?;
+                doppel_backup::location::check_url(&url)?;
+                let client = Client::connect(target)?;
+                let request = BackupTarget {
+                    name,
+                    url,
+                    recipient,
+                    added_ms: 0,
+                };
+                let added: BackupTarget = client
+                    .send(client.request(Method::POST, "/v1/backups").json(&request))
+                    .await?
+                    .json()
+                    .await
+                    .context("the host answered something unexpected")?;
+                if target.json {
+                    return print_json(&added);
+                }
+                println!(
+                    "added backup target {} ({}); the leader starts with a snapshot within a \
+                     second. `doppel backup ls` shows how far it has got.",
+                    added.name, added.url
+                );
+                Ok(())
+            }
+            BackupAction::Ls => {
+                let client = Client::connect(target)?;
+                let all: Vec<BackupInfo> = client.get_json("/v1/backups").await?;
+                if target.json {
+                    return print_json(&all);
+                }
+                if all.is_empty() {
+                    println!(
+                        "No backup targets. Add one with `doppel backup add NAME URL --recipient \
+                         KEY` (`doppel backup keygen FILE` makes a key)."
+                    );
+                    return Ok(());
+                }
+                print_table(&rows(&all));
+                for info in &all {
+                    if let Some(warning) = warning(info) {
+                        println!("warning: {warning}");
+                    }
+                }
+                Ok(())
+            }
+            BackupAction::Rm { name } => {
+                let client = Client::connect(target)?;
+                let path = format!("/v1/backups/{}", segment(&name));
+                let removed: BackupTarget = client.call_json(Method::DELETE, &path).await?;
+                if target.json {
+                    return print_json(&removed);
+                }
+                println!(
+                    "stopped shipping to {} ({}); what is there stays (`doppel backup prune` \
+                     deletes old backups with the store's own credentials)",
+                    removed.name, removed.url
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The table of targets.
+pub fn rows(all: &[BackupInfo]) -> Vec<[String; 6]> {
+    let mut rows = vec![[
+        "BACKUP".to_string(),
+        "URL".into(),
+        "SHIPPED INDEX".into(),
+        "LAG".into(),
+        "SHIPPED BY LEADER".into(),
+        "LAST SNAPSHOT".into(),
+    ]];
+    for info in all {
+        let (index, lag, shipped, snapshot) = match &info.status {
+            Some(s) => (
+                format!("{} of {}", s.shipped_index, s.applied_index),
+                format!("{} ms", s.lag_ms),
+                format!("{} objects, {}", s.objects, human_size(s.bytes)),
+                if s.last_snapshot_ms == 0 {
+                    "-".into()
+                } else {
+                    human_time(s.last_snapshot_ms)
+                },
+            ),
+            None => ("?".into(), "?".into(), "-".into(), "-".into()),
+        };
+        rows.push([
+            info.target.name.clone(),
+            info.target.url.clone(),
+            index,
+            lag,
+            shipped,
+            snapshot,
+        ]);
+    }
+    rows
+}
+
+/// What an operator should hear about a target, if anything.
+pub fn warning(info: &BackupInfo) -> Option<String> {
+    let name = &info.target.name;
+    match &info.status {
+        None => Some(format!(
+            "{name}: the leader reports no shipping yet (just added, or no leader)"
+        )),
+        Some(s) if s.error.is_some() => Some(format!(
+            "{name}: shipping fails: {}",
+            s.error.clone().unwrap_or_default()
+        )),
+        Some(s) if s.lag_ms > LAG_WARNING_MS => Some(format!(
+            "{name}: the backup lags {} s behind the cluster",
+            s.lag_ms / 1000
+        )),
+        Some(_) => None,
+    }
+}
