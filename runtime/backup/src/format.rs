@@ -212,9 +212,10 @@ mod tests {
     #[test]
     fn a_signed_manifest_reads_back_and_an_altered_one_does_not() {
         let signer = Signer::from_pkcs8(&Signer::generate().unwrap()).unwrap();
-        let file = body(&signer).sign(&signer);
+        let body = body(&signer);
+        let file = body.sign(&signer);
         let read = Manifest::parse("m", &file).unwrap();
-        assert_eq!(read.body, body(&signer));
+        assert_eq!(read.body, body);
         let text = String::from_utf8(file).unwrap();
         let altered = text.replace("\\\"last_index\\\":7", "\\\"last_index\\\":8");
         assert_ne!(altered, text);
