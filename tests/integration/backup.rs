@@ -1,0 +1,377 @@
+//! The backup copy outside the cluster: shipped continuously and encrypted, restored into a new
+//! cluster with the same state, restored to just before a ransomware-style purge, refused when
+//! an object is missing, altered or reordered, and shipped on by the next leader after the
+//! leader is SIGKILLed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use doppel_guests as guests;
+
+use crate::support::{Host, cluster, eventually, eventually_within, http, leader};
+
+/// A new identity in `dir/key.txt`; its recipient.
+fn keygen(host: &Host, dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("key.txt");
+    let out = host.cli_ok(&["backup", "keygen", key.to_str().unwrap()]);
+    let recipient = out.lines().last().unwrap().trim().to_string();
+    assert!(recipient.starts_with("age1"), "{out}");
+    (key, recipient)
+}
+
+/// The services' state hash and the index it stands at, as `host` answers it.
+fn state_hash(host: &Host) -> (String, u64) {
+    let v: serde_json::Value =
+        serde_json::from_str(&host.cli_ok(&["status", "--hash", "--json"])).unwrap();
+    (
+        v["hash"].as_str().unwrap().to_string(),
+        v["index"].as_u64().unwrap(),
+    )
+}
+
+/// Waits until the target `name` has shipped everything `host` has applied so far.
+fn wait_shipped(host: &Host, name: &str) {
+    let (_, index) = state_hash(host);
+    eventually_within(
+        std::time::Duration::from_secs(60),
+        "the backup has shipped every applied entry",
+        || {
+            let all: serde_json::Value =
+                serde_json::from_str(&host.cli_ok(&["backup", "ls", "--json"])).unwrap();
+            let target = all
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["target"]["name"] == name)
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                target["status"]["error"].is_null(),
+                "shipping failed: {target}"
+            );
+            target["status"]["shipped_index"]
+                .as_u64()
+                .is_some_and(|shipped| shipped >= index)
+        },
+    );
+}
+
+/// Every file under `dir`, by relative path, with its bytes.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn write(host: &Host, key: &str, value: &str) {
+    let (status, body) = host.post(&format!("/kv/set?k={key}"), value.to_string());
+    assert_eq!(status, 200, "{body}");
+}
+
+/// `doppel restore` as a separate process; its output.
+fn restore(url: &str, key: &Path, data: &Path, extra: &[&str]) -> std::process::Output {
+    crate::support::doppel()
+        .args(["restore", url, "--identity"])
+        .arg(key)
+        .arg("--data")
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn restore_ok(url: &str, key: &Path, data: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = extra.to_vec();
+    args.push("--json");
+    let out = restore(url, key, data, &args);
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn restore_err(url: &str, key: &Path, data: &Path) -> String {
+    let out = restore(url, key, data, &[]);
+    assert!(!out.status.success(), "restore should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A backup restored into a new data directory starts a new one-host cluster with the same
+/// services and data (the same state hash), while what lies in the target reveals none of the
+/// records (it is encrypted to the operator's key). Then an operator credential purges the
+/// service and overwrites data, as ransomware would: nothing in the target is changed or
+/// deleted, and a restore to just before the purge's audit entry brings every earlier write
+/// back.
+#[test]
+fn a_restored_backup_is_the_same_state_and_undoes_a_purge() {
+    let host = Host::start();
+    let work = tempfile::tempdir().unwrap();
+    host.deploy(guests::KV_DRAFT2, "kv", &[]);
+    host.deploy(guests::HTTP_020, "hello", &[]);
+    let (key, recipient) = keygen(&host, work.path());
+    let target = work.path().join("offsite");
+    let url = format!("file://{}", target.display());
+    // A recipient that is not one, a URL with credentials in it: refused, nothing stored.
+    let bad = host.cli_err(&["backup", "add", "x", &url, "--recipient", "age1nope"]);
+    assert!(bad.contains("not an age recipient"), "{bad}");
+    let bad = host.cli_err(&[
+        "backup",
+        "add",
+        "x",
+        "s3://AKIA:secret@bucket/x",
+        "--recipient",
+        &recipient,
+    ]);
+    assert!(bad.contains("must not carry credentials"), "{bad}");
+    assert!(!bad.contains("secret"), "{bad}");
+    host.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    let again = host.cli_err(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    assert!(again.contains("exists already"), "{again}");
+
+    for i in 0..40 {
+        write(&host, &format!("citizen-{i}"), &format!("canary-record-{i}"));
+    }
+    wait_shipped(&host, "offsite");
+    let (before, _) = state_hash(&host);
+    let shipped = files(&target);
+    assert!(shipped.keys().any(|f| f.contains(".snapshot-")), "{:?}", shipped.keys());
+    assert!(shipped.keys().any(|f| f.contains(".segment-")), "{:?}", shipped.keys());
+    for (name, bytes) in &shipped {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(!text.contains("canary-record"), "{name} holds a record in clear");
+        assert!(!text.contains("citizen-1"), "{name} holds a key in clear");
+    }
+    let status = host.cli_ok(&["status"]);
+    assert!(status.contains("offsite"), "{status}");
+
+    // Restore the latest state into a new directory and start it.
+    let restored_dir = work.path().join("restored");
+    let restored = restore_ok(&url, &key, &restored_dir, &[]);
+    assert_eq!(restored["hash"], before.as_str(), "{restored}");
+    let services = restored["services"].as_array().unwrap();
+    assert_eq!(services.len(), 2, "{restored}");
+    let twin = Host::spawn(&restored_dir, &[]);
+    assert_eq!(state_hash(&twin).0, before);
+    assert_eq!(twin.get("/kv/get?k=citizen-7").1, "canary-record-7");
+    assert_eq!(twin.get("/hello/").0, 200);
+    // A restore never lands on a directory that holds a host.
+    let busy = restore_err(&url, &key, &restored_dir);
+    assert!(busy.contains("holds a host already"), "{busy}");
+    drop(twin);
+
+    // The attack: purge the service, overwrite what another service keeps.
+    host.cli_ok(&["rm", "kv", "--purge"]);
+    host.deploy(guests::KV_DRAFT2, "kv", &[]);
+    write(&host, "citizen-1", "encrypted-by-attacker");
+    wait_shipped(&host, "offsite");
+    let after = files(&target);
+    for (name, bytes) in &shipped {
+        assert_eq!(after.get(name), Some(bytes), "{name} was changed or deleted");
+    }
+    let audit: serde_json::Value =
+        serde_json::from_str(&host.cli_ok(&["audit", "--json"])).unwrap();
+    let purge = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "DELETE /v1/services/kv")
+        .unwrap_or_else(|| panic!("no purge in the audit trail: {audit}"));
+    let seq = purge["seq"].as_u64().unwrap().to_string();
+
+    let undone_dir = work.path().join("undone");
+    let undone = restore_ok(&url, &key, &undone_dir, &["--before-event", &seq]);
+    assert_eq!(undone["hash"], before.as_str(), "{undone}");
+    let twin = Host::spawn(&undone_dir, &[]);
+    for i in 0..40 {
+        assert_eq!(
+            twin.get(&format!("/kv/get?k=citizen-{i}")).1,
+            format!("canary-record-{i}")
+        );
+    }
+    // The new cluster's audit trail carries the old one's, purge excluded.
+    let trail = twin.cli_ok(&["audit"]);
+    assert!(trail.contains("PUT /v1/services/kv"), "{trail}");
+
+    // Another identity cannot read the backup.
+    let (other, _) = keygen(&host, &work.path().join("other-key").tap_mkdir());
+    let refused = restore_err(&url, &other, &work.path().join("nope"));
+    assert!(refused.contains("cannot decrypt"), "{refused}");
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
+
+/// Copies the backup at `from` to a new directory and lets `damage` change it.
+fn damaged(from: &Path, to: &Path, damage: impl FnOnce(&Path)) -> String {
+    for (name, bytes) in files(from) {
+        let path = to.join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    damage(to);
+    format!("file://{}", to.display())
+}
+
+/// The names of the objects (or manifests) in `dir` of a backup, sorted.
+fn names(backup: &Path, dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(backup.join(dir))
+        .unwrap()
+        .map(|e| format!("{dir}/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A backup with an object removed, altered or put in another's place, or a manifest removed
+/// or reordered, is refused at restore with an error naming the object; the intact copy
+/// restores.
+#[test]
+fn a_missing_altered_or_reordered_object_is_named() {
+    let host = Host::start();
+    let work = tempfile::tempdir().unwrap();
+    host.deploy(guests::KV_DRAFT2, "kv", &[]);
+    let (key, recipient) = keygen(&host, work.path());
+    let target = work.path().join("offsite");
+    let url = format!("file://{}", target.display());
+    host.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    // Several rounds, each shipped before the next: several segments.
+    for round in 0..4 {
+        for i in 0..5 {
+            write(&host, &format!("r{round}-{i}"), "v");
+        }
+        wait_shipped(&host, "offsite");
+    }
+    let objects = names(&target, "objects");
+    let manifests = names(&target, "manifests");
+    assert!(manifests.len() >= 4, "{manifests:?}");
+    let segment = objects
+        .iter()
+        .find(|o| o.contains(".segment-"))
+        .unwrap()
+        .clone();
+
+    let cases: Vec<(&str, Box<dyn FnOnce(&Path)>, String)> = vec![
+        (
+            "removed object",
+            Box::new({
+                let segment = segment.clone();
+                move |d: &Path| std::fs::remove_file(d.join(&segment)).unwrap()
+            }),
+            format!("{segment} is missing"),
+        ),
+        (
+            "altered object",
+            Box::new({
+                let segment = segment.clone();
+                move |d: &Path| {
+                    let path = d.join(&segment);
+                    let mut bytes = std::fs::read(&path).unwrap();
+                    let last = bytes.len() - 1;
+                    bytes[last] ^= 1;
+                    std::fs::write(&path, bytes).unwrap();
+                }
+            }),
+            format!("{segment} was altered"),
+        ),
+        (
+            "removed manifest",
+            Box::new({
+                let m = manifests[1].clone();
+                move |d: &Path| std::fs::remove_file(d.join(&m)).unwrap()
+            }),
+            format!("{} is missing", manifests[1]),
+        ),
+        (
+            "reordered manifests",
+            Box::new({
+                let (a, b) = (manifests[1].clone(), manifests[2].clone());
+                move |d: &Path| {
+                    let tmp = d.join("swap");
+                    std::fs::rename(d.join(&a), &tmp).unwrap();
+                    std::fs::rename(d.join(&b), d.join(&a)).unwrap();
+                    std::fs::rename(&tmp, d.join(&b)).unwrap();
+                }
+            }),
+            manifests[1].clone(),
+        ),
+    ];
+    for (i, (what, damage, expected)) in cases.into_iter().enumerate() {
+        let copy = work.path().join(format!("copy-{i}"));
+        let copy_url = damaged(&target, &copy, damage);
+        let err = restore_err(&copy_url, &key, &work.path().join(format!("r{i}")));
+        assert!(err.contains(&expected), "{what}: expected {expected:?} in:\n{err}");
+        println!("{what}: {}", err.lines().last().unwrap_or_default());
+    }
+    let whole = restore_ok(&url, &key, &work.path().join("whole"), &[]);
+    assert_eq!(whole["hash"], state_hash(&host).0.as_str());
+}
+
+/// Shipping goes on from the next leader when the leader is SIGKILLed: every write acknowledged
+/// before and after the kill is in a restore, and the chain has no gap.
+#[test]
+fn shipping_is_handed_over_when_the_leader_dies() {
+    let mut hosts = cluster(3, &[]);
+    let work = tempfile::tempdir().unwrap();
+    hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    let (key, recipient) = keygen(&hosts[0], work.path());
+    let url = format!("file://{}", work.path().join("offsite").display());
+    hosts[0].cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    let first = leader(&hosts);
+    let client = http();
+    let mut written = Vec::new();
+    for i in 0..20 {
+        let base = hosts[first].url("/kv");
+        let r = client
+            .post(format!("{base}/set?k=before-{i}"))
+            .body("x")
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        written.push(format!("before-{i}"));
+    }
+    wait_shipped(&hosts[first], "offsite");
+    hosts[first].kill();
+    let survivor = (first + 1) % 3;
+    let next = leader(&hosts);
+    assert_ne!(next, first);
+    eventually("writes are accepted again", || {
+        client
+            .post(hosts[survivor].url("/kv/set?k=after-0"))
+            .body("x")
+            .send()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    });
+    written.push("after-0".into());
+    for i in 1..20 {
+        write(&hosts[survivor], &format!("after-{i}"), "x");
+        written.push(format!("after-{i}"));
+    }
+    wait_shipped(&hosts[next], "offsite");
+    let dir = work.path().join("restored");
+    restore_ok(&url, &key, &dir, &[]);
+    let twin = Host::spawn(&dir, &[]);
+    for k in &written {
+        assert_eq!(twin.get(&format!("/kv/get?k={k}")).1, "x", "{k} is not in the backup");
+    }
+}
