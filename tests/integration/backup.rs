@@ -140,7 +140,8 @@ fn a_restored_backup_is_the_same_state_and_undoes_a_purge() {
     host.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
     let again = host.cli_err(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
     assert!(again.contains("exists already"), "{again}");
-
+    // The first snapshot, then the writes in segments after it.
+    wait_shipped(&host, "offsite");
     for i in 0..40 {
         write(&host, &format!("citizen-{i}"), &format!("canary-record-{i}"));
     }
