@@ -143,16 +143,31 @@ fn a_restored_backup_is_the_same_state_and_undoes_a_purge() {
     // The first snapshot, then the writes in segments after it.
     wait_shipped(&host, "offsite");
     for i in 0..40 {
-        write(&host, &format!("citizen-{i}"), &format!("canary-record-{i}"));
+        write(
+            &host,
+            &format!("citizen-{i}"),
+            &format!("canary-record-{i}"),
+        );
     }
     wait_shipped(&host, "offsite");
     let (before, _) = state_hash(&host);
     let shipped = files(&target);
-    assert!(shipped.keys().any(|f| f.contains(".snapshot-")), "{:?}", shipped.keys());
-    assert!(shipped.keys().any(|f| f.contains(".segment-")), "{:?}", shipped.keys());
+    assert!(
+        shipped.keys().any(|f| f.contains(".snapshot-")),
+        "{:?}",
+        shipped.keys()
+    );
+    assert!(
+        shipped.keys().any(|f| f.contains(".segment-")),
+        "{:?}",
+        shipped.keys()
+    );
     for (name, bytes) in &shipped {
         let text = String::from_utf8_lossy(bytes);
-        assert!(!text.contains("canary-record"), "{name} holds a record in clear");
+        assert!(
+            !text.contains("canary-record"),
+            "{name} holds a record in clear"
+        );
         assert!(!text.contains("citizen-1"), "{name} holds a key in clear");
     }
     let status = host.cli_ok(&["status"]);
@@ -180,7 +195,11 @@ fn a_restored_backup_is_the_same_state_and_undoes_a_purge() {
     wait_shipped(&host, "offsite");
     let after = files(&target);
     for (name, bytes) in &shipped {
-        assert_eq!(after.get(name), Some(bytes), "{name} was changed or deleted");
+        assert_eq!(
+            after.get(name),
+            Some(bytes),
+            "{name} was changed or deleted"
+        );
     }
     let audit: serde_json::Value =
         serde_json::from_str(&host.cli_ok(&["audit", "--json"])).unwrap();
@@ -272,7 +291,8 @@ fn a_missing_altered_or_reordered_object_is_named() {
         .unwrap()
         .clone();
 
-    let cases: Vec<(&str, Box<dyn FnOnce(&Path)>, String)> = vec![
+    type Case = (&'static str, Box<dyn FnOnce(&Path)>, String);
+    let cases: Vec<Case> = vec![
         (
             "removed object",
             Box::new({
@@ -321,7 +341,10 @@ fn a_missing_altered_or_reordered_object_is_named() {
         let copy = work.path().join(format!("copy-{i}"));
         let copy_url = damaged(&target, &copy, damage);
         let err = restore_err(&copy_url, &key, &work.path().join(format!("r{i}")));
-        assert!(err.contains(&expected), "{what}: expected {expected:?} in:\n{err}");
+        assert!(
+            err.contains(&expected),
+            "{what}: expected {expected:?} in:\n{err}"
+        );
         println!("{what}: {}", err.lines().last().unwrap_or_default());
     }
     let whole = restore_ok(&url, &key, &work.path().join("whole"), &[]);
@@ -373,6 +396,10 @@ fn shipping_is_handed_over_when_the_leader_dies() {
     restore_ok(&url, &key, &dir, &[]);
     let twin = Host::spawn(&dir, &[]);
     for k in &written {
-        assert_eq!(twin.get(&format!("/kv/get?k={k}")).1, "x", "{k} is not in the backup");
+        assert_eq!(
+            twin.get(&format!("/kv/get?k={k}")).1,
+            "x",
+            "{k} is not in the backup"
+        );
     }
 }

@@ -88,9 +88,7 @@ impl Identity {
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| {
-                BackupError::BadKey(format!("cannot create {}: {e}", path.display()))
-            })?;
+            .map_err(|e| BackupError::BadKey(format!("cannot create {}: {e}", path.display())))?;
         let text = format!(
             "# created: {}\n# public key: {}\n{}\n",
             crate::rfc3339(crate::now_ms()),
@@ -176,7 +174,10 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let back = Identity::read(&path).unwrap();
         assert_eq!(back.recipient().to_string(), id.recipient().to_string());
-        assert!(id.write_new(&path).is_err(), "an existing key is never overwritten");
+        assert!(
+            id.write_new(&path).is_err(),
+            "an existing key is never overwritten"
+        );
     }
 
     #[test]

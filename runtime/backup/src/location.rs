@@ -49,7 +49,9 @@ pub fn check_url(text: &str) -> Result<url::Url, BackupError> {
     match url.scheme() {
         "s3" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
         "file" if url.path().starts_with('/') && url.path().len() > 1 => Ok(url),
-        "s3" => Err(BackupError::BadLocation(format!("{text:?} names no bucket"))),
+        "s3" => Err(BackupError::BadLocation(format!(
+            "{text:?} names no bucket"
+        ))),
         "file" => Err(BackupError::BadLocation(format!(
             "{text:?} names no directory"
         ))),
@@ -69,8 +71,8 @@ impl Location {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     BackupError::BadLocation(format!("cannot create the directory {dir}: {e}"))
                 })?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                    .map_err(storage)?;
+                let fs =
+                    object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(storage)?;
                 (Arc::new(fs), String::new())
             }
             _ => {
@@ -87,13 +89,10 @@ impl Location {
                 if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
                     builder = builder.with_endpoint(endpoint);
                 }
-                let s3 = builder.build().map_err(|e| {
-                    BackupError::BadLocation(format!("cannot use {url}: {e}"))
-                })?;
-                (
-                    Arc::new(s3),
-                    parsed.path().trim_matches('/').to_string(),
-                )
+                let s3 = builder
+                    .build()
+                    .map_err(|e| BackupError::BadLocation(format!("cannot use {url}: {e}")))?;
+                (Arc::new(s3), parsed.path().trim_matches('/').to_string())
             }
         };
         Ok(Location {

@@ -61,7 +61,7 @@ fn record_path(data: &Path) -> PathBuf {
 }
 
 /// What a restore is doing, for a progress bar.
-pub trait Progress {
+pub trait Progress: Send {
     /// `done` of `total` objects read and applied.
     fn objects(&mut self, done: u64, total: u64);
     /// A phase starts (`reading the manifests`, `finding audit entry 12`…).
@@ -85,7 +85,9 @@ pub async fn restore(
     point: Point,
     progress: &mut dyn Progress,
 ) -> Result<Restored, BackupError> {
-    if ["raft", "tls", "cluster.json", "host.json"].iter().any(|f| data.join(f).exists())
+    if ["raft", "tls", "cluster.json", "host.json"]
+        .iter()
+        .any(|f| data.join(f).exists())
     {
         return Err(BackupError::BadLocation(format!(
             "{} holds a host already; restore builds a new data directory",
@@ -117,7 +119,15 @@ pub async fn restore(
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     progress.phase("restoring");
-    let replayed = replay(location, identity, &chain, &work.join("state"), point, progress).await?;
+    let replayed = replay(
+        location,
+        identity,
+        &chain,
+        &work.join("state"),
+        point,
+        progress,
+    )
+    .await?;
     let (hash, keys) = portable::state_hash(&replayed.engine.export()?);
     let services = replayed
         .engine
@@ -233,7 +243,9 @@ async fn replay(
     };
     progress.objects(1, total);
     'manifests: for manifest in &chain[base + 1..] {
-        if manifest.body.kind == Kind::Snapshot || !fits(point, manifest.body.first_index, manifest.body.first_ms) {
+        if manifest.body.kind == Kind::Snapshot
+            || !fits(point, manifest.body.first_index, manifest.body.first_ms)
+        {
             break;
         }
         let (segment, bytes): (Segment, u64) = fetch(location, identity, manifest).await?;
@@ -323,7 +335,7 @@ pub async fn seed(
         return Ok(None);
     };
     let engine = Engine::open(&restore_dir(data).join("state"))?;
-    let mut spaces: BTreeMap<(String, String), Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+    let mut spaces: BTreeMap<(String, String), doppel_store::Pairs> = BTreeMap::new();
     for (raw, value) in engine.export()? {
         if let Some((space, key)) = portable::split_key(&raw)
             && portable::is_restored(&space)

@@ -163,7 +163,7 @@ async fn follow(store: Arc<ReplicatedStore>, target: BackupTarget, statuses: Sta
                 shipper.cursor = None;
                 waiting_since = waiting_since.or(Some(now));
                 let lag = waiting_since.map_or(0, |at| now.saturating_sub(at));
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     tracing::warn!(target = %target.name, error = %e, failures, "shipping a backup failed; trying again");
                 }
                 set(&|s| {
@@ -281,13 +281,13 @@ impl Target {
         // sealing happens off it and off the async threads.
         let (index, pairs) = store.export_applied()?;
         let recipient = self.recipient.clone();
-        let sealed = tokio::task::spawn_blocking(move || {
-            format::seal(&Image { index, pairs }, &recipient)
-        })
-        .await
-        .map_err(|e| BackupError::Crypto(e.to_string()))??;
+        let sealed =
+            tokio::task::spawn_blocking(move || format::seal(&Image { index, pairs }, &recipient))
+                .await
+                .map_err(|e| BackupError::Crypto(e.to_string()))??;
         let now = now_ms();
-        self.write(Kind::Snapshot, sealed, index, index, now, now).await?;
+        self.write(Kind::Snapshot, sealed, index, index, now, now)
+            .await?;
         if let Some(cursor) = &mut self.cursor {
             cursor.since_snapshot = 0;
             cursor.snapshot_ms = now;
@@ -345,9 +345,7 @@ impl Target {
         let manifest = body.sign(&self.signer);
         let manifest_bytes = manifest.len() as u64;
         let file_sha256 = format::sha256_hex(&manifest);
-        self.location
-            .create(&manifest_name(seq), manifest)
-            .await?;
+        self.location.create(&manifest_name(seq), manifest).await?;
         cursor.seq = seq;
         cursor.prev = file_sha256;
         cursor.last_index = last_index;

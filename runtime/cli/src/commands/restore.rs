@@ -77,11 +77,7 @@ impl Restore {
         if self.json {
             return print_json(&restored);
         }
-        println!(
-            "restored {} into {}",
-            restored.url,
-            self.data.display()
-        );
+        println!("restored {} into {}", restored.url, self.data.display());
         println!(
             "  state at index {} (last write shipped {})",
             restored.index,
@@ -92,10 +88,7 @@ impl Restore {
             restored.services.len(),
             restored.services.join(", ")
         );
-        println!(
-            "  {} keys, state hash {}",
-            restored.keys, restored.hash
-        );
+        println!("  {} keys, state hash {}", restored.keys, restored.hash);
         println!(
             "  read {} objects ({} bytes), signed by {}…",
             restored.objects,
