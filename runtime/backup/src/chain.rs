@@ -39,17 +39,15 @@ pub async fn read(location: &Location, signer: Option<&str>) -> Result<Vec<Manif
         )));
     }
     let mut chain: Vec<Manifest> = Vec::with_capacity(names.len());
+    // A pruned backup starts later than 1, at a snapshot; after its start, no number is missing.
+    let start = names[0].0;
     for (position, (seq, name)) in names.iter().enumerate() {
-        let expected = position as u64 + 1;
+        let expected = start + position as u64;
         if *seq != expected {
             return Err(BackupError::Broken(format!(
                 "{} is missing: the manifests go from {} to {name}",
                 manifest_name(expected),
-                if expected == 1 {
-                    "the start".to_string()
-                } else {
-                    manifest_name(expected - 1)
-                }
+                manifest_name(expected - 1)
             )));
         }
         let bytes = location.get(name).await?;
@@ -73,7 +71,7 @@ pub async fn read(location: &Location, signer: Option<&str>) -> Result<Vec<Manif
         }
         match chain.last() {
             None => {
-                if body.kind != Kind::Snapshot || !body.prev.is_empty() {
+                if body.kind != Kind::Snapshot || (body.seq == 1 && !body.prev.is_empty()) {
                     return Err(BackupError::Broken(format!(
                         "{name} is not the start of a backup (it should be a snapshot)"
                     )));
@@ -105,4 +103,65 @@ pub async fn read(location: &Location, signer: Option<&str>) -> Result<Vec<Manif
         chain.push(manifest);
     }
     Ok(chain)
+}
+
+/// What [`prune`] removed (or, in a dry run, would remove).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Pruned {
+    /// Manifests removed.
+    pub manifests: u64,
+    /// Objects removed (those manifests' and unreferenced ones before them).
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The manifest the backup now starts at (a snapshot), if anything was removed.
+    pub starts_at: Option<String>,
+}
+
+/// Removes what a restore to any time from `keep_after_ms` on does not need: everything before
+/// the last snapshot shipped at or before that time. The chain is checked whole first, so a
+/// damaged backup is not pruned. With `dry_run`, removes nothing and says what it would.
+pub async fn prune(
+    location: &Location,
+    keep_after_ms: u64,
+    dry_run: bool,
+) -> Result<Pruned, BackupError> {
+    let chain = read(location, None).await?;
+    let Some(cut) = chain
+        .iter()
+        .rposition(|m| m.body.kind == Kind::Snapshot && m.body.last_ms <= keep_after_ms)
+    else {
+        return Ok(Pruned::default());
+    };
+    let first_kept = chain[cut].body.seq;
+    let mut pruned = Pruned::default();
+    if cut == 0 {
+        return Ok(pruned);
+    }
+    pruned.starts_at = Some(manifest_name(first_kept));
+    // Objects first would leave manifests naming missing objects if interrupted; manifests first
+    // (oldest first) leaves the chain starting later, at worst with orphan objects.
+    for manifest in &chain[..cut] {
+        if !dry_run {
+            location.delete(&manifest_name(manifest.body.seq)).await?;
+        }
+        pruned.manifests += 1;
+    }
+    let kept_object = |name: &str| {
+        name.strip_prefix("objects/")
+            .and_then(|n| n.split('.').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|seq| seq >= first_kept)
+    };
+    for (name, size) in location.list("objects").await? {
+        if kept_object(&name) {
+            continue;
+        }
+        if !dry_run {
+            location.delete(&name).await?;
+        }
+        pruned.objects += 1;
+        pruned.bytes += size;
+    }
+    Ok(pruned)
 }

@@ -128,6 +128,14 @@ pub async fn restore(
         progress,
     )
     .await?;
+    // Objects the replay did not need (before its snapshot, after its point) are checked too: a
+    // backup missing or altering any of them is not whole, and the next restore may need them.
+    progress.phase("checking the other objects");
+    for manifest in &chain {
+        if !replayed.read.contains(&manifest.body.seq) {
+            check_object(location, manifest).await?;
+        }
+    }
     let (hash, keys) = portable::state_hash(&replayed.engine.export()?);
     let services = replayed
         .engine
@@ -159,6 +167,8 @@ pub async fn restore(
 
 struct Replayed {
     engine: Engine,
+    /// The manifests whose objects were read (and so checked).
+    read: Vec<u64>,
     index: u64,
     last_ms: u64,
     objects: u64,
@@ -171,6 +181,16 @@ async fn fetch<T: serde::de::DeserializeOwned>(
     identity: &Identity,
     manifest: &Manifest,
 ) -> Result<(T, u64), BackupError> {
+    let bytes = check_object(location, manifest).await?;
+    let value = unseal(&bytes, identity, &manifest.body.object)?;
+    Ok((value, bytes.len() as u64))
+}
+
+/// Reads object `manifest.object` and checks it is the one the manifest names.
+async fn check_object(
+    location: &Location,
+    manifest: &Manifest,
+) -> Result<bytes::Bytes, BackupError> {
     let body = &manifest.body;
     let named_by = manifest_name(body.seq);
     let bytes = location.get(&body.object).await.map_err(|e| match e {
@@ -185,8 +205,7 @@ async fn fetch<T: serde::de::DeserializeOwned>(
             body.object
         )));
     }
-    let value = unseal(&bytes, identity, &body.object)?;
-    Ok((value, bytes.len() as u64))
+    Ok(bytes)
 }
 
 /// Whether the state after an entry (its index, when it was shipped) is within `point`.
@@ -236,6 +255,7 @@ async fn replay(
     engine.import(image.pairs)?;
     let mut out = Replayed {
         engine,
+        read: vec![chain[base].body.seq],
         index: image.index,
         last_ms: chain[base].body.last_ms,
         objects: 1,
@@ -249,6 +269,7 @@ async fn replay(
             break;
         }
         let (segment, bytes): (Segment, u64) = fetch(location, identity, manifest).await?;
+        out.read.push(manifest.body.seq);
         out.objects += 1;
         out.object_bytes += bytes;
         for entry in segment.entries {

@@ -10,7 +10,7 @@ use reqwest::Method;
 
 use crate::client::{Client, Target, segment};
 use crate::output::{print_json, print_table};
-use crate::units::{human_size, human_time};
+use crate::units::{human_size, human_time, parse_millis};
 
 /// Lag past which `doppel backup ls` and `doppel status` warn.
 pub const LAG_WARNING_MS: u64 = doppel_backup::ship::LAG_WARNING.as_millis() as u64;
@@ -42,6 +42,21 @@ pub enum BackupAction {
     Rm {
         /// The target's name.
         name: String,
+    },
+    /// Delete old backups from storage, keeping every point in time of the last DURATION.
+    ///
+    /// Talks to the storage directly, with the storage's own credentials (AWS_* in this
+    /// environment), not through the cluster: the cluster's credentials may only create objects.
+    /// The chain is checked whole first; a damaged backup is not pruned.
+    Prune {
+        /// The backup: s3://BUCKET/PREFIX or file:///DIRECTORY.
+        url: String,
+        /// How far back restores must stay possible (30d, 12h…).
+        #[arg(long, value_parser = parse_millis)]
+        keep: u64,
+        /// Say what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -124,6 +139,30 @@ impl Backup {
                     if let Some(warning) = warning(info) {
                         println!("warning: {warning}");
                     }
+                }
+                Ok(())
+            }
+            BackupAction::Prune { url, keep, dry_run } => {
+                let location = doppel_backup::location::Location::open(&url)?;
+                let cutoff = doppel_backup::now_ms().saturating_sub(keep);
+                let pruned = doppel_backup::chain::prune(&location, cutoff, dry_run)
+                    .await
+                    .with_context(|| format!("cannot prune {url}"))?;
+                if target.json {
+                    return print_json(&pruned);
+                }
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                match &pruned.starts_at {
+                    None => println!(
+                        "nothing to prune: no snapshot in {url} is older than {}",
+                        doppel_backup::rfc3339(cutoff)
+                    ),
+                    Some(start) => println!(
+                        "{verb} {} manifests and {} objects ({}); the backup starts at {start}",
+                        pruned.manifests,
+                        pruned.objects,
+                        human_size(pruned.bytes)
+                    ),
                 }
                 Ok(())
             }
