@@ -33,10 +33,14 @@ impl Status {
         }
         let cluster: ClusterInfo = client.get_json("/v1/cluster").await?;
         let services: Vec<ServiceInfo> = client.get_json("/v1/services").await?;
-        let backups: Vec<BackupInfo> = client.get_json("/v1/backups").await?;
+        // The hosts and services come first: a failure to read the backups does not hide them.
+        let backups: Result<Vec<BackupInfo>, String> = client
+            .get_json("/v1/backups")
+            .await
+            .map_err(|e| format!("{e:#}"));
         if target.json {
             return print_json(
-                &serde_json::json!({ "cluster": cluster, "services": services, "backups": backups }),
+                &serde_json::json!({ "cluster": cluster, "services": services, "backups": backups.unwrap_or_default() }),
             );
         }
         let mut rows = vec![[
@@ -158,6 +162,13 @@ impl Status {
             }
         }
         println!();
+        let backups = match backups {
+            Ok(backups) => backups,
+            Err(e) => {
+                println!("warning: cannot read the backup targets: {e}");
+                return Ok(());
+            }
+        };
         if backups.is_empty() {
             println!(
                 "warning: no backup outside the cluster; add one with `doppel backup add NAME URL \

@@ -59,7 +59,14 @@ pub async fn remove(
 
 /// `GET /v1/backups`: every target and how shipping to it goes.
 pub async fn list(State(state): State<AdminState>) -> AdminResult<Json<Vec<BackupInfo>>> {
-    let targets = targets::list(state.member.store()).await?;
+    // Without a majority this host's own copy still says which targets there are (`doppel
+    // status` must work on a host cut off from the others).
+    let targets = match targets::list(state.member.store()).await {
+        Err(BackupError::Store(doppel_store::StoreError::Unavailable(_))) => {
+            targets::list_local(state.member.store())?
+        }
+        other => other?,
+    };
     let statuses = leader_statuses(&state).await;
     Ok(Json(
         targets
