@@ -87,6 +87,11 @@ async fn reconcile(store: Arc<ReplicatedStore>, statuses: Statuses) {
             Vec::new()
         };
         running.retain(|name, (target, task)| {
+            if task.is_finished() {
+                // A target's task only ends by being aborted; anything else is a bug, and
+                // shipping must go on: it is started again below.
+                tracing::error!(target = %name, "the backup shipping task stopped; starting it again");
+            }
             let keep = !task.is_finished() && wanted.iter().any(|w| w == target);
             if !keep {
                 task.abort();
@@ -122,12 +127,14 @@ async fn follow(store: Arc<ReplicatedStore>, target: BackupTarget, statuses: Sta
         let mut all = statuses.lock().unwrap_or_else(|e| e.into_inner());
         f(all.entry(target.name.clone()).or_default());
     };
-    let mut shipper = match Target::open(&store, &target).await {
-        Ok(shipper) => shipper,
-        Err(e) => {
-            tracing::error!(target = %target.name, error = %e, "cannot ship backups to this target");
-            set(&|s| s.error = Some(e.to_string()));
-            return;
+    let mut shipper = loop {
+        match Target::open(&store, &target).await {
+            Ok(shipper) => break shipper,
+            Err(e) => {
+                tracing::error!(target = %target.name, error = %e, "cannot ship backups to this target; trying again");
+                set(&|s| s.error = Some(e.to_string()));
+                tokio::time::sleep(TICK * 10).await;
+            }
         }
     };
     let mut waiting_since: Option<u64> = None;

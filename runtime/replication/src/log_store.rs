@@ -157,7 +157,10 @@ impl LogStore {
         if inner.last_purged.is_some_and(|p| p.index > after) {
             return None;
         }
-        if after < upto && !inner.entries.contains_key(&(after + 1)) {
+        if after >= upto {
+            return Some(Vec::new());
+        }
+        if !inner.entries.contains_key(&(after + 1)) {
             return None;
         }
         Some(
@@ -282,5 +285,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| io_error(StorageIOError::write_logs, e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+    use openraft::{Entry, EntryPayload};
+
+    use super::{LogStore, Record};
+
+    fn entry(index: u64) -> Entry<crate::types::TypeConfig> {
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Normal(Vec::new()),
+        }
+    }
+
+    /// Shipping asks for what follows the last entry it shipped: nothing new is an empty answer,
+    /// a purged start is `None`, never a panic.
+    #[test]
+    fn entries_after_answers_nothing_new_and_purged_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogStore::open(dir.path()).unwrap();
+        log.lock()
+            .write(Record::Append((1..=5).map(entry).collect()))
+            .unwrap();
+        let got = log.entries_after(2, 5, 10).unwrap();
+        assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(log.entries_after(5, 5, 10).unwrap().len(), 0);
+        assert_eq!(log.entries_after(7, 5, 10).unwrap().len(), 0);
+        assert_eq!(log.entries_after(0, 5, 2).unwrap().len(), 2);
+        log.lock().write(Record::Purge(log_id(1, 1, 3))).unwrap();
+        assert!(log.entries_after(2, 5, 10).is_none());
+        assert_eq!(log.entries_after(3, 5, 10).unwrap().len(), 2);
     }
 }
