@@ -427,3 +427,120 @@ fn shipping_is_handed_over_when_the_leader_dies() {
         );
     }
 }
+
+/// An S3-compatible server (s3s-fs, installed by `tests/install-servers.sh`) on a loopback
+/// port, serving `root`; stopped when dropped.
+struct S3Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl S3Server {
+    const KEY: &str = "doppel-test-access";
+    const SECRET: &str = "doppel-test-secret-canary";
+
+    fn start(root: &Path) -> S3Server {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/install-servers.sh"
+        );
+        let out = std::process::Command::new(script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "cannot install the S3 server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        // A port the kernel had free a moment ago; s3s-fs takes no port 0.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", Self::KEY, "--secret-key", Self::SECRET])
+            .arg(root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually("the S3 server accepts connections", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        S3Server { child, port }
+    }
+
+    /// What a host and the CLI need in their environment to use it.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", Self::KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET.to_string()),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same backup and restore through an S3-compatible store: shipped, restored to the same
+/// state hash, and the store's credentials (given only in the environment) appear in no answer.
+#[test]
+fn an_s3_compatible_store_holds_the_backup() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("s3");
+    std::fs::create_dir_all(root.join("state-backups")).unwrap();
+    let s3 = S3Server::start(&root);
+    let env = s3.env();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let host = Host::try_spawn(&work.path().join("data"), &[], &env_refs).unwrap();
+    host.deploy(guests::KV_DRAFT2, "kv", &[]);
+    let (key, recipient) = keygen(&host, work.path());
+    let url = "s3://state-backups/doppel";
+    host.cli_ok(&["backup", "add", "s3", url, "--recipient", &recipient]);
+    wait_shipped(&host, "s3");
+    for i in 0..20 {
+        write(&host, &format!("citizen-{i}"), &format!("record-{i}"));
+    }
+    wait_shipped(&host, "s3");
+    let listed = host.cli_ok(&["backup", "ls", "--json"]);
+    assert!(!listed.contains(S3Server::SECRET), "{listed}");
+    assert!(!host.log().contains(S3Server::SECRET));
+    let stored = files(&root.join("state-backups"));
+    assert!(
+        stored.keys().any(|k| k.contains("manifests/")),
+        "{:?}",
+        stored.keys()
+    );
+
+    let dir = work.path().join("restored");
+    let out = crate::support::doppel()
+        .args(["restore", url, "--identity"])
+        .arg(&key)
+        .arg("--data")
+        .arg(&dir)
+        .arg("--json")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(restored["hash"], state_hash(&host).0.as_str());
+    // Without the store's credentials, nothing is read.
+    let out = restore(url, &key, &work.path().join("no-credentials"), &[]);
+    assert!(!out.status.success());
+}
