@@ -81,20 +81,42 @@ fn write(host: &Host, key: &str, value: &str) {
 
 /// `doppel restore` as a separate process; its output.
 fn restore(url: &str, key: &Path, data: &Path, extra: &[&str]) -> std::process::Output {
+    restore_in(&[], url, key, data, extra)
+}
+
+/// `doppel restore` with `env` added to its environment (a store's credentials).
+fn restore_in(
+    env: &[(&str, String)],
+    url: &str,
+    key: &Path,
+    data: &Path,
+    extra: &[&str],
+) -> std::process::Output {
     crate::support::doppel()
         .args(["restore", url, "--identity"])
         .arg(key)
         .arg("--data")
         .arg(data)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .unwrap()
 }
 
 fn restore_ok(url: &str, key: &Path, data: &Path, extra: &[&str]) -> serde_json::Value {
+    restore_ok_in(&[], url, key, data, extra)
+}
+
+fn restore_ok_in(
+    env: &[(&str, String)],
+    url: &str,
+    key: &Path,
+    data: &Path,
+    extra: &[&str],
+) -> serde_json::Value {
     let mut args = extra.to_vec();
     args.push("--json");
-    let out = restore(url, key, data, &args);
+    let out = restore_in(env, url, key, data, &args);
     assert!(
         out.status.success(),
         "restore failed: {}",
@@ -137,7 +159,25 @@ fn a_restored_backup_is_the_same_state_and_undoes_a_purge() {
     ]);
     assert!(bad.contains("must not carry credentials"), "{bad}");
     assert!(!bad.contains("secret"), "{bad}");
+    // A stolen operator credential cannot point the whole state at the thief's own key.
+    let operator = host.cli_ok(&["tokens", "create", "mallory", "--role", "operator"]);
+    let stolen = operator.trim();
+    let thief = work.path().join("thief");
+    let refused = host.cli_err(&[
+        "backup",
+        "add",
+        "exfil",
+        &format!("file://{}", thief.display()),
+        "--recipient",
+        &recipient,
+        "--token",
+        stolen,
+    ]);
+    assert!(refused.contains("needs an admin"), "{refused}");
+    assert!(!thief.exists(), "nothing was shipped to the thief");
     host.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    let refused = host.cli_err(&["backup", "rm", "offsite", "--token", stolen]);
+    assert!(refused.contains("needs an admin"), "{refused}");
     let again = host.cli_err(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
     assert!(again.contains("exists already"), "{again}");
     // The first snapshot, then the writes in segments after it.
@@ -523,24 +563,9 @@ fn an_s3_compatible_store_holds_the_backup() {
         stored.keys()
     );
 
-    let dir = work.path().join("restored");
-    let out = crate::support::doppel()
-        .args(["restore", url, "--identity"])
-        .arg(&key)
-        .arg("--data")
-        .arg(&dir)
-        .arg("--json")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let restored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let restored = restore_ok_in(&env, url, &key, &work.path().join("restored"), &[]);
     assert_eq!(restored["hash"], state_hash(&host).0.as_str());
     // Without the store's credentials, nothing is read.
-    let out = restore(url, &key, &work.path().join("no-credentials"), &[]);
-    assert!(!out.status.success());
+    let refused = restore_err(url, &key, &work.path().join("no-credentials"));
+    assert!(refused.contains("cannot restore from"), "{refused}");
 }

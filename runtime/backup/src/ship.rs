@@ -76,10 +76,22 @@ impl Shipper {
     }
 }
 
+/// The targets' tasks, aborted with it: when the host stops and aborts `reconcile`, they stop too.
+#[derive(Default)]
+struct Running(BTreeMap<String, (BackupTarget, tokio::task::JoinHandle<()>)>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for (_, task) in self.0.values() {
+            task.abort();
+        }
+    }
+}
+
 /// Keeps one task per target running while this host leads.
 async fn reconcile(store: Arc<ReplicatedStore>, statuses: Statuses) {
-    let mut running: BTreeMap<String, (BackupTarget, tokio::task::JoinHandle<()>)> =
-        BTreeMap::new();
+    let mut running = Running::default();
+    let running = &mut running.0;
     loop {
         let wanted = if store.is_leader() {
             targets::list_local(&store).unwrap_or_default()
@@ -215,7 +227,7 @@ impl Target {
 
     /// Ships what is applied and not shipped yet (reading where the chain ends first, when not
     /// known).
-    async fn step(&mut self, store: &ReplicatedStore) -> Result<(), BackupError> {
+    async fn step(&mut self, store: &Arc<ReplicatedStore>) -> Result<(), BackupError> {
         if self.cursor.is_none() {
             self.cursor = Some(self.read_tail().await?);
         }
@@ -283,15 +295,16 @@ impl Target {
         })
     }
 
-    async fn ship_snapshot(&mut self, store: &ReplicatedStore) -> Result<(), BackupError> {
+    async fn ship_snapshot(&mut self, store: &Arc<ReplicatedStore>) -> Result<(), BackupError> {
         // The export holds the apply lock while it reads sled's pages, as a raft snapshot does;
-        // sealing happens off it and off the async threads.
-        let (index, pairs) = store.export_applied()?;
-        let recipient = self.recipient.clone();
-        let sealed =
-            tokio::task::spawn_blocking(move || format::seal(&Image { index, pairs }, &recipient))
-                .await
-                .map_err(|e| BackupError::Crypto(e.to_string()))??;
+        // it and the sealing run off the async threads.
+        let (store, recipient) = (store.clone(), self.recipient.clone());
+        let (index, sealed) = tokio::task::spawn_blocking(move || {
+            let (index, pairs) = store.export_applied()?;
+            format::seal(&Image { index, pairs }, &recipient).map(|sealed| (index, sealed))
+        })
+        .await
+        .map_err(|e| BackupError::Crypto(e.to_string()))??;
         let now = now_ms();
         self.write(Kind::Snapshot, sealed, index, index, now, now)
             .await?;

@@ -196,8 +196,8 @@ async fn authenticate(
         .into_response();
     }
     request.extensions_mut().insert(caller.clone());
-    // Where the log stood before the action: a restore to here undoes it.
-    let started_at = state.member.store().last_log_index();
+    // Where the log stood before a change: a restore to here undoes it.
+    let started_at = (method != Method::GET).then(|| state.member.store().last_log_index());
     let response = next.run(request).await;
     if method != Method::GET {
         let result = response.status();
@@ -212,14 +212,7 @@ async fn authenticate(
         };
         state
             .audit
-            .record_at(
-                &caller.name,
-                &method,
-                &path,
-                &outcome,
-                detail,
-                Some(started_at),
-            )
+            .record_at(&caller.name, &method, &path, &outcome, detail, started_at)
             .await;
     }
     response
