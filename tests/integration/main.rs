@@ -11,6 +11,7 @@ mod limits;
 mod operator;
 mod partition;
 mod placement;
+mod recovery;
 mod redeploy;
 mod rotation;
 mod services;

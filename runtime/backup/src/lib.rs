@@ -10,7 +10,8 @@
 //! nothing. A restore ([`restore`]) reads the manifests, checks the chain ([`chain`]) — a
 //! missing, reordered or altered object is named — decrypts with the operator's identity and
 //! replays the log up to the point asked for, into the data directory of a new one-host
-//! cluster.
+//! cluster. The same takeover serves a lone survivor of a lost majority ([`recover`]): its own
+//! state, not a backup's, seeds the new cluster.
 //!
 //! Layout of a target:
 //!
@@ -24,6 +25,7 @@ pub mod chain;
 pub mod format;
 pub mod keys;
 pub mod location;
+pub mod recover;
 pub mod restore;
 pub mod ship;
 pub mod targets;

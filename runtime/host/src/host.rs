@@ -135,6 +135,21 @@ async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}; is another program using it? Choose another address with {flag}"))
 }
 
+/// Locks the data directory `data` for this process (while the file answered stays open):
+/// one host per data directory, and no offline change to one a host is running on.
+pub fn lock_data_dir(data: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data.join("lock");
+    let lock = std::fs::File::create(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "the data directory {} is in use by a running doppel host",
+            data.display()
+        );
+    }
+    Ok(lock)
+}
+
 /// Runs a host until `shutdown` resolves. `ready` is called once both servers accept connections.
 pub async fn run(
     config: HostConfig,
@@ -147,10 +162,11 @@ pub async fn run(
     std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("while restricting {} to its owner", data.display()))?;
     // One host per data directory: the lock is held (by keeping the file open) until we return.
-    let lock = std::fs::File::create(data.join("lock"))?;
-    if lock.try_lock().is_err() {
+    let lock = lock_data_dir(data)?;
+    if doppel_backup::recover::interrupted(data) {
         anyhow::bail!(
-            "the data directory {} is in use by another doppel host",
+            "a `doppel recover --force-new-cluster` of {} was interrupted; run it again to \
+             finish it before starting the host",
             data.display()
         );
     }

@@ -65,7 +65,7 @@ mod services;
 mod state;
 
 pub use doppel_replication::{JoinTarget, ca_path, causes};
-pub use host::{Endpoint, HostConfig, Started, endpoint_path, run, token_path};
+pub use host::{Endpoint, HostConfig, Started, endpoint_path, lock_data_dir, run, token_path};
 pub use listener::IngressLimits;
 pub use modules::{ModuleError, digest};
 pub use runtime::{MAX_MEMORY_LIMIT, Runtime};

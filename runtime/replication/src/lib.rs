@@ -20,6 +20,7 @@
 //!   file whose every write is `fdatasync`ed before openraft is told it is durable) and
 //!   [`StateMachine`] (each committed command applied to a [`doppel_store::Engine`], with the raft
 //!   log id and membership in the same atomic batch; snapshots are the engine's exported state).
+//!   [`recovery`] reads both outside raft, for a new cluster started from a lone survivor.
 //!
 //! openraft 0.9.25 is pinned exactly (see `docs/decisions/0001-openraft-0.9.md`): it builds here
 //! with `serde` and `storage-v2`, whose storage traits separate the log from the state machine.
@@ -39,6 +40,7 @@ mod node;
 mod peer_server;
 mod raft_network;
 mod read_index;
+pub mod recovery;
 mod replicated;
 mod rotation;
 mod state_machine;
@@ -50,7 +52,7 @@ pub use authority::{AuthorityError, Invitation, InvitationToken, breaks_rule, ch
 pub use credentials::{Credentials, CredentialsError, ca_path, tls_dir};
 pub use liveness::{LiveView, Liveness};
 pub use log_store::LogStore;
-pub use member::{JoinError, JoinTarget, Member, MemberConfig, MemberError};
+pub use member::{JoinError, JoinTarget, Member, MemberConfig, MemberError, member_id};
 pub use membership::{ClusterStatus, MemberStatus, Refusal};
 pub use node::{LEADER_LEASE, Node, Storage, config, config_with_lease, start, start_with};
 pub use peer_server::peer_router;

@@ -148,6 +148,11 @@ impl LogStore {
         })
     }
 
+    /// The index of the last entry this host knew to be committed (0 before any).
+    pub fn committed_index(&self) -> u64 {
+        self.lock().committed.map_or(0, |id| id.index)
+    }
+
     /// The entries after index `after` up to and including `upto`, at most `max` of them, each
     /// as its index and commands (a blank or membership entry carries none), for shipping the log
     /// elsewhere. `None` when the log no longer holds the entry after `after` (purged into a

@@ -170,6 +170,11 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], MemberError> {
     Ok(raw)
 }
 
+/// The raft id of the host whose data directory is `data`, if it has become a member.
+pub fn member_id(data: &Path) -> Result<Option<NodeId>, MemberError> {
+    Ok(read_identity(data)?.map(|identity| identity.id))
+}
+
 /// The identity stored in `data`, if this host has started before.
 fn read_identity(data: &Path) -> Result<Option<Identity>, MemberError> {
     let path = identity_path(data);

@@ -15,6 +15,7 @@ mod logs;
 mod ls;
 mod migrate;
 mod new;
+mod recover;
 mod restore;
 mod rm;
 mod status;
@@ -46,6 +47,9 @@ pub enum Command {
     Backup(backup::Backup),
     /// Build a new data directory from a backup, at any point it holds.
     Restore(restore::Restore),
+    /// Start a new one-host cluster from a stopped host's own state, when a majority of its
+    /// cluster is lost for good (`--force-new-cluster`).
+    Recover(recover::Recover),
     /// Remove a service.
     Rm(rm::Rm),
     /// Show what a service wrote to stdout/stderr, and what the host noted about it.
@@ -88,6 +92,7 @@ impl Command {
             Command::Audit(c) => c.run().await,
             Command::Backup(c) => c.run().await,
             Command::Restore(c) => c.run().await,
+            Command::Recover(c) => c.run().await,
             Command::Rm(c) => c.run().await,
             Command::Logs(c) => c.run().await,
             Command::Migrate(c) => c.run().await,
