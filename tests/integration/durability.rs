@@ -156,5 +156,8 @@ fn a_second_host_on_the_same_data_directory_is_refused() {
     let out = crate::support::host_command(&host.data).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("in use by a running doppel host"), "{stderr}");
+    assert!(
+        stderr.contains("in use by a running doppel host"),
+        "{stderr}"
+    );
 }

@@ -40,10 +40,8 @@ fn a_lone_survivor_starts_a_new_cluster_with_everything_it_had() {
     let lead = leader(&hosts);
     hosts[lead].deploy(guests::KV_DRAFT2, "kv", &[]);
     for i in 0..30 {
-        let (status, body) = hosts[lead].post(
-            &format!("/kv/set?k=citizen-{i}"),
-            format!("record-{i}"),
-        );
+        let (status, body) =
+            hosts[lead].post(&format!("/kv/set?k=citizen-{i}"), format!("record-{i}"));
         assert_eq!(status, 200, "{body}");
     }
     let survivor = (lead + 1) % 3;
@@ -81,7 +79,10 @@ fn a_lone_survivor_starts_a_new_cluster_with_everything_it_had() {
     assert_eq!(recovered["lost"].as_array().unwrap().len(), 2);
     assert!(recovered["index"].as_u64() >= recovered["committed"].as_u64());
     let superseded = std::path::PathBuf::from(recovered["superseded"].as_str().unwrap());
-    assert!(superseded.join("raft").exists(), "the old membership is kept");
+    assert!(
+        superseded.join("raft").exists(),
+        "the old membership is kept"
+    );
     assert!(!raft.exists());
 
     // It starts a new cluster of one, with the services and every acknowledged write.

@@ -90,8 +90,13 @@ impl Survivor {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
-        let home = superseded.as_deref().unwrap_or(data);
-        let id = doppel_replication::member_id(home)
+        // An interrupted run may have moved some of the membership aside already.
+        let find = |name: &str| match &superseded {
+            Some(dir) if dir.join(name).exists() => dir.clone(),
+            _ => data.to_path_buf(),
+        };
+        let home = find("cluster.json");
+        let id = doppel_replication::member_id(&home)
             .map_err(|e| BackupError::NotFound(e.to_string()))?
             .ok_or_else(|| {
                 BackupError::NotFound(format!(
@@ -99,10 +104,11 @@ impl Survivor {
                     home.display()
                 ))
             })?;
-        let local = LocalRaft::open(&home.join("raft")).map_err(|e| {
+        let raft = find("raft").join("raft");
+        let local = LocalRaft::open(&raft).map_err(|e| {
             BackupError::Broken(format!(
                 "cannot read the raft storage in {}: {e}",
-                home.join("raft").display()
+                raft.display()
             ))
         })?;
         let survey = local.survey();
@@ -166,33 +172,28 @@ impl Survivor {
         })
     }
 
-    /// Moves the old membership aside and rebuilds the state for the next host start.
+    /// Rebuilds the state for the next host start and moves the old membership aside.
     pub fn recover(self, others: Vec<OtherMember>) -> Result<Recovered, BackupError> {
         let data = self.data.clone();
         let superseded = match &self.superseded {
             Some(dir) => dir.clone(),
             None => {
-                let name = format!("superseded-{}", now_ms());
+                let name = format!("superseded-{}", crate::rfc3339(now_ms()));
                 std::fs::write(marker(&data), &name)?;
                 data.join(name)
             }
         };
-        std::fs::create_dir_all(&superseded)?;
         let Survivor { local, survey, .. } = self;
-        // The raft storage stays open where it is (moving a directory keeps its open files).
-        for name in MEMBERSHIP {
-            let from = data.join(name);
-            if from.exists() {
-                std::fs::rename(&from, superseded.join(name))?;
-            }
-        }
         let work = data.join("restore-partial");
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work)?;
         let engine = Engine::open(&work.join("state"))?;
         let index = local.rebuild(&engine).map_err(|e| {
-            BackupError::Broken(format!("cannot rebuild the state from the raft storage: {e}"))
+            BackupError::Broken(format!(
+                "cannot rebuild the state from the raft storage: {e}"
+            ))
         })?;
+        // Closed before it moves: sled reopens its files by path.
         drop(local);
         let (hash, keys) = portable::state_hash(&engine.export()?);
         let services: Vec<String> = engine
@@ -202,6 +203,13 @@ impl Survivor {
             .collect();
         engine.checkpoint()?;
         drop(engine);
+        std::fs::create_dir_all(&superseded)?;
+        for name in MEMBERSHIP {
+            let from = data.join(name);
+            if from.exists() {
+                std::fs::rename(&from, superseded.join(name))?;
+            }
+        }
         let restored = Restored {
             url: format!("recovered from {}", superseded.display()),
             index,
@@ -233,10 +241,10 @@ impl Survivor {
     }
 }
 
-fn now_ms() -> u128 {
+fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// When the raft log in `raft` was last written (ms since the Unix epoch), 0 if unknown.

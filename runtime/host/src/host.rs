@@ -139,8 +139,8 @@ async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
 /// one host per data directory, and no offline change to one a host is running on.
 pub fn lock_data_dir(data: &Path) -> anyhow::Result<std::fs::File> {
     let path = data.join("lock");
-    let lock = std::fs::File::create(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let lock =
+        std::fs::File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
     if lock.try_lock().is_err() {
         anyhow::bail!(
             "the data directory {} is in use by a running doppel host",

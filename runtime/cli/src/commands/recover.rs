@@ -105,10 +105,7 @@ fn report(recovered: &Recovered, data: &std::path::Path) {
         recovered.index,
         recovered.services.join(", ")
     );
-    println!(
-        "  {} keys, state hash {}",
-        recovered.keys, recovered.hash
-    );
+    println!("  {} keys, state hash {}", recovered.keys, recovered.hash);
     if recovered.index > recovered.committed {
         println!(
             "  entries {}..={} are kept though this host never learnt they were committed; \
