@@ -569,3 +569,93 @@ fn an_s3_compatible_store_holds_the_backup() {
     let refused = restore_err(url, &key, &work.path().join("no-credentials"));
     assert!(refused.contains("cannot restore from"), "{refused}");
 }
+
+/// `doppel drill` restores a backup into a sandbox, starts a host on it, calls every service at
+/// its probe path and compares the state hash: it passes on a good backup, with its figures in
+/// the JSON and the Markdown report; on a backup with one altered object it exits non-zero and
+/// the report names the object.
+#[test]
+fn a_drill_passes_on_a_good_backup_and_fails_on_a_tampered_one() {
+    let host = Host::start();
+    let work = tempfile::tempdir().unwrap();
+    host.deploy(guests::KV_DRAFT2, "kv", &["--probe", "/get?k=citizen-3"]);
+    host.deploy(guests::HTTP_020, "hello", &[]);
+    let bad = host.cli_err(&[
+        "deploy",
+        guests::HTTP_020,
+        "--name",
+        "x",
+        "--probe",
+        "health",
+    ]);
+    assert!(bad.contains("must start with '/'"), "{bad}");
+    let (key, recipient) = keygen(&host, work.path());
+    let target = work.path().join("offsite");
+    let url = format!("file://{}", target.display());
+    host.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    for i in 0..10 {
+        write(&host, &format!("citizen-{i}"), &format!("record-{i}"));
+    }
+    wait_shipped(&host, "offsite");
+    let (hash, _) = state_hash(&host);
+
+    let report = work.path().join("drill.md");
+    let out = crate::support::doppel()
+        .args(["drill", &url, "--identity"])
+        .arg(&key)
+        .arg("--report")
+        .arg(&report)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drill: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(drill["passed"], true, "{drill}");
+    assert_eq!(drill["restored_hash"], hash.as_str(), "{drill}");
+    assert_eq!(drill["host_hash"], hash.as_str(), "{drill}");
+    assert!(drill["rto_ms"].as_u64().unwrap() >= drill["restore_ms"].as_u64().unwrap());
+    assert!(drill["rpo_ms"].is_u64(), "{drill}");
+    let services = drill["services"].as_array().unwrap();
+    assert_eq!(services.len(), 2, "{drill}");
+    let kv = services.iter().find(|s| s["name"] == "kv").unwrap();
+    assert_eq!(kv["probe"], "/get?k=citizen-3");
+    assert_eq!(kv["status"], 200, "{drill}");
+    let markdown = std::fs::read_to_string(&report).unwrap();
+    assert!(markdown.contains("restore drill: PASSED"), "{markdown}");
+    assert!(markdown.contains("| RTO |"), "{markdown}");
+    assert!(!markdown.contains("record-3"), "the report holds no data");
+
+    // One altered object: the drill fails and says which.
+    let objects = names(&target, "objects");
+    let snapshot = objects.iter().find(|o| o.contains(".snapshot-")).unwrap();
+    let copy_url = damaged(&target, &work.path().join("tampered"), |d: &Path| {
+        let path = d.join(snapshot);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+    });
+    let report = work.path().join("tampered.md");
+    let out = crate::support::doppel()
+        .args(["drill", &copy_url, "--identity"])
+        .arg(&key)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a tampered backup must fail the drill"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the drill failed"), "{stderr}");
+    let markdown = std::fs::read_to_string(&report).unwrap();
+    assert!(markdown.contains("restore drill: FAILED"), "{markdown}");
+    assert!(
+        markdown.contains(&format!("{snapshot} was altered")),
+        "{markdown}"
+    );
+}

@@ -126,6 +126,30 @@ pub struct DeployRequest {
     /// Where the service may run and on how many hosts at once.
     #[serde(default)]
     pub placement: PlacementRules,
+    /// The path (below the service's prefix) a restore drill calls to see that it answers;
+    /// `/` when not given. See [`check_probe`].
+    #[serde(default)]
+    pub probe: Option<String>,
+}
+
+/// The longest probe path a deploy accepts.
+pub const MAX_PROBE_LEN: usize = 1024;
+
+/// Checks a probe path: it starts with `/`, is at most [`MAX_PROBE_LEN`] bytes and holds only
+/// printable ASCII without spaces (it is sent as a request target as it is).
+pub fn check_probe(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("--probe must start with '/', not {path:?}"));
+    }
+    if path.len() > MAX_PROBE_LEN {
+        return Err(format!("--probe is longer than {MAX_PROBE_LEN} bytes"));
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "--probe must be printable ASCII without spaces (percent-encode the rest): {path:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// Where a service may be active, and on how many hosts at once.
@@ -222,6 +246,13 @@ pub struct ServiceInfo {
     /// Hosts handing it over (finishing their requests, forwarding new ones).
     #[serde(default)]
     pub leaving: Vec<String>,
+    /// The path a restore drill calls (below the service's prefix).
+    #[serde(default = "root_path")]
+    pub probe: String,
+}
+
+fn root_path() -> String {
+    "/".to_string()
 }
 
 /// Body of `POST /v1/services/{name}/migrate`.

@@ -7,6 +7,7 @@
 
 mod client;
 mod commands;
+mod drill_report;
 mod output;
 mod progress;
 mod units;

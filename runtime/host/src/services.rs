@@ -40,6 +40,9 @@ pub struct ServiceRecord {
     /// Where it may be active, and on how many hosts at once.
     #[serde(default)]
     pub placement: PlacementRules,
+    /// The path a restore drill calls, when not `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
 }
 
 /// Counters of one service name on this host.
@@ -512,6 +515,9 @@ impl Registry {
         let limits = request.limits.apply_to(Limits::default());
         check_limits(&limits)?;
         request.placement.check().map_err(DeployError::BadLimit)?;
+        if let Some(probe) = &request.probe {
+            doppel_api::check_probe(probe).map_err(DeployError::BadLimit)?;
+        }
         let bytes = self
             .store
             .get(&Space::modules(), request.module.as_bytes())
@@ -537,6 +543,7 @@ impl Registry {
             config: request.config,
             limits,
             placement: request.placement,
+            probe: request.probe,
         };
         drop(bytes);
         let service = self.load(record.clone()).await?;
@@ -674,6 +681,7 @@ impl Registry {
                 .map_or_else(Vec::new, |p| names(&p.leaving)),
             unmet: placement.as_ref().and_then(|p| p.unmet.clone()),
             placement: record.placement.clone(),
+            probe: record.probe.clone().unwrap_or_else(|| "/".to_string()),
             epoch: placement.map_or(0, |p| p.epoch),
             name: record.name.clone(),
             module: record.module.clone(),

@@ -56,6 +56,14 @@ pub struct Deploy {
     /// How many hosts the service is active on at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(doppel_api::MAX_REPLICAS)))]
     pub replicas: u32,
+    /// The path below the service's prefix that `doppel drill` calls to see that a restored copy
+    /// answers (default `/`), e.g. `/health`.
+    #[arg(long, value_parser = parse_probe)]
+    pub probe: Option<String>,
+}
+
+fn parse_probe(text: &str) -> Result<String, String> {
+    doppel_api::check_probe(text).map(|()| text.to_string())
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -141,6 +149,7 @@ impl Deploy {
                 on: self.on.into_iter().collect(),
                 replicas: self.replicas,
             },
+            probe: self.probe,
         };
         let deployed: ServiceInfo = client
             .send(

@@ -7,6 +7,7 @@ mod backup;
 mod cluster;
 mod deploy;
 mod drain;
+mod drill;
 mod events;
 mod host;
 mod hosts;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Start a new one-host cluster from a stopped host's own state, when a majority of its
     /// cluster is lost for good (`--force-new-cluster`).
     Recover(recover::Recover),
+    /// Restore a backup into a sandbox, start it, call every service and compare the state
+    /// hash; write a report with the RTO and RPO. Fails when anything did.
+    Drill(drill::Drill),
     /// Remove a service.
     Rm(rm::Rm),
     /// Show what a service wrote to stdout/stderr, and what the host noted about it.
@@ -93,6 +97,7 @@ impl Command {
             Command::Backup(c) => c.run().await,
             Command::Restore(c) => c.run().await,
             Command::Recover(c) => c.run().await,
+            Command::Drill(c) => c.run().await,
             Command::Rm(c) => c.run().await,
             Command::Logs(c) => c.run().await,
             Command::Migrate(c) => c.run().await,

@@ -24,6 +24,16 @@ pub struct Restore {
     /// the restored services and their data.
     #[arg(long)]
     data: PathBuf,
+    #[command(flatten)]
+    point: PointArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where in a backup's history to restore to (latest when none is given).
+#[derive(Args, Debug)]
+pub struct PointArgs {
     /// Restore the state as of this time (RFC 3339, e.g. 2026-12-04T10:00:00Z).
     #[arg(long, conflicts_with_all = ["before_event", "index"])]
     at: Option<String>,
@@ -34,12 +44,49 @@ pub struct Restore {
     /// Restore the state up to and including this raft index of the old cluster.
     #[arg(long)]
     index: Option<u64>,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
-struct Bar(ProgressBar);
+impl PointArgs {
+    /// The point asked for.
+    pub fn point(&self) -> anyhow::Result<Point> {
+        Ok(match (&self.at, self.before_event, self.index) {
+            (Some(at), _, _) => Point::Time(parse_time(at)?),
+            (_, Some(seq), _) => Point::BeforeEvent(seq),
+            (_, _, Some(index)) => Point::Index(index),
+            _ => Point::Latest,
+        })
+    }
+
+    /// The point as the flags said it.
+    pub fn describe(&self) -> String {
+        match (&self.at, self.before_event, self.index) {
+            (Some(at), _, _) => format!("--at {at}"),
+            (_, Some(seq), _) => format!("--before-event {seq}"),
+            (_, _, Some(index)) => format!("--index {index}"),
+            _ => "the latest state".to_string(),
+        }
+    }
+}
+
+/// A restore's progress on a bar (hidden when `hidden`, e.g. for `--json` or no terminal).
+pub struct Bar(pub ProgressBar);
+
+impl Bar {
+    pub fn new(hidden: bool) -> Bar {
+        Bar(
+            if hidden || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                ProgressBar::hidden()
+            } else {
+                ProgressBar::new(0).with_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {pos}/{len} objects ({elapsed})",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                )
+            },
+        )
+    }
+}
 
 impl Progress for Bar {
     fn objects(&mut self, done: u64, total: u64) {
@@ -53,23 +100,10 @@ impl Progress for Bar {
 
 impl Restore {
     pub async fn run(self) -> anyhow::Result<()> {
-        let point = match (&self.at, self.before_event, self.index) {
-            (Some(at), _, _) => Point::Time(parse_time(at)?),
-            (_, Some(seq), _) => Point::BeforeEvent(seq),
-            (_, _, Some(index)) => Point::Index(index),
-            _ => Point::Latest,
-        };
+        let point = self.point.point()?;
         let identity = Identity::read(&self.identity)?;
         let location = Location::open(&self.url)?;
-        let bar = if self.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(0).with_style(
-                ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} objects ({elapsed})")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            )
-        };
-        let mut progress = Bar(bar);
+        let mut progress = Bar::new(self.json);
         let restored = restore::restore(&location, &identity, &self.data, point, &mut progress)
             .await
             .with_context(|| format!("cannot restore from {}", self.url))?;
