@@ -356,8 +356,65 @@ fn main() {
             );
         }
     }
+    if std::env::var_os("REPLICATED_BACKUP").is_some() {
+        backup_cost(&hosts[lead], &three_pids, &doppel_put);
+    }
     println!(
         "  elections on the 3-host cluster during the runs: {}",
         term() - term_before
     );
+}
+
+/// What continuous backup costs the 3-host cluster's writes (`REPLICATED_BACKUP=1`): each
+/// client count runs without a target, then with one (a directory, shipping every committed
+/// entry), then without again, and the ratio is to the mean of the two runs without.
+fn backup_cost(lead: &Host, pids: &[u32], put: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.txt");
+    let out = lead.cli_ok(&["backup", "keygen", key.to_str().unwrap()]);
+    let recipient = out.lines().last().unwrap().trim().to_string();
+    println!("continuous backup to a directory on the same disk, off / on / off");
+    let run = |clients| {
+        Run::measure(pids, || {
+            wrk_with(
+                &lead.url("/kv/set?k=counter"),
+                clients,
+                SECONDS,
+                Some(put),
+            )
+        })
+    };
+    for (n, clients) in client_counts().into_iter().enumerate() {
+        let before = run(clients);
+        let name = format!("bench{n}");
+        let url = format!("file://{}", dir.path().join(&name).display());
+        lead.cli_ok(&["backup", "add", &name, &url, "--recipient", &recipient]);
+        eventually("the first snapshot is shipped", || {
+            let all: serde_json::Value =
+                serde_json::from_str(&lead.cli_ok(&["backup", "ls", "--json"])).unwrap();
+            all.as_array().unwrap().iter().any(|t| {
+                t["target"]["name"] == name.as_str()
+                    && t["status"]["shipped_index"].as_u64().unwrap_or(0) > 0
+            })
+        });
+        let on = run(clients);
+        let lag: serde_json::Value =
+            serde_json::from_str(&lead.cli_ok(&["backup", "ls", "--json"])).unwrap();
+        lead.cli_ok(&["backup", "rm", &name]);
+        let after = run(clients);
+        let off = (before.load.rps + after.load.rps) / 2.0;
+        println!("  {clients:>3} clients");
+        println!("      off  {}", cell(&before));
+        println!("      on   {}", cell(&on));
+        println!("      off  {}", cell(&after));
+        println!(
+            "      on/off {:.2}; lag at the end of the run {} ms",
+            on.load.rps / off,
+            lag.as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["target"]["name"] == name.as_str())
+                .map_or(0, |t| t["status"]["lag_ms"].as_u64().unwrap_or(0))
+        );
+    }
 }

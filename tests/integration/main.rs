@@ -17,3 +17,4 @@ mod rotation;
 mod services;
 mod support;
 mod trust;
+mod twin;

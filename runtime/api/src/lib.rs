@@ -763,6 +763,46 @@ pub struct ShipStatus {
     pub error: Option<String>,
 }
 
+/// Body of `POST /v1/twin`: follow a backup target as a standby twin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowRequest {
+    /// The primary's backup target (`s3://…` or `file:///…`).
+    pub url: String,
+    /// The age identity that decrypts it (the text of the key file). A secret: it is kept in
+    /// this cluster's store and never answered back.
+    pub identity: String,
+}
+
+/// What this cluster is to a twin pair (`GET /v1/twin`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwinStatus {
+    /// `primary` (no twin role), `standby` (following a backup), `promoted` (a twin that took
+    /// over), or `fenced` (superseded by a promoted twin: takes no writes).
+    pub role: String,
+    /// The backup followed, or the one whose newer generation fenced this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// This cluster's generation (1 for a primary never superseded).
+    pub generation: u64,
+    /// The primary's raft index the twin's state stands at (standby or promoted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_index: Option<u64>,
+    /// How stale the standby's state may be, in ms: since it last found nothing newer in the
+    /// backup, or the age of the newest entry it applied while catching up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
+    /// When it was promoted, or when the generation that fenced it was (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at_ms: Option<u64>,
+    /// Why writes are refused here, when they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// Why following failed last, if it did (it goes on trying).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// A target and how shipping to it goes (`GET /v1/backups`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackupInfo {

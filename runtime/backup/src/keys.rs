@@ -58,22 +58,30 @@ impl Identity {
         let text = std::fs::read_to_string(path).map_err(|e| {
             BackupError::BadKey(format!("cannot read the identity {}: {e}", path.display()))
         })?;
+        Identity::parse(&text, &path.display().to_string())
+    }
+
+    /// Reads an identity from the text of such a file; `whence` names it in errors.
+    pub fn parse(text: &str, whence: &str) -> Result<Identity, BackupError> {
         let line = text
             .lines()
             .map(str::trim)
             .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .ok_or_else(|| {
-                BackupError::BadKey(format!("{} holds no age identity", path.display()))
-            })?;
+            .ok_or_else(|| BackupError::BadKey(format!("{whence} holds no age identity")))?;
         // The parse error could quote the line; it is a secret, so say only where.
         age::x25519::Identity::from_str(line)
             .map(Identity)
             .map_err(|_| {
                 BackupError::BadKey(format!(
-                    "{} does not hold an age X25519 identity (AGE-SECRET-KEY-1…)",
-                    path.display()
+                    "{whence} does not hold an age X25519 identity (AGE-SECRET-KEY-1…)"
                 ))
             })
+    }
+
+    /// The secret as text (`AGE-SECRET-KEY-1…`), for keeping it where it belongs: a twin
+    /// cluster's own store.
+    pub fn secret_text(&self) -> String {
+        self.0.to_string().expose_secret().to_string()
     }
 
     /// Its public recipient.

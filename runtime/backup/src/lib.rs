@@ -11,7 +11,9 @@
 //! missing, reordered or altered object is named — decrypts with the operator's identity and
 //! replays the log up to the point asked for, into the data directory of a new one-host
 //! cluster. The same takeover serves a lone survivor of a lost majority ([`recover`]): its own
-//! state, not a backup's, seeds the new cluster.
+//! state, not a backup's, seeds the new cluster. A standby twin cluster follows a target
+//! continuously and takes over when promoted ([`twin`]); a newer generation in a target fences
+//! the primary that ships to it.
 //!
 //! Layout of a target:
 //!
@@ -29,6 +31,7 @@ pub mod recover;
 pub mod restore;
 pub mod ship;
 pub mod targets;
+pub mod twin;
 
 /// What can go wrong with a backup.
 #[derive(Debug, thiserror::Error)]

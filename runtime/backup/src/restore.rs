@@ -176,7 +176,7 @@ struct Replayed {
 }
 
 /// Reads object `manifest.object`, checks it against the manifest and decrypts it.
-async fn fetch<T: serde::de::DeserializeOwned>(
+pub(crate) async fn fetch<T: serde::de::DeserializeOwned>(
     location: &Location,
     identity: &Identity,
     manifest: &Manifest,
@@ -187,7 +187,7 @@ async fn fetch<T: serde::de::DeserializeOwned>(
 }
 
 /// Reads object `manifest.object` and checks it is the one the manifest names.
-async fn check_object(
+pub(crate) async fn check_object(
     location: &Location,
     manifest: &Manifest,
 ) -> Result<bytes::Bytes, BackupError> {

@@ -152,7 +152,16 @@ async fn follow(store: Arc<ReplicatedStore>, target: BackupTarget, statuses: Sta
     let mut waiting_since: Option<u64> = None;
     let mut warned = 0u64;
     let mut failures = 0u32;
+    let mut generations_checked: Option<std::time::Instant> = None;
     loop {
+        // A twin promoted from this target fences this cluster: looked for at once when
+        // shipping starts (a primary coming back), then every few seconds.
+        if generations_checked.is_none_or(|at| at.elapsed() >= crate::twin::GENERATION_CHECK) {
+            generations_checked = Some(std::time::Instant::now());
+            if let Err(e) = crate::twin::newer_generation(&store, &shipper.location).await {
+                tracing::warn!(target = %target.name, error = %e, "cannot look for a newer twin generation");
+            }
+        }
         let applied = store.applied_index();
         let result = shipper.step(&store).await;
         let now = now_ms();

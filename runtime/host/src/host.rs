@@ -219,12 +219,16 @@ pub async fn run(
         member.id(),
         store.clone() as Arc<dyn Store>,
     ));
-    let registry = Arc::new(Registry::new(
-        runtime,
+    // A standby twin, or a primary a promoted twin superseded, takes no writes of services'
+    // state: services and deploys write through the guard.
+    let (mode, following_mode) = crate::mode::follow(store.clone());
+    let guarded: Arc<dyn Store> = Arc::new(crate::mode::GuardedStore::new(
         store.clone() as Arc<dyn Store>,
-        cache,
-        placements.clone(),
+        mode.clone(),
     ));
+    let registry = Arc::new(
+        Registry::new(runtime, guarded, cache, placements.clone()).with_mode(mode),
+    );
     let info = Arc::new(HostInfo {
         name: me.name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -240,8 +244,10 @@ pub async fn run(
         liveness: member.liveness(),
     };
     let (shipper, shipping) = doppel_backup::ship::Shipper::spawn(store.clone());
+    let (follower, following) = doppel_backup::twin::Follower::spawn(store.clone());
     let admin_state = AdminState {
         shipper: shipper.clone(),
+        follower,
         mover: mover.clone(),
         registry: registry.clone(),
         audit: crate::admin::audit::Audit::new(store.clone(), &me.name),
@@ -386,6 +392,8 @@ pub async fn run(
     let _ = ingress.await;
     syncing.abort();
     shipping.abort();
+    following.abort();
+    following_mode.abort();
     auditing.abort();
     scheduling.abort();
     let _ = tokio::time::timeout(config.grace, admin).await;

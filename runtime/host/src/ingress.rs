@@ -191,6 +191,8 @@ impl Asked<'_> {
 const TRACE: http::HeaderName = http::HeaderName::from_static("x-doppel-trace");
 /// The name of the host that answered a traced request (ran its guest, or gave up on it).
 const SERVED_BY: http::HeaderName = http::HeaderName::from_static("x-doppel-served-by");
+/// On a standby twin's answers: how stale its state may be, in ms (see `doppel_backup::twin`).
+const TWIN_LAG: http::HeaderName = http::HeaderName::from_static("x-doppel-twin-lag-ms");
 
 async fn route(
     registry: &Registry,
@@ -207,6 +209,9 @@ async fn route(
         if let Ok(name) = HeaderValue::from_str(&name) {
             response.headers_mut().insert(SERVED_BY, name);
         }
+    }
+    if let Some(lag) = registry.twin_lag_ms() {
+        response.headers_mut().insert(TWIN_LAG, HeaderValue::from(lag));
     }
     response
 }

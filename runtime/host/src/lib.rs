@@ -55,6 +55,7 @@ mod keyvalue;
 mod linker;
 mod listener;
 mod logs;
+mod mode;
 mod modules;
 mod moves;
 mod placement;

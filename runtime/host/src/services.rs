@@ -134,6 +134,8 @@ pub struct Registry {
     /// Names recently found not deployed, and when: a burst of requests for a name that does
     /// not exist asks the store once, not once each.
     absent: Mutex<HashMap<String, std::time::Instant>>,
+    /// Whether the cluster takes writes (a standby twin does not).
+    mode: tokio::sync::watch::Receiver<crate::mode::Mode>,
 }
 
 /// How long a name found not deployed is taken as not deployed without asking the store again.
@@ -156,7 +158,25 @@ impl Registry {
             changes: tokio::sync::Mutex::new(()),
             placements,
             absent: Mutex::new(HashMap::new()),
+            mode: tokio::sync::watch::channel(crate::mode::Mode::default()).1,
         }
+    }
+
+    /// The same registry, following the cluster's `mode`.
+    pub(crate) fn with_mode(mut self, mode: tokio::sync::watch::Receiver<crate::mode::Mode>) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Whether this host refuses writes of services' state now (see `crate::mode`).
+    pub(crate) fn writes_refused(&self) -> bool {
+        self.mode.borrow().refusal.is_some()
+    }
+
+    /// On a standby twin: how stale its state may be (ms).
+    pub(crate) fn twin_lag_ms(&self) -> Option<u64> {
+        let as_of = self.mode.borrow().current_as_of?;
+        Some(crate::clock::now_ms().saturating_sub(as_of))
     }
 
     /// Where each service is active.

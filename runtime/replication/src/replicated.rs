@@ -217,6 +217,37 @@ impl ReplicatedStore {
         self.core.log.entries_after(after, upto, max)
     }
 
+    /// Applies `commands` as one raft entry — atomically, each with its own outcome — and only
+    /// if this host leads: never forwarded. A host that lost the lead mid-way therefore cannot
+    /// apply through the new leader what the new leader applies itself; whoever replays another
+    /// cluster's log with a progress record in the same entry gets each entry exactly once.
+    pub async fn apply_as_leader(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+        let core = &self.core;
+        let written = async {
+            let Some(_pass) = core.gate.pass().await else {
+                return Err(unavailable("this host is leaving the cluster"));
+            };
+            match core.raft.client_write(commands).await {
+                Ok(written) => Ok(written.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    Err(unavailable("this host does not lead"))
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        };
+        let responses = tokio::time::timeout(core.timeout(), written)
+            .await
+            .unwrap_or_else(|_| {
+                Err(unavailable(
+                    "no majority acknowledged the write in time; it may or may not have happened",
+                ))
+            })?;
+        Ok(responses.into_iter().map(outcome).collect())
+    }
+
     /// The membership now.
     fn membership(&self) -> openraft::Membership<NodeId, openraft::BasicNode> {
         self.core

@@ -63,6 +63,10 @@ pub enum StoreError {
     /// acknowledged. Retrying later may succeed.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// This cluster takes no writes of services' state now (a standby twin, or a primary
+    /// superseded by a promoted twin); the reason says which. Nothing was changed.
+    #[error("writes are refused here: {0}")]
+    ReadOnly(String),
 }
 
 /// The key-value state of a cluster as services and the host's tables see it. Everything that

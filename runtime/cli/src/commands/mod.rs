@@ -21,6 +21,7 @@ mod restore;
 mod rm;
 mod status;
 mod tokens;
+mod twin;
 mod undrain;
 
 use clap::Subcommand;
@@ -54,6 +55,8 @@ pub enum Command {
     /// Restore a backup into a sandbox, start it, call every service and compare the state
     /// hash; write a report with the RTO and RPO. Fails when anything did.
     Drill(drill::Drill),
+    /// A standby cluster that follows a primary's backup, and its promotion.
+    Twin(twin::Twin),
     /// Remove a service.
     Rm(rm::Rm),
     /// Show what a service wrote to stdout/stderr, and what the host noted about it.
@@ -98,6 +101,7 @@ impl Command {
             Command::Restore(c) => c.run().await,
             Command::Recover(c) => c.run().await,
             Command::Drill(c) => c.run().await,
+            Command::Twin(c) => c.run().await,
             Command::Rm(c) => c.run().await,
             Command::Logs(c) => c.run().await,
             Command::Migrate(c) => c.run().await,

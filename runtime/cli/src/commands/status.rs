@@ -38,10 +38,15 @@ impl Status {
             .get_json("/v1/backups")
             .await
             .map_err(|e| format!("{e:#}"));
+        let twin: Option<doppel_api::TwinStatus> = client.get_json("/v1/twin").await.ok();
         if target.json {
             return print_json(
-                &serde_json::json!({ "cluster": cluster, "services": services, "backups": backups.unwrap_or_default() }),
+                &serde_json::json!({ "cluster": cluster, "services": services, "backups": backups.unwrap_or_default(), "twin": twin }),
             );
+        }
+        if let Some(twin) = twin.filter(|t| t.role != "primary") {
+            print!("{}", super::twin::describe(&twin));
+            println!();
         }
         let mut rows = vec![[
             "HOST".to_string(),

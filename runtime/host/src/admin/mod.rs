@@ -7,6 +7,7 @@ pub(crate) mod audit;
 pub(crate) mod backups;
 mod operator;
 pub(crate) mod tokens;
+mod twin;
 
 use std::sync::Arc;
 
@@ -50,6 +51,8 @@ pub struct AdminState {
     pub mover: Mover,
     /// Ships the log to the backup targets while this host leads.
     pub shipper: doppel_backup::ship::Shipper,
+    /// Follows a primary's backup while this host leads a standby twin.
+    pub follower: doppel_backup::twin::Follower,
 }
 
 /// An error answer: a status and a message for humans.
@@ -69,7 +72,9 @@ impl From<DeployError> for AdminError {
             | DeployError::BadLimit(_)
             | DeployError::BadDigest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::NoModule(_) | DeployError::NoService(_) => StatusCode::NOT_FOUND,
-            DeployError::Conflict(_) => StatusCode::CONFLICT,
+            DeployError::Conflict(_) | DeployError::Store(StoreError::ReadOnly(_)) => {
+                StatusCode::CONFLICT
+            }
             DeployError::Store(StoreError::Rejected(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             DeployError::Store(_) | DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -103,6 +108,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/backups", get(backups::list).post(backups::add))
         .route("/v1/backups/{name}", axum::routing::delete(backups::remove))
         .route("/v1/status/hash", get(backups::hash))
+        .route("/v1/twin", get(twin::status).post(twin::follow))
+        .route("/v1/twin/promote", post(twin::promote))
         .route("/v1/hosts/{name}", axum::routing::delete(remove_host))
         .route("/v1/hosts/{name}/drain", post(operator::drain))
         .route("/v1/hosts/{name}/undrain", post(operator::undrain))
@@ -130,11 +137,13 @@ pub fn router(state: AdminState) -> Router {
 /// data), which need an operator like every change; hosts and credentials need an admin.
 fn needed_role(method: &Method, path: &str) -> Role {
     // A backup target receives the whole state (encrypted to whoever the caller names), and
-    // removing one stops the copy outside the cluster: both are an admin's.
+    // removing one stops the copy outside the cluster: both are an admin's. So are making this
+    // cluster a twin (it takes its state from elsewhere) and promoting it (it fences another).
     let admin = path.starts_with("/v1/tokens")
         || (method != Method::GET && path.starts_with("/v1/backups"))
         || path.starts_with("/v1/hosts/invitations")
         || path.starts_with("/v1/cluster/rotate-ca")
+        || (method != Method::GET && path.starts_with("/v1/twin"))
         || (method == Method::DELETE && path.starts_with("/v1/hosts/"));
     if admin {
         Role::Admin

@@ -1,0 +1,141 @@
+//! The twin under load: how stale a standby and the backup it follows are while the primary
+//! takes a steady stream of writes (sampled every 100 ms: the primary's shipping lag, the
+//! standby's own lag, and the standby's distance in raft index), and how long promotion takes
+//! from `doppel twin promote` to the first acknowledged write on the twin after the primary is
+//! SIGKILLed. One host per cluster, the backup target a directory on the same disk. Run:
+//! `cargo bench -p doppel --bench twin` (`TWIN_SECONDS` of load, default 20; `TWIN_WRITERS`
+//! writing threads, default 4).
+
+#[allow(dead_code)]
+#[path = "../tests/integration/support.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Host, eventually_within, http};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
+fn json(host: &Host, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&host.cli_ok(args)).unwrap()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let seconds = env("TWIN_SECONDS", 20);
+    let writers = env("TWIN_WRITERS", 4) as usize;
+    let work = tempfile::tempdir().unwrap();
+    let mut primary = Host::start();
+    primary.deploy(doppel_guests::KV_DRAFT2, "kv", &[]);
+    let key = work.path().join("key.txt");
+    let out = primary.cli_ok(&["backup", "keygen", key.to_str().unwrap()]);
+    let recipient = out.lines().last().unwrap().trim().to_string();
+    let url = format!("file://{}", work.path().join("offsite").display());
+    primary.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    let twin = Host::start();
+    eventually_within(Duration::from_secs(60), "the twin follows", || {
+        twin.cli(&["twin", "follow", &url, "--identity", key.to_str().unwrap()])
+            .status
+            .success()
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let (stop, acked, base) = (stop.clone(), acked.clone(), primary.url("/kv/set?k="));
+            std::thread::spawn(move || {
+                let client = http();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client
+                        .post(format!("{base}w{w}-{n}"))
+                        .body(format!("v{n}"))
+                        .send();
+                    if r.is_ok_and(|r| r.status().is_success()) {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let (mut ship_lag, mut twin_lag, mut behind) = (Vec::new(), Vec::new(), Vec::new());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(Duration::from_millis(100));
+        let backups = json(&primary, &["backup", "ls", "--json"]);
+        let status = &backups[0]["status"];
+        let twin_status = json(&twin, &["twin", "status", "--json"]);
+        ship_lag.push(status["lag_ms"].as_u64().unwrap_or(0));
+        twin_lag.push(twin_status["lag_ms"].as_u64().unwrap_or(0));
+        let applied = status["applied_index"].as_u64().unwrap_or(0);
+        let at = twin_status["primary_index"].as_u64().unwrap_or(0);
+        behind.push(applied.saturating_sub(at));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let rate = acked.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    for v in [&mut ship_lag, &mut twin_lag, &mut behind] {
+        v.sort_unstable();
+    }
+    println!(
+        "{writers} writers, {rate:.0} acknowledged writes/s for {seconds} s, {} samples",
+        ship_lag.len()
+    );
+    println!(
+        "  backup shipping lag   p50 {:>5} ms  p99 {:>5} ms  max {:>5} ms",
+        percentile(&ship_lag, 0.5),
+        percentile(&ship_lag, 0.99),
+        ship_lag.last().unwrap_or(&0)
+    );
+    println!(
+        "  twin lag              p50 {:>5} ms  p99 {:>5} ms  max {:>5} ms",
+        percentile(&twin_lag, 0.5),
+        percentile(&twin_lag, 0.99),
+        twin_lag.last().unwrap_or(&0)
+    );
+    println!(
+        "  twin behind (entries) p50 {:>5}     p99 {:>5}     max {:>5}",
+        percentile(&behind, 0.5),
+        percentile(&behind, 0.99),
+        behind.last().unwrap_or(&0)
+    );
+
+    primary.kill();
+    let start = Instant::now();
+    twin.cli_ok(&["twin", "promote"]);
+    let promoted = start.elapsed();
+    let client = http();
+    loop {
+        let r = client
+            .post(twin.url("/kv/set?k=first-after-promotion"))
+            .body("x")
+            .send();
+        if r.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "  promotion: `twin promote` {:.0} ms, to the first acknowledged write {:.0} ms",
+        promoted.as_secs_f64() * 1000.0,
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+}

@@ -1,0 +1,42 @@
+//! The twin (`doppel twin follow|promote|status`): this cluster as a standby that follows a
+//! primary's backup, its promotion, and whether a newer generation fenced it. The records live
+//! in the replicated store; the leader follows (`doppel_backup::twin`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use doppel_api::{FollowRequest, TwinStatus};
+use doppel_backup::twin;
+
+use super::{AdminResult, AdminState};
+
+/// How long `POST /v1/twin/promote` waits for the leader's follower to promote.
+const PROMOTE_LIMIT: Duration = Duration::from_secs(30);
+
+/// `GET /v1/twin`: what this cluster is to a twin pair.
+pub async fn status(State(state): State<AdminState>) -> Json<TwinStatus> {
+    Json(twin::status(state.member.store(), &state.follower))
+}
+
+/// `POST /v1/twin`: follow a backup as a standby twin (an empty cluster only).
+pub async fn follow(
+    State(state): State<AdminState>,
+    Json(request): Json<FollowRequest>,
+) -> AdminResult<Json<TwinStatus>> {
+    twin::follow(state.member.store(), &request.url, &request.identity).await?;
+    Ok(Json(twin::status(state.member.store(), &state.follower)))
+}
+
+/// `POST /v1/twin/promote`: the standby takes writes from its last applied entry on, after
+/// writing a new generation into the backup (which fences the primary).
+pub async fn promote(State(state): State<AdminState>) -> AdminResult<Json<TwinStatus>> {
+    twin::promote(state.member.store(), PROMOTE_LIMIT).await?;
+    // This host's guard follows the records a moment after they are applied; the answer waits
+    // for it, so that a write sent right after the answer is taken.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while state.registry.writes_refused() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(Json(twin::status(state.member.store(), &state.follower)))
+}

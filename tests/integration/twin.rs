@@ -1,0 +1,110 @@
+//! The twin: a second cluster follows the primary's backup and serves its reads (marked with
+//! their lag) while refusing writes; after the primary is SIGKILLed it is promoted and takes
+//! writes with every write the primary shipped; the old primary, started again, sees the newer
+//! generation in its backup and refuses writes, saying why.
+
+use doppel_guests as guests;
+
+use crate::support::{Host, eventually, eventually_within, http};
+
+fn twin_status(host: &Host) -> serde_json::Value {
+    serde_json::from_str(&host.cli_ok(&["twin", "status", "--json"])).unwrap()
+}
+
+fn state_hash(host: &Host) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&host.cli_ok(&["status", "--hash", "--json"])).unwrap();
+    v["hash"].as_str().unwrap().to_string()
+}
+
+fn write(host: &Host, key: &str, value: &str) {
+    let (status, body) = host.post(&format!("/kv/set?k={key}"), value.to_string());
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_twin_follows_is_promoted_and_fences_the_old_primary() {
+    let work = tempfile::tempdir().unwrap();
+    let mut primary = Host::start();
+    primary.deploy(guests::KV_DRAFT2, "kv", &[]);
+    let key = work.path().join("key.txt");
+    let out = primary.cli_ok(&["backup", "keygen", key.to_str().unwrap()]);
+    let recipient = out.lines().last().unwrap().trim().to_string();
+    let url = format!("file://{}", work.path().join("offsite").display());
+    primary.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    for i in 0..10 {
+        write(&primary, &format!("citizen-{i}"), &format!("record-{i}"));
+    }
+    assert_eq!(twin_status(&primary)["role"], "primary");
+    // A cluster with services of its own cannot become a twin.
+    let busy = primary.cli_err(&["twin", "follow", &url, "--identity", key.to_str().unwrap()]);
+    assert!(busy.contains("services of its own"), "{busy}");
+
+    let twin = Host::start();
+    eventually_within(
+        std::time::Duration::from_secs(60),
+        "the backup has a snapshot to follow",
+        || {
+            twin.cli(&["twin", "follow", &url, "--identity", key.to_str().unwrap()])
+                .status
+                .success()
+        },
+    );
+    for i in 10..20 {
+        write(&primary, &format!("citizen-{i}"), &format!("record-{i}"));
+    }
+    let primary_hash = state_hash(&primary);
+    eventually_within(
+        std::time::Duration::from_secs(60),
+        "the twin has everything the primary has",
+        || state_hash(&twin) == primary_hash,
+    );
+    // Reads answer, with their lag.
+    let answer = http().get(twin.url("/kv/get?k=citizen-19")).send().unwrap();
+    let lag = answer
+        .headers()
+        .get("x-doppel-twin-lag-ms")
+        .expect("a standby's answers carry their lag")
+        .to_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(lag < 60_000, "{lag}");
+    assert_eq!(answer.text().unwrap(), "record-19");
+    let status = twin_status(&twin);
+    assert_eq!(status["role"], "standby", "{status}");
+    assert!(!status.to_string().contains("AGE-SECRET-KEY"), "{status}");
+    // Writes are refused: a guest's, and a deploy.
+    let (code, body) = twin.post("/kv/set?k=citizen-1", "overwritten".to_string());
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("standby twin"), "{body}");
+    let deploy = twin.cli_err(&["deploy", guests::HTTP_020, "--name", "hello"]);
+    assert!(deploy.contains("standby twin"), "{deploy}");
+
+    // The primary is lost; the twin takes over with everything it shipped.
+    primary.kill();
+    let promoted: serde_json::Value =
+        serde_json::from_str(&twin.cli_ok(&["twin", "promote", "--json"])).unwrap();
+    assert_eq!(promoted["role"], "promoted", "{promoted}");
+    assert_eq!(promoted["generation"], 2, "{promoted}");
+    write(&twin, "after", "promoted");
+    for i in 0..20 {
+        assert_eq!(
+            twin.get(&format!("/kv/get?k=citizen-{i}")),
+            (200, format!("record-{i}"))
+        );
+    }
+    let answer = http().get(twin.url("/kv/get?k=after")).send().unwrap();
+    assert!(answer.headers().get("x-doppel-twin-lag-ms").is_none());
+
+    // The old primary comes back: it finds the newer generation and refuses writes.
+    primary.restart();
+    eventually("the old primary is fenced", || {
+        let (code, body) = primary.post("/kv/set?k=late", "lost".to_string());
+        code == 500 && body.contains("superseded")
+    });
+    let fenced = twin_status(&primary);
+    assert_eq!(fenced["role"], "fenced", "{fenced}");
+    let words = primary.cli_ok(&["status"]);
+    assert!(words.contains("FENCED"), "{words}");
+}
