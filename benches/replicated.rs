@@ -376,12 +376,7 @@ fn backup_cost(lead: &Host, pids: &[u32], put: &str) {
     println!("continuous backup to a directory on the same disk, off / on / off");
     let run = |clients| {
         Run::measure(pids, || {
-            wrk_with(
-                &lead.url("/kv/set?k=counter"),
-                clients,
-                SECONDS,
-                Some(put),
-            )
+            wrk_with(&lead.url("/kv/set?k=counter"), clients, SECONDS, Some(put))
         })
     };
     for (n, clients) in client_counts().into_iter().enumerate() {

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use doppel_api::TwinStatus;
 use doppel_replication::ReplicatedStore;
-use doppel_store::{Command, Op, Space, Store, portable};
+use doppel_store::{Command, Op, Pairs, Space, Store, portable};
 use serde::{Deserialize, Serialize};
 
 use crate::format::{Image, Kind, Manifest, Segment, manifest_name};
@@ -243,15 +243,12 @@ pub fn status(store: &ReplicatedStore, follower: &Follower) -> TwinStatus {
 pub async fn follow(store: &ReplicatedStore, url: &str, identity: &str) -> Result<(), BackupError> {
     check_url(url)?;
     let identity = Identity::parse(identity, "the identity given")?;
-    if store.get(&space(), FOLLOW).await?.is_some() || store.get(&space(), FENCE).await?.is_some()
-    {
+    if store.get(&space(), FOLLOW).await?.is_some() || store.get(&space(), FENCE).await?.is_some() {
         return Err(BackupError::Exists(
             "this cluster's twin role (it follows a backup, or was promoted or fenced)".into(),
         ));
     }
-    let services = store
-        .list_keys(&Space::system("services"), None, 1)
-        .await?;
+    let services = store.list_keys(&Space::system("services"), None, 1).await?;
     if !services.is_empty() {
         return Err(BackupError::BadLocation(
             "this cluster runs services of its own; a twin starts empty".into(),
@@ -326,7 +323,7 @@ pub async fn promote(store: &ReplicatedStore, limit: Duration) -> Result<Promote
         State::Following => {
             let asked = Follow {
                 state: State::PromoteAsked,
-                ..follow
+                url: follow.url.clone(),
             };
             store
                 .apply(Command::new(Op::CompareAndSwap {
@@ -522,7 +519,9 @@ async fn step(
             Err(BackupError::NotFound(_)) => {
                 let mut progress = s.progress.clone();
                 progress.checked_ms = now_ms();
-                store.apply_as_leader(vec![put(PROGRESS, &progress)]).await?;
+                store
+                    .apply_as_leader(vec![put(PROGRESS, &progress)])
+                    .await?;
                 s.progress = progress;
                 return Ok(());
             }
@@ -548,7 +547,9 @@ async fn step(
                 let mut progress = s.progress.clone();
                 progress.seq = manifest.body.seq;
                 progress.manifest_sha256 = manifest.file_sha256.clone();
-                store.apply_as_leader(vec![put(PROGRESS, &progress)]).await?;
+                store
+                    .apply_as_leader(vec![put(PROGRESS, &progress)])
+                    .await?;
                 s.progress = progress;
             }
             Kind::Segment => take_segment(store, s, &manifest).await?,
@@ -603,7 +604,9 @@ async fn take_segment(
     }
     if s.progress.seq != progress.seq {
         // Nothing after the progress in this segment: only the manifest moves on.
-        store.apply_as_leader(vec![put(PROGRESS, &progress)]).await?;
+        store
+            .apply_as_leader(vec![put(PROGRESS, &progress)])
+            .await?;
         s.progress = progress;
     }
     Ok(())
@@ -621,7 +624,7 @@ async fn take_snapshot(
         .into_iter()
         .filter(|(raw, _)| portable::split_key(raw).is_some_and(|(space, _)| followed(&space)))
         .collect();
-    let mut puts: HashMap<Space, Vec<(Vec<u8>, Vec<u8>)>> = HashMap::new();
+    let mut puts: HashMap<Space, Pairs> = HashMap::new();
     for (raw, value) in image.pairs {
         let Some((space, key)) = portable::split_key(&raw) else {
             continue;
@@ -648,12 +651,14 @@ async fn take_snapshot(
     }
     // Modules before the services that run them, services' records last: a host loads a
     // service as soon as its record appears.
-    let mut puts: Vec<(Space, Vec<(Vec<u8>, Vec<u8>)>)> = puts.into_iter().collect();
-    puts.sort_by_key(|(space, _)| match (space.is_system(), space.bucket.as_str()) {
-        (true, "modules") => 0,
-        (true, "services") => 2,
-        _ => 1,
-    });
+    let mut puts: Vec<(Space, Pairs)> = puts.into_iter().collect();
+    puts.sort_by_key(
+        |(space, _)| match (space.is_system(), space.bucket.as_str()) {
+            (true, "modules") => 0,
+            (true, "services") => 2,
+            _ => 1,
+        },
+    );
     for (space, pairs) in puts {
         let mut chunk = Vec::new();
         let mut size = 0;
@@ -669,7 +674,10 @@ async fn take_snapshot(
             }
         }
         if !chunk.is_empty() {
-            commands.push(Command::new(Op::PutMany { space, pairs: chunk }));
+            commands.push(Command::new(Op::PutMany {
+                space,
+                pairs: chunk,
+            }));
         }
     }
     let progress = Progress {
@@ -685,7 +693,9 @@ async fn take_snapshot(
     for command in commands {
         apply_all(store, vec![command]).await?;
     }
-    store.apply_as_leader(vec![put(PROGRESS, &progress)]).await?;
+    store
+        .apply_as_leader(vec![put(PROGRESS, &progress)])
+        .await?;
     tracing::info!(index = image.index, manifest = %manifest_name(manifest.body.seq), "the twin took a snapshot of its primary");
     s.progress = progress;
     Ok(())

@@ -226,9 +226,8 @@ pub async fn run(
         store.clone() as Arc<dyn Store>,
         mode.clone(),
     ));
-    let registry = Arc::new(
-        Registry::new(runtime, guarded, cache, placements.clone()).with_mode(mode),
-    );
+    let registry =
+        Arc::new(Registry::new(runtime, guarded, cache, placements.clone()).with_mode(mode));
     let info = Arc::new(HostInfo {
         name: me.name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),

@@ -211,7 +211,9 @@ async fn route(
         }
     }
     if let Some(lag) = registry.twin_lag_ms() {
-        response.headers_mut().insert(TWIN_LAG, HeaderValue::from(lag));
+        response
+            .headers_mut()
+            .insert(TWIN_LAG, HeaderValue::from(lag));
     }
     response
 }

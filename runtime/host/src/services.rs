@@ -163,7 +163,10 @@ impl Registry {
     }
 
     /// The same registry, following the cluster's `mode`.
-    pub(crate) fn with_mode(mut self, mode: tokio::sync::watch::Receiver<crate::mode::Mode>) -> Self {
+    pub(crate) fn with_mode(
+        mut self,
+        mode: tokio::sync::watch::Receiver<crate::mode::Mode>,
+    ) -> Self {
         self.mode = mode;
         self
     }

@@ -45,9 +45,8 @@ impl Twin {
         let client = Client::connect(&self.target)?;
         let status: TwinStatus = match self.action {
             TwinAction::Follow { url, identity } => {
-                let text = std::fs::read_to_string(&identity).with_context(|| {
-                    format!("cannot read the identity {}", identity.display())
-                })?;
+                let text = std::fs::read_to_string(&identity)
+                    .with_context(|| format!("cannot read the identity {}", identity.display()))?;
                 // Checked here too, so that a wrong file is named before anything is sent.
                 doppel_backup::keys::Identity::parse(&text, &identity.display().to_string())?;
                 let request = FollowRequest {
@@ -94,7 +93,9 @@ pub fn describe(status: &TwinStatus) -> String {
         out.push_str(&format!("  writes refused: {why}\n"));
     }
     if let Some(error) = &status.error {
-        out.push_str(&format!("  following failed: {error} (it goes on trying)\n"));
+        out.push_str(&format!(
+            "  following failed: {error} (it goes on trying)\n"
+        ));
     }
     out
 }
