@@ -178,7 +178,7 @@ impl Survivor {
         let superseded = match &self.superseded {
             Some(dir) => dir.clone(),
             None => {
-                let name = format!("superseded-{}", crate::rfc3339(now_ms()));
+                let name = format!("superseded-{}", crate::rfc3339(crate::now_ms()));
                 std::fs::write(marker(&data), &name)?;
                 data.join(name)
             }
@@ -239,12 +239,6 @@ impl Survivor {
             lost: others,
         })
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// When the raft log in `raft` was last written (ms since the Unix epoch), 0 if unknown.

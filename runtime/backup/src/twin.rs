@@ -165,7 +165,7 @@ pub fn current_as_of(store: &ReplicatedStore) -> Option<u64> {
     if matches!(follow.state, State::Promoted { .. }) {
         return None;
     }
-    let progress = read::<Progress>(store, PROGRESS).unwrap_or_default();
+    let progress = read::<Progress>(store, PROGRESS)?;
     Some(progress.checked_ms.max(progress.entry_ms))
 }
 
@@ -229,7 +229,9 @@ pub fn status(store: &ReplicatedStore, follower: &Follower) -> TwinStatus {
             url: Some(follow.url),
             generation: 1,
             primary_index: Some(progress.index),
-            lag_ms: Some(now_ms().saturating_sub(progress.checked_ms.max(progress.entry_ms))),
+            // Nothing taken yet: no state whose lag could be told.
+            lag_ms: (progress.seq > 0)
+                .then(|| now_ms().saturating_sub(progress.checked_ms.max(progress.entry_ms))),
             refusal: refusal(store),
             error,
             ..TwinStatus::default()

@@ -3,7 +3,7 @@
 //! and what failed written to a report an operator can hand to an auditor.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -40,19 +40,13 @@ pub struct Drill {
     json: bool,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Drill {
     pub async fn run(self) -> anyhow::Result<()> {
-        let started_ms = now_ms();
+        let started_ms = doppel_backup::now_ms();
         let started = doppel_backup::rfc3339(started_ms);
         let mut report = DrillReport {
             url: self.url.clone(),
