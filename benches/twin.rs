@@ -84,7 +84,10 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
         let backups = json(&primary, &["backup", "ls", "--json"]);
         let status = &backups[0]["status"];
-        history.push((Instant::now(), status["applied_index"].as_u64().unwrap_or(0)));
+        history.push((
+            Instant::now(),
+            status["applied_index"].as_u64().unwrap_or(0),
+        ));
         let twin_status = json(&twin, &["twin", "status", "--json"]);
         let at = twin_status["primary_index"].as_u64().unwrap_or(0);
         if at == 0 {

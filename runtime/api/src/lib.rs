@@ -747,8 +747,13 @@ pub struct ShipStatus {
     pub shipped_index: u64,
     /// The last index applied on the leader.
     pub applied_index: u64,
-    /// How long the oldest entry not yet shipped has waited, in ms (0 when none waits).
+    /// How long the oldest entry not yet shipped has waited, in ms (0 when none waits); at most
+    /// this long, as the shipper learns it between two steps.
     pub lag_ms: u64,
+    /// Since when (ms since the epoch) the oldest entry not yet shipped has waited; the leader
+    /// turns it into `lag_ms` when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since_ms: Option<u64>,
     /// Manifests written to the target so far (by any leader).
     pub manifests: u64,
     /// Objects and bytes this leader created there since it started shipping.

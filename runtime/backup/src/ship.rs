@@ -67,12 +67,21 @@ impl Shipper {
         (shipper, handle)
     }
 
-    /// How shipping to each target goes (by target name); empty unless this host leads.
+    /// How shipping to each target goes (by target name); empty unless this host leads. The
+    /// lag is as of now: it grows between two steps while entries wait.
     pub fn status(&self) -> BTreeMap<String, ShipStatus> {
-        self.statuses
+        let now = now_ms();
+        let mut all = self
+            .statuses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        for status in all.values_mut() {
+            status.lag_ms = status
+                .waiting_since_ms
+                .map_or(0, |at| now.saturating_sub(at));
+        }
+        all
     }
 }
 
@@ -162,22 +171,21 @@ async fn follow(store: Arc<ReplicatedStore>, target: BackupTarget, statuses: Sta
                 tracing::warn!(target = %target.name, error = %e, "cannot look for a newer twin generation");
             }
         }
-        let applied = store.applied_index();
+        let step_started = now_ms();
         let result = shipper.step(&store).await;
         let now = now_ms();
         match result {
             Ok(()) => {
                 failures = 0;
                 let shipped = shipper.cursor.as_ref().map_or(0, |c| c.last_index);
-                waiting_since = if shipped >= applied {
-                    None
-                } else {
-                    waiting_since.or(Some(now))
-                };
+                // Everything applied before this step began is shipped now; what was applied
+                // since has waited at most since then.
+                waiting_since = (shipped < store.applied_index()).then_some(step_started);
                 let lag = waiting_since.map_or(0, |at| now.saturating_sub(at));
                 set(&|s| {
                     s.shipped_index = shipped;
                     s.applied_index = store.applied_index();
+                    s.waiting_since_ms = waiting_since;
                     s.lag_ms = lag;
                     s.manifests = shipper.cursor.as_ref().map_or(0, |c| c.seq);
                     s.objects = shipper.objects;
@@ -196,6 +204,7 @@ async fn follow(store: Arc<ReplicatedStore>, target: BackupTarget, statuses: Sta
                 }
                 set(&|s| {
                     s.error = Some(e.to_string());
+                    s.waiting_since_ms = waiting_since;
                     s.lag_ms = lag;
                 });
             }
