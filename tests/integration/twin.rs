@@ -108,3 +108,72 @@ fn a_twin_follows_is_promoted_and_fences_the_old_primary() {
     let words = primary.cli_ok(&["status"]);
     assert!(words.contains("FENCED"), "{words}");
 }
+
+/// Exactly once across the twin's changes of leader: the primary counts with increments while
+/// the leader of a 3-host twin is SIGKILLed twice mid-stream. An entry applied twice (by the
+/// deposed leader and its successor) would show in the count and the state hash.
+#[test]
+fn a_twin_applies_each_primary_entry_once_across_leader_kills() {
+    let work = tempfile::tempdir().unwrap();
+    let primary = Host::start();
+    primary.deploy(guests::KV_DRAFT2, "kv", &[]);
+    let key = work.path().join("key.txt");
+    let out = primary.cli_ok(&["backup", "keygen", key.to_str().unwrap()]);
+    let recipient = out.lines().last().unwrap().trim().to_string();
+    let url = format!("file://{}", work.path().join("offsite").display());
+    primary.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    let mut twins = crate::support::cluster(3, &[]);
+    eventually_within(
+        std::time::Duration::from_secs(60),
+        "the backup has a snapshot to follow",
+        || {
+            twins[0]
+                .cli(&["twin", "follow", &url, "--identity", key.to_str().unwrap()])
+                .status
+                .success()
+        },
+    );
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counter = std::thread::spawn({
+        let (stop, url) = (stop.clone(), primary.url("/kv/increment?k=counter"));
+        move || {
+            let client = http();
+            let mut acked = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client.post(&url).send().unwrap();
+                assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+                acked += 1;
+            }
+            acked
+        }
+    });
+    let index = |host: &Host| twin_status(host)["primary_index"].as_u64().unwrap_or(0);
+    for round in 0..2 {
+        let lead = crate::support::leader(&twins);
+        let before = index(&twins[lead]);
+        eventually(&format!("round {round}: the twin applies more"), || {
+            index(&twins[lead]) > before
+        });
+        twins[lead].kill();
+        let survivor = (lead + 1) % 3;
+        eventually(
+            &format!("round {round}: a new twin leader applies more"),
+            || index(&twins[survivor]) > before + 1,
+        );
+        let name = crate::support::name(lead);
+        crate::support::restart_in_place(&mut twins[lead], &name);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = counter.join().unwrap();
+    assert_eq!(primary.get("/kv/get?k=counter").1, acked.to_string());
+    let primary_hash = state_hash(&primary);
+    eventually_within(
+        std::time::Duration::from_secs(60),
+        "every twin host has exactly the primary's state",
+        || twins.iter().all(|t| state_hash(t) == primary_hash),
+    );
+    for t in &twins {
+        assert_eq!(t.get("/kv/get?k=counter").1, acked.to_string());
+    }
+}
