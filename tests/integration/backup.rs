@@ -159,6 +159,18 @@ fn a_restored_backup_is_the_same_state_and_undoes_a_purge() {
     ]);
     assert!(bad.contains("must not carry credentials"), "{bad}");
     assert!(!bad.contains("secret"), "{bad}");
+    // A directory cannot lock objects for a retention period.
+    let bad = host.cli_err(&[
+        "backup",
+        "add",
+        "x",
+        &url,
+        "--recipient",
+        &recipient,
+        "--retain",
+        "30d",
+    ]);
+    assert!(bad.contains("cannot lock objects"), "{bad}");
     // A stolen operator credential cannot point the whole state at the thief's own key.
     let operator = host.cli_ok(&["tokens", "create", "mallory", "--role", "operator"]);
     let stolen = operator.trim();

@@ -738,6 +738,10 @@ pub struct BackupTarget {
     /// When it was added (ms since the Unix epoch).
     #[serde(default)]
     pub added_ms: u64,
+    /// S3 Object Lock: every object shipped is kept by the store (compliance mode) at least
+    /// this long (ms). `None`: no lock headers (a bucket's default retention still applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_ms: Option<u64>,
 }
 
 /// How shipping to one target goes, as the leader sees it.

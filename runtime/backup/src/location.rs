@@ -4,12 +4,14 @@
 //! never written again, and nothing here deletes except [`Location::delete`], which only
 //! `doppel backup prune` (run by an operator with the store's own credentials) calls.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::TryStreamExt as _;
+use object_store::aws::{AmazonS3Builder, Checksum};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{ClientConfigKey, ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload};
 
 use crate::BackupError;
 
@@ -19,6 +21,91 @@ pub struct Location {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     url: String,
+    /// S3 Object Lock for every object created, when asked for.
+    lock: Option<Arc<Lock>>,
+}
+
+/// How often the client that sends the Object Lock headers is made again (its retain-until
+/// date is fixed when it is made).
+const LOCK_REFRESH: Duration = Duration::from_secs(600);
+
+/// S3 Object Lock in compliance mode: every object created is kept, by the store itself, until
+/// at least `retain` after its creation — nobody, the cluster's credentials and the bucket's
+/// owner included, can delete or overwrite it before. The bucket must have Object Lock enabled.
+struct Lock {
+    bucket: String,
+    retain: Duration,
+    /// The client for creates and when it was made.
+    client: Mutex<Option<(Instant, Arc<dyn ObjectStore>)>>,
+}
+
+impl Lock {
+    /// A client whose requests carry the lock headers, retaining until at least `retain` from
+    /// now (a client lives [`LOCK_REFRESH`], so the date it sends is that much further on).
+    fn client(&self) -> Result<Arc<dyn ObjectStore>, BackupError> {
+        let mut cached = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((made, client)) = cached.as_ref()
+            && made.elapsed() < LOCK_REFRESH
+        {
+            return Ok(client.clone());
+        }
+        let until_ms = crate::now_ms()
+            + u64::try_from((self.retain + LOCK_REFRESH).as_millis()).unwrap_or(u64::MAX);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-amz-object-lock-mode",
+            http::HeaderValue::from_static("COMPLIANCE"),
+        );
+        let until = http::HeaderValue::from_str(&lock_date(until_ms))
+            .map_err(|e| BackupError::BadLocation(e.to_string()))?;
+        headers.insert("x-amz-object-lock-retain-until-date", until);
+        let client: Arc<dyn ObjectStore> = Arc::new(
+            s3_builder(&self.bucket, Some(headers))
+                // S3 wants a checksum on every write to a locked bucket.
+                .with_checksum_algorithm(Checksum::SHA256)
+                .build()
+                .map_err(|e| {
+                    BackupError::BadLocation(format!("cannot use {}: {e}", self.bucket))
+                })?,
+        );
+        *cached = Some((Instant::now(), client.clone()));
+        Ok(client)
+    }
+}
+
+/// `ms` since the epoch as S3 wants a retain-until date (ISO 8601, UTC, whole seconds).
+fn lock_date(ms: u64) -> String {
+    crate::rfc3339(ms / 1000 * 1000)
+}
+
+/// An S3 client for `bucket`, configured from the environment (`AWS_*`), sending `headers` on
+/// every request.
+fn s3_builder(bucket: &str, headers: Option<http::HeaderMap>) -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(headers) = headers {
+        // Client options are replaced whole: carry over those the environment sets (a proxy,
+        // timeouts), as `from_env` reads them.
+        let mut options = ClientOptions::new().with_default_headers(headers);
+        for (name, value) in std::env::vars() {
+            if let Some(key) = name.strip_prefix("AWS_")
+                && let Ok(key) = key.to_ascii_lowercase().parse::<ClientConfigKey>()
+            {
+                options = options.with_config(key, value);
+            }
+        }
+        builder = builder.with_client_options(options);
+    }
+    // An on-prem store (MinIO, Ceph) is often plain HTTP on a private network.
+    if std::env::var("AWS_ENDPOINT")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .is_ok_and(|e| e.starts_with("http://"))
+    {
+        builder = builder.with_allow_http(true);
+    }
+    if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    builder
 }
 
 fn storage(e: object_store::Error) -> BackupError {
@@ -77,19 +164,7 @@ impl Location {
             }
             _ => {
                 let bucket = parsed.host_str().unwrap_or_default();
-                let mut builder =
-                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-                // An on-prem store (MinIO, Ceph) is often plain HTTP on a private network.
-                if std::env::var("AWS_ENDPOINT")
-                    .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-                    .is_ok_and(|e| e.starts_with("http://"))
-                {
-                    builder = builder.with_allow_http(true);
-                }
-                if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
-                    builder = builder.with_endpoint(endpoint);
-                }
-                let s3 = builder
+                let s3 = s3_builder(bucket, None)
                     .build()
                     .map_err(|e| BackupError::BadLocation(format!("cannot use {url}: {e}")))?;
                 (Arc::new(s3), parsed.path().trim_matches('/').to_string())
@@ -99,7 +174,27 @@ impl Location {
             store,
             prefix: ObjectPath::from(prefix),
             url: url.to_string(),
+            lock: None,
         })
+    }
+
+    /// The storage behind `url`, with every object it creates locked by the store for at least
+    /// `retain` (S3 Object Lock, compliance mode). Only an `s3://` target can lock.
+    pub fn open_locked(url: &str, retain: Duration) -> Result<Location, BackupError> {
+        let mut location = Location::open(url)?;
+        let parsed = check_url(url)?;
+        if parsed.scheme() != "s3" {
+            return Err(BackupError::BadLocation(format!(
+                "{url} cannot lock objects: retention needs an s3:// target whose bucket has \
+                 Object Lock enabled"
+            )));
+        }
+        location.lock = Some(Arc::new(Lock {
+            bucket: parsed.host_str().unwrap_or_default().to_string(),
+            retain,
+            client: Mutex::new(None),
+        }));
+        Ok(location)
     }
 
     /// The URL it was opened with.
@@ -118,7 +213,11 @@ impl Location {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        self.store
+        let store = match &self.lock {
+            Some(lock) => lock.client()?,
+            None => self.store.clone(),
+        };
+        store
             .put_opts(&self.path(name), PutPayload::from(data), options)
             .await
             .map(|_| ())

@@ -234,7 +234,10 @@ impl Target {
     async fn open(store: &ReplicatedStore, target: &BackupTarget) -> Result<Target, BackupError> {
         Ok(Target {
             name: target.name.clone(),
-            location: Location::open(&target.url)?,
+            location: match target.retain_ms {
+                Some(ms) => Location::open_locked(&target.url, Duration::from_millis(ms))?,
+                None => Location::open(&target.url)?,
+            },
             recipient: Recipient::parse(&target.recipient)?,
             signer: targets::signing_key(store).await?,
             cursor: None,

@@ -22,8 +22,15 @@ fn space() -> Space {
 pub fn check(target: &BackupTarget) -> Result<(), BackupError> {
     doppel_api::check_service_name(&target.name)
         .map_err(|e| BackupError::BadLocation(format!("target name: {e}")))?;
-    check_url(&target.url)?;
+    let url = check_url(&target.url)?;
     Recipient::parse(&target.recipient)?;
+    if target.retain_ms.is_some() && url.scheme() != "s3" {
+        return Err(BackupError::BadLocation(format!(
+            "{} cannot lock objects: --retain needs an s3:// target whose bucket has Object \
+             Lock enabled",
+            target.url
+        )));
+    }
     Ok(())
 }
 

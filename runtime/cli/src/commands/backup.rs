@@ -35,6 +35,11 @@ pub enum BackupAction {
         /// The age recipient (age1…) backups are encrypted to.
         #[arg(long)]
         recipient: String,
+        /// Have the store keep every object at least this long (30d, 1y…), even from the
+        /// bucket's owner: S3 Object Lock in compliance mode. The bucket must have Object Lock
+        /// enabled; s3:// targets only.
+        #[arg(long, value_parser = parse_millis)]
+        retain: Option<u64>,
     },
     /// List the targets and how far shipping to each has got.
     Ls,
@@ -94,6 +99,7 @@ impl Backup {
                 name,
                 url,
                 recipient,
+                retain,
             } => {
                 // Checked here too, so that a typo is named before anything is sent.
                 Recipient::parse(&recipient)?;
@@ -104,6 +110,7 @@ impl Backup {
                     url,
                     recipient,
                     added_ms: 0,
+                    retain_ms: retain,
                 };
                 let added: BackupTarget = client
                     .send(client.request(Method::POST, "/v1/backups").json(&request))
@@ -210,7 +217,14 @@ pub fn rows(all: &[BackupInfo]) -> Vec<[String; 6]> {
         };
         rows.push([
             info.target.name.clone(),
-            info.target.url.clone(),
+            match info.target.retain_ms {
+                Some(ms) => format!(
+                    "{} (locked {})",
+                    info.target.url,
+                    humantime::format_duration(std::time::Duration::from_millis(ms))
+                ),
+                None => info.target.url.clone(),
+            },
             index,
             lag,
             shipped,
