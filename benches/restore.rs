@@ -40,10 +40,18 @@ fn key(i: u64) -> String {
     format!("k{i:09}")
 }
 
-/// A value of `VALUE` bytes, different per key.
+/// A value of `VALUE` bytes, different per key and about as compressible as text (letters
+/// from a generator seeded by the key): a repeated pattern would measure lz4, not a restore.
 fn value(i: u64) -> String {
-    let seed = format!("{i:09}-");
-    seed.repeat(VALUE / seed.len() + 1)[..VALUE].to_string()
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..VALUE)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect()
 }
 
 /// Writes keys `0..n` from `WRITERS` threads, `PER_REQUEST` at a time, with `send`.
@@ -154,6 +162,7 @@ fn etcd(dir: &std::path::Path, data: &str, port: u16, peer: u16) -> std::process
         ])
         .args(["--initial-cluster", &format!("e0=http://127.0.0.1:{peer}")])
         .args(["--quota-backend-bytes", &(8u64 << 30).to_string()])
+        .args(["--max-txn-ops", &PER_REQUEST.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
