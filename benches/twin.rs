@@ -3,7 +3,9 @@
 //! standby's own lag, and end to end: how long ago the primary had applied the index the
 //! standby has reached, to within the sampling interval), and how long promotion takes
 //! from `doppel twin promote` to the first acknowledged write on the twin after the primary is
-//! SIGKILLed. One host per cluster, the backup target a directory on the same disk. Run:
+//! SIGKILLed, and how long the old primary, started again, takes writes before it finds the new
+//! generation and refuses them (the window in which both clusters take writes). One host per
+//! cluster, the backup target a directory on the same disk. Run:
 //! `cargo bench -p doppel --bench twin` (`TWIN_SECONDS` of load, default 20; `TWIN_WRITERS`
 //! writing threads, default 4).
 
@@ -150,6 +152,33 @@ fn main() {
     println!(
         "  promotion: `twin promote` {:.0} ms, to the first acknowledged write {:.0} ms",
         promoted.as_secs_f64() * 1000.0,
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+
+    // The window in which both take writes: the old primary comes back; from its start, how
+    // long until it refuses writes (and how many it took meanwhile).
+    let start = Instant::now();
+    primary.restart();
+    let ready = start.elapsed();
+    let mut taken = 0;
+    loop {
+        let r = client
+            .post(primary.url(&format!("/kv/set?k=late-{taken}")))
+            .body("x")
+            .send()
+            .unwrap();
+        if r.status().is_success() {
+            taken += 1;
+            continue;
+        }
+        let body = r.text().unwrap_or_default();
+        assert!(body.contains("superseded"), "{body}");
+        break;
+    }
+    println!(
+        "  the old primary restarted: ready after {:.0} ms, refusing writes {:.0} ms after its \
+         start; {taken} writes taken in between (lost to the twin)",
+        ready.as_secs_f64() * 1000.0,
         start.elapsed().as_secs_f64() * 1000.0
     );
 }
