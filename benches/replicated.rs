@@ -22,7 +22,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Load, cpu_seconds, wrk_with};
+use common::{Load, cpu_seconds, free_port, wrk_with};
 use support::{Host, cluster, eventually, leader};
 
 const SECONDS: u32 = 10;
@@ -32,14 +32,6 @@ struct Etcd {
     members: Vec<Child>,
     clients: Vec<String>,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Whether etcd runs with TLS (the default; `REPLICATED_ETCD_TLS=0` for plain HTTP).
@@ -370,9 +362,7 @@ fn main() {
 /// entry), then without again, and the ratio is to the mean of the two runs without.
 fn backup_cost(lead: &Host, pids: &[u32], put: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key.txt");
-    let out = lead.cli_ok(&["backup", "keygen", key.to_str().unwrap()]);
-    let recipient = out.lines().last().unwrap().trim().to_string();
+    let (_, recipient) = support::keygen(lead, dir.path());
     println!("continuous backup to a directory on the same disk, off / on / off");
     let run = |clients| {
         Run::measure(pids, || {

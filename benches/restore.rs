@@ -11,6 +11,7 @@
 //! Both on the same disk. Run: `cargo bench -p doppel --bench restore` (etcd and etcdctl from
 //! `benches/install-peers.sh`).
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/integration/support.rs"]
 mod support;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::free_port;
 use support::{Host, eventually_within, http};
 
 const VALUE: usize = 1024;
@@ -29,11 +31,7 @@ const PER_REQUEST: u64 = 256;
 const WRITERS: u64 = 4;
 
 fn mib() -> u64 {
-    std::env::var("RESTORE_MIB")
-        .ok()
-        .and_then(|n| n.trim().parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(1024)
+    common::env_number("RESTORE_MIB", 1024).max(1) as u64
 }
 
 fn key(i: u64) -> String {
@@ -78,14 +76,6 @@ fn load(n: u64, send: impl Fn(&reqwest::blocking::Client, u64, u64) + Send + Syn
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn doppel_side(n: u64) {
     let work = tempfile::tempdir().unwrap();
     let host = Host::start();
@@ -95,11 +85,7 @@ fn doppel_side(n: u64) {
         "kv",
         &["--quota", &quota, "--probe", &format!("/get?k={}", key(0))],
     );
-    let keyfile = work.path().join("key.txt");
-    let out = host.cli_ok(&["backup", "keygen", keyfile.to_str().unwrap()]);
-    let recipient = out.lines().last().unwrap().trim().to_string();
-    let url = format!("file://{}", work.path().join("offsite").display());
-    host.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    let (keyfile, url) = support::backup_offsite(&host, work.path());
     let started = Instant::now();
     let base = host.url("/kv/set-many");
     load(n, move |client, from, to| {
@@ -185,6 +171,18 @@ fn etcd_reads(port: u16, limit: Duration) {
     });
 }
 
+/// Runs `etcdctl` (API v3) with the arguments `args` adds; panics with its stderr if it fails.
+fn etcdctl(args: impl FnOnce(&mut Command) -> &mut Command) {
+    let mut command = Command::new("etcdctl");
+    command.env("ETCDCTL_API", "3");
+    let out = args(&mut command).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn etcd_side(n: u64) {
     if Command::new("etcdctl").arg("version").output().is_err() {
         println!("etcd: etcdctl is not installed (benches/install-peers.sh); left out");
@@ -215,43 +213,28 @@ fn etcd_side(n: u64) {
         started.elapsed().as_secs_f64()
     );
     let snapshot = dir.path().join("snap.db");
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &format!("http://127.0.0.1:{port}")])
-        .arg("snapshot")
-        .arg("save")
-        .arg(&snapshot)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    etcdctl(|c| {
+        c.args(["--endpoints", &format!("http://127.0.0.1:{port}")])
+            .args(["snapshot", "save"])
+            .arg(&snapshot)
+    });
     let _ = member.kill();
     let _ = member.wait();
     let size = std::fs::metadata(&snapshot).map_or(0, |m| m.len());
     let (port, peer) = (free_port(), free_port());
     let started = Instant::now();
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "restore"])
-        .arg(&snapshot)
-        .arg("--data-dir")
-        .arg(dir.path().join("restored"))
-        .args(["--name", "e0"])
-        .args(["--initial-cluster", &format!("e0=http://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    etcdctl(|c| {
+        c.args(["snapshot", "restore"])
+            .arg(&snapshot)
+            .arg("--data-dir")
+            .arg(dir.path().join("restored"))
+            .args(["--name", "e0"])
+            .args(["--initial-cluster", &format!("e0=http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+    });
     let restored = started.elapsed();
     let mut member = etcd(dir.path(), "restored", port, peer);
     etcd_reads(port, Duration::from_secs(600));

@@ -9,6 +9,7 @@
 //! `cargo bench -p doppel --bench twin` (`TWIN_SECONDS` of load, default 20; `TWIN_WRITERS`
 //! writing threads, default 4).
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/integration/support.rs"]
 mod support;
@@ -18,14 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{Host, eventually_within, http};
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|n| n.trim().parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
 
 fn json(host: &Host, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&host.cli_ok(args)).unwrap()
@@ -39,16 +32,12 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn main() {
-    let seconds = env("TWIN_SECONDS", 20);
-    let writers = env("TWIN_WRITERS", 4) as usize;
+    let seconds = common::env_number("TWIN_SECONDS", 20).max(1) as u64;
+    let writers = common::env_number("TWIN_WRITERS", 4).max(1);
     let work = tempfile::tempdir().unwrap();
     let mut primary = Host::start();
     primary.deploy(doppel_guests::KV_DRAFT2, "kv", &[]);
-    let key = work.path().join("key.txt");
-    let out = primary.cli_ok(&["backup", "keygen", key.to_str().unwrap()]);
-    let recipient = out.lines().last().unwrap().trim().to_string();
-    let url = format!("file://{}", work.path().join("offsite").display());
-    primary.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    let (key, url) = support::backup_offsite(&primary, work.path());
     let twin = Host::start();
     eventually_within(Duration::from_secs(60), "the twin follows", || {
         twin.cli(&["twin", "follow", &url, "--identity", key.to_str().unwrap()])

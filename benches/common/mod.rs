@@ -129,6 +129,15 @@ pub fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// A loopback port free when asked (for a peer the bench starts itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The number in environment variable `name`, or `default` when it is unset or not a number.
 pub fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)

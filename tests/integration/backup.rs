@@ -8,26 +8,9 @@ use std::path::{Path, PathBuf};
 
 use doppel_guests as guests;
 
-use crate::support::{Host, cluster, eventually, eventually_within, http, leader};
-
-/// A new identity in `dir/key.txt`; its recipient.
-fn keygen(host: &Host, dir: &Path) -> (PathBuf, String) {
-    let key = dir.join("key.txt");
-    let out = host.cli_ok(&["backup", "keygen", key.to_str().unwrap()]);
-    let recipient = out.lines().last().unwrap().trim().to_string();
-    assert!(recipient.starts_with("age1"), "{out}");
-    (key, recipient)
-}
-
-/// The services' state hash and the index it stands at, as `host` answers it.
-fn state_hash(host: &Host) -> (String, u64) {
-    let v: serde_json::Value =
-        serde_json::from_str(&host.cli_ok(&["status", "--hash", "--json"])).unwrap();
-    (
-        v["hash"].as_str().unwrap().to_string(),
-        v["index"].as_u64().unwrap(),
-    )
-}
+use crate::support::{
+    Host, cluster, eventually, eventually_within, http, keygen, leader, state_hash, write_kv,
+};
 
 /// Waits until the target `name` has shipped everything `host` has applied so far.
 fn wait_shipped(host: &Host, name: &str) {
@@ -72,11 +55,6 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         }
     }
     out
-}
-
-fn write(host: &Host, key: &str, value: &str) {
-    let (status, body) = host.post(&format!("/kv/set?k={key}"), value.to_string());
-    assert_eq!(status, 200, "{body}");
 }
 
 /// `doppel restore` as a separate process; its output.
@@ -195,7 +173,7 @@ fn a_restored_backup_is_the_same_state_and_undoes_a_purge() {
     // The first snapshot, then the writes in segments after it.
     wait_shipped(&host, "offsite");
     for i in 0..40 {
-        write(
+        write_kv(
             &host,
             &format!("citizen-{i}"),
             &format!("canary-record-{i}"),
@@ -243,7 +221,7 @@ fn a_restored_backup_is_the_same_state_and_undoes_a_purge() {
     // The attack: purge the service, overwrite what another service keeps.
     host.cli_ok(&["rm", "kv", "--purge"]);
     host.deploy(guests::KV_DRAFT2, "kv", &[]);
-    write(&host, "citizen-1", "encrypted-by-attacker");
+    write_kv(&host, "citizen-1", "encrypted-by-attacker");
     wait_shipped(&host, "offsite");
     let after = files(&target);
     for (name, bytes) in &shipped {
@@ -336,7 +314,7 @@ fn a_missing_altered_or_reordered_object_is_named_and_pruning_keeps_what_restore
     // Several rounds, each shipped before the next: several segments.
     for round in 0..4 {
         for i in 0..5 {
-            write(&host, &format!("r{round}-{i}"), "v");
+            write_kv(&host, &format!("r{round}-{i}"), "v");
         }
         wait_shipped(&host, "offsite");
     }
@@ -423,7 +401,7 @@ fn a_missing_altered_or_reordered_object_is_named_and_pruning_keeps_what_restore
     let after = restore_ok(&url, &key, &work.path().join("after-prune"), &[]);
     assert_eq!(after["hash"], now.as_str());
     // The cluster goes on shipping after the prune.
-    write(&host, "after-prune", "v");
+    write_kv(&host, "after-prune", "v");
     wait_shipped(&host, "offsite");
 }
 
@@ -464,7 +442,7 @@ fn shipping_is_handed_over_when_the_leader_dies() {
     });
     written.push("after-0".into());
     for i in 1..20 {
-        write(&hosts[survivor], &format!("after-{i}"), "x");
+        write_kv(&hosts[survivor], &format!("after-{i}"), "x");
         written.push(format!("after-{i}"));
     }
     wait_shipped(&hosts[next], "offsite");
@@ -562,7 +540,7 @@ fn an_s3_compatible_store_holds_the_backup() {
     host.cli_ok(&["backup", "add", "s3", url, "--recipient", &recipient]);
     wait_shipped(&host, "s3");
     for i in 0..20 {
-        write(&host, &format!("citizen-{i}"), &format!("record-{i}"));
+        write_kv(&host, &format!("citizen-{i}"), &format!("record-{i}"));
     }
     wait_shipped(&host, "s3");
     let listed = host.cli_ok(&["backup", "ls", "--json"]);
@@ -606,7 +584,7 @@ fn a_drill_passes_on_a_good_backup_and_fails_on_a_tampered_one() {
     let url = format!("file://{}", target.display());
     host.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
     for i in 0..10 {
-        write(&host, &format!("citizen-{i}"), &format!("record-{i}"));
+        write_kv(&host, &format!("citizen-{i}"), &format!("record-{i}"));
     }
     wait_shipped(&host, "offsite");
     let (hash, _) = state_hash(&host);

@@ -5,17 +5,7 @@
 
 use doppel_guests as guests;
 
-use crate::support::{Host, cluster, doppel, eventually, leader};
-
-/// The services' state hash and index `host` answers.
-fn state_hash(host: &Host) -> (String, u64) {
-    let v: serde_json::Value =
-        serde_json::from_str(&host.cli_ok(&["status", "--hash", "--json"])).unwrap();
-    (
-        v["hash"].as_str().unwrap().to_string(),
-        v["index"].as_u64().unwrap(),
-    )
-}
+use crate::support::{Host, cluster, doppel, eventually, leader, state_hash};
 
 /// `doppel recover --force-new-cluster --data DATA` with `extra`, stdin not a terminal.
 fn recover(host: &Host, extra: &[&str]) -> std::process::Output {
@@ -77,7 +67,7 @@ fn a_lone_survivor_starts_a_new_cluster_with_everything_it_had() {
     assert_eq!(recovered["hash"], hash.as_str(), "{recovered}");
     assert_eq!(recovered["services"], serde_json::json!(["kv"]));
     assert_eq!(recovered["lost"].as_array().unwrap().len(), 2);
-    assert!(recovered["index"].as_u64() >= recovered["committed"].as_u64());
+    assert!(recovered["index"].as_u64().unwrap() >= recovered["committed"].as_u64().unwrap());
     let superseded = std::path::PathBuf::from(recovered["superseded"].as_str().unwrap());
     assert!(
         superseded.join("raft").exists(),

@@ -625,3 +625,37 @@ pub fn restart_in_place(host: &mut Host, name: &str) {
 pub fn name(i: usize) -> String {
     ((b'a' + i as u8) as char).to_string()
 }
+
+/// A new backup identity in `dir/key.txt`, made with `doppel backup keygen`; its recipient.
+pub fn keygen(host: &Host, dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("key.txt");
+    let out = host.cli_ok(&["backup", "keygen", key.to_str().unwrap()]);
+    let recipient = out.lines().last().unwrap().trim().to_string();
+    assert!(recipient.starts_with("age1"), "{out}");
+    (key, recipient)
+}
+
+/// `host`'s cluster ships to a new target `offsite`, the directory `dir/offsite`, encrypted to
+/// a new identity in `dir/key.txt`: that identity's file and the target's URL.
+pub fn backup_offsite(host: &Host, dir: &Path) -> (PathBuf, String) {
+    let (key, recipient) = keygen(host, dir);
+    let url = format!("file://{}", dir.join("offsite").display());
+    host.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    (key, url)
+}
+
+/// The services' state hash and the index it stands at, as `host` answers it.
+pub fn state_hash(host: &Host) -> (String, u64) {
+    let v: serde_json::Value =
+        serde_json::from_str(&host.cli_ok(&["status", "--hash", "--json"])).unwrap();
+    (
+        v["hash"].as_str().unwrap().to_string(),
+        v["index"].as_u64().unwrap(),
+    )
+}
+
+/// Stores `value` under `key` through the test service deployed as `kv`.
+pub fn write_kv(host: &Host, key: &str, value: &str) {
+    let (status, body) = host.post(&format!("/kv/set?k={key}"), value.to_string());
+    assert_eq!(status, 200, "{body}");
+}

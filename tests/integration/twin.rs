@@ -5,21 +5,12 @@
 
 use doppel_guests as guests;
 
-use crate::support::{Host, eventually, eventually_within, http};
+use crate::support::{
+    Host, backup_offsite, eventually, eventually_within, http, state_hash, write_kv,
+};
 
 fn twin_status(host: &Host) -> serde_json::Value {
     serde_json::from_str(&host.cli_ok(&["twin", "status", "--json"])).unwrap()
-}
-
-fn state_hash(host: &Host) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(&host.cli_ok(&["status", "--hash", "--json"])).unwrap();
-    v["hash"].as_str().unwrap().to_string()
-}
-
-fn write(host: &Host, key: &str, value: &str) {
-    let (status, body) = host.post(&format!("/kv/set?k={key}"), value.to_string());
-    assert_eq!(status, 200, "{body}");
 }
 
 #[test]
@@ -27,13 +18,9 @@ fn a_twin_follows_is_promoted_and_fences_the_old_primary() {
     let work = tempfile::tempdir().unwrap();
     let mut primary = Host::start();
     primary.deploy(guests::KV_DRAFT2, "kv", &[]);
-    let key = work.path().join("key.txt");
-    let out = primary.cli_ok(&["backup", "keygen", key.to_str().unwrap()]);
-    let recipient = out.lines().last().unwrap().trim().to_string();
-    let url = format!("file://{}", work.path().join("offsite").display());
-    primary.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    let (key, url) = backup_offsite(&primary, work.path());
     for i in 0..10 {
-        write(&primary, &format!("citizen-{i}"), &format!("record-{i}"));
+        write_kv(&primary, &format!("citizen-{i}"), &format!("record-{i}"));
     }
     assert_eq!(twin_status(&primary)["role"], "primary");
     // A cluster with services of its own cannot become a twin.
@@ -51,13 +38,13 @@ fn a_twin_follows_is_promoted_and_fences_the_old_primary() {
         },
     );
     for i in 10..20 {
-        write(&primary, &format!("citizen-{i}"), &format!("record-{i}"));
+        write_kv(&primary, &format!("citizen-{i}"), &format!("record-{i}"));
     }
-    let primary_hash = state_hash(&primary);
+    let primary_hash = state_hash(&primary).0;
     eventually_within(
         std::time::Duration::from_secs(60),
         "the twin has everything the primary has",
-        || state_hash(&twin) == primary_hash,
+        || state_hash(&twin).0 == primary_hash,
     );
     // Reads answer, with their lag.
     let answer = http().get(twin.url("/kv/get?k=citizen-19")).send().unwrap();
@@ -87,7 +74,7 @@ fn a_twin_follows_is_promoted_and_fences_the_old_primary() {
         serde_json::from_str(&twin.cli_ok(&["twin", "promote", "--json"])).unwrap();
     assert_eq!(promoted["role"], "promoted", "{promoted}");
     assert_eq!(promoted["generation"], 2, "{promoted}");
-    write(&twin, "after", "promoted");
+    write_kv(&twin, "after", "promoted");
     for i in 0..20 {
         assert_eq!(
             twin.get(&format!("/kv/get?k=citizen-{i}")),
@@ -117,11 +104,7 @@ fn a_twin_applies_each_primary_entry_once_across_leader_kills() {
     let work = tempfile::tempdir().unwrap();
     let primary = Host::start();
     primary.deploy(guests::KV_DRAFT2, "kv", &[]);
-    let key = work.path().join("key.txt");
-    let out = primary.cli_ok(&["backup", "keygen", key.to_str().unwrap()]);
-    let recipient = out.lines().last().unwrap().trim().to_string();
-    let url = format!("file://{}", work.path().join("offsite").display());
-    primary.cli_ok(&["backup", "add", "offsite", &url, "--recipient", &recipient]);
+    let (key, url) = backup_offsite(&primary, work.path());
     let mut twins = crate::support::cluster(3, &[]);
     eventually_within(
         std::time::Duration::from_secs(60),
@@ -167,11 +150,11 @@ fn a_twin_applies_each_primary_entry_once_across_leader_kills() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = counter.join().unwrap();
     assert_eq!(primary.get("/kv/get?k=counter").1, acked.to_string());
-    let primary_hash = state_hash(&primary);
+    let primary_hash = state_hash(&primary).0;
     eventually_within(
         std::time::Duration::from_secs(60),
         "every twin host has exactly the primary's state",
-        || twins.iter().all(|t| state_hash(t) == primary_hash),
+        || twins.iter().all(|t| state_hash(t).0 == primary_hash),
     );
     for t in &twins {
         assert_eq!(t.get("/kv/get?k=counter").1, acked.to_string());

@@ -161,6 +161,21 @@ pub struct Shipped {
     pub commands: Batch,
 }
 
+impl Shipped {
+    /// Checks that this entry, read from `object`, is the one due after index `after`: a
+    /// segment holds its entries in order, without gaps.
+    pub fn follows(&self, after: u64, object: &str) -> Result<(), BackupError> {
+        if self.index == after + 1 {
+            return Ok(());
+        }
+        Err(BackupError::Broken(format!(
+            "{object} holds entry {} where {} was due",
+            self.index,
+            after + 1
+        )))
+    }
+}
+
 /// Consecutive committed entries.
 #[derive(Serialize, Deserialize)]
 pub struct Segment {

@@ -276,14 +276,7 @@ async fn replay(
             if !fits(point, entry.index, entry.seen_ms) {
                 break 'manifests;
             }
-            if entry.index != out.index + 1 {
-                return Err(BackupError::Broken(format!(
-                    "{} holds entry {} where {} was due",
-                    manifest.body.object,
-                    entry.index,
-                    out.index + 1
-                )));
-            }
+            entry.follows(out.index, &manifest.body.object)?;
             out.engine.apply_all(entry.index, &entry.commands, None)?;
             out.index = entry.index;
             out.last_ms = entry.seen_ms;

@@ -181,12 +181,10 @@ async fn follow(store: Arc<ReplicatedStore>, target: BackupTarget, statuses: Sta
                 // Everything applied before this step began is shipped now; what was applied
                 // since has waited at most since then.
                 waiting_since = (shipped < store.applied_index()).then_some(step_started);
-                let lag = waiting_since.map_or(0, |at| now.saturating_sub(at));
                 set(&|s| {
                     s.shipped_index = shipped;
                     s.applied_index = store.applied_index();
                     s.waiting_since_ms = waiting_since;
-                    s.lag_ms = lag;
                     s.manifests = shipper.cursor.as_ref().map_or(0, |c| c.seq);
                     s.objects = shipper.objects;
                     s.bytes = shipper.bytes;
@@ -198,14 +196,12 @@ async fn follow(store: Arc<ReplicatedStore>, target: BackupTarget, statuses: Sta
                 failures += 1;
                 shipper.cursor = None;
                 waiting_since = waiting_since.or(Some(now));
-                let lag = waiting_since.map_or(0, |at| now.saturating_sub(at));
                 if failures == 1 || failures.is_multiple_of(20) {
                     tracing::warn!(target = %target.name, error = %e, failures, "shipping a backup failed; trying again");
                 }
                 set(&|s| {
                     s.error = Some(e.to_string());
                     s.waiting_since_ms = waiting_since;
-                    s.lag_ms = lag;
                 });
             }
         }

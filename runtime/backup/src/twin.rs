@@ -579,14 +579,7 @@ async fn take_segment(
         .collect();
     let last = entries.len();
     for (n, entry) in entries.into_iter().enumerate() {
-        if entry.index != progress.index + 1 {
-            return Err(BackupError::Broken(format!(
-                "{} holds entry {} where {} was due",
-                manifest.body.object,
-                entry.index,
-                progress.index + 1
-            )));
-        }
+        entry.follows(progress.index, &manifest.body.object)?;
         for mut command in entry.commands {
             if changes_services(&command) {
                 // The primary's writer and epoch mean nothing to the twin's placements.
