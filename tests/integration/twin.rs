@@ -1,7 +1,8 @@
 //! The twin: a second cluster follows the primary's backup and serves its reads (marked with
 //! their lag) while refusing writes; after the primary is SIGKILLed it is promoted and takes
 //! writes with every write the primary shipped; the old primary, started again, sees the newer
-//! generation in its backup and refuses writes, saying why.
+//! generation in its backup and refuses writes, saying why. Every primary entry is applied once
+//! across changes of the twin's leader, and a replayed or altered manifest is refused.
 
 use doppel_guests as guests;
 
@@ -159,4 +160,67 @@ fn a_twin_applies_each_primary_entry_once_across_leader_kills() {
     for t in &twins {
         assert_eq!(t.get("/kv/get?k=counter").1, acked.to_string());
     }
+}
+
+/// The twin checks what it follows as a restore does: a genuine manifest replayed under the
+/// next number, or a manifest altered in the target, is refused with the reason in `doppel twin
+/// status`, and nothing of it is applied.
+#[test]
+fn a_twin_refuses_a_replayed_or_altered_manifest() {
+    let work = tempfile::tempdir().unwrap();
+    let mut primary = Host::start();
+    primary.deploy(guests::KV_DRAFT2, "kv", &[]);
+    let (key, url) = backup_offsite(&primary, work.path());
+    for i in 0..5 {
+        write_kv(&primary, &format!("citizen-{i}"), &format!("record-{i}"));
+    }
+    let twin = Host::start();
+    eventually_within(
+        std::time::Duration::from_secs(60),
+        "the backup has a snapshot to follow",
+        || {
+            twin.cli(&["twin", "follow", &url, "--identity", key.to_str().unwrap()])
+                .status
+                .success()
+        },
+    );
+    let (hash, _) = state_hash(&primary);
+    eventually_within(
+        std::time::Duration::from_secs(60),
+        "the twin has everything the primary has",
+        || state_hash(&twin).0 == hash,
+    );
+    // No more genuine manifests from here on.
+    primary.kill();
+    let manifests = work.path().join("offsite/manifests");
+    let mut names: Vec<String> = std::fs::read_dir(&manifests)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let last: u64 = names
+        .last()
+        .unwrap()
+        .trim_end_matches(".json")
+        .parse()
+        .unwrap();
+    let next = manifests.join(format!("{:020}.json", last + 1));
+    let refused = |why: &str| {
+        eventually(&format!("the twin refuses: {why}"), || {
+            twin_status(&twin)["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(why))
+        });
+        assert_eq!(state_hash(&twin).0, hash, "nothing of it was applied");
+    };
+    // Replayed: a genuine, signed manifest under the next number.
+    let genuine = std::fs::read(manifests.join(&names[names.len() - 1])).unwrap();
+    std::fs::write(&next, &genuine).unwrap();
+    refused("does not follow");
+    // Altered: the same file with one byte of what it says changed.
+    let text = String::from_utf8(genuine).unwrap();
+    let altered = text.replacen("\\\"seq\\\":", "\\\"seq\\\": ", 1);
+    assert_ne!(altered, text);
+    std::fs::write(&next, altered).unwrap();
+    refused("was altered");
 }
