@@ -29,24 +29,56 @@ fn a_twin_follows_is_promoted_and_fences_the_old_primary() {
     assert!(busy.contains("services of its own"), "{busy}");
 
     let twin = Host::start();
+    let key_arg = key.to_str().unwrap();
+    let bad_name = twin.cli_err(&[
+        "twin",
+        "follow",
+        &url,
+        "--identity",
+        key_arg,
+        "--name",
+        "../x",
+    ]);
+    assert!(bad_name.contains("cannot name a twin"), "{bad_name}");
     eventually_within(
         std::time::Duration::from_secs(60),
         "the backup has a snapshot to follow",
         || {
-            twin.cli(&["twin", "follow", &url, "--identity", key.to_str().unwrap()])
-                .status
-                .success()
+            twin.cli(&[
+                "twin",
+                "follow",
+                &url,
+                "--identity",
+                key_arg,
+                "--name",
+                "east",
+            ])
+            .status
+            .success()
         },
     );
     for i in 10..20 {
         write_kv(&primary, &format!("citizen-{i}"), &format!("record-{i}"));
     }
-    let primary_hash = state_hash(&primary).0;
+    let (primary_hash, primary_index) = state_hash(&primary);
     eventually_within(
         std::time::Duration::from_secs(60),
         "the twin has everything the primary has",
         || state_hash(&twin).0 == primary_hash,
     );
+    // The primary sees its twin, from the heartbeats the twin leaves in the target.
+    eventually_within(
+        std::time::Duration::from_secs(60),
+        "the primary sees how far its twin has got",
+        || {
+            let twins = twin_status(&primary)["twins"].clone();
+            twins[0]["twin"] == "east"
+                && twins[0]["target"] == "offsite"
+                && twins[0]["primary_index"].as_u64() >= Some(primary_index)
+        },
+    );
+    let words = primary.cli_ok(&["status"]);
+    assert!(words.contains("offsite: twin east at index"), "{words}");
     // Reads answer, with their lag.
     let answer = http().get(twin.url("/kv/get?k=citizen-19")).send().unwrap();
     let lag = answer

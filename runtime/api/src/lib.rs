@@ -770,6 +770,28 @@ pub struct ShipStatus {
     /// Why the last attempt failed, if it did (shipping goes on trying).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The twins that follow this target, from their heartbeats in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub twins: Vec<TwinSeen>,
+}
+
+/// A twin that follows a backup target, as its primary sees it from the twin's newest
+/// heartbeat in the target (the fields are `None` when it sent none for over an hour).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwinSeen {
+    /// The target it follows (empty inside a target's own status).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// The twin's name.
+    pub twin: String,
+    /// The primary's raft index the twin stood at when it reported.
+    pub primary_index: Option<u64>,
+    /// How many entries it was behind the primary's applied index when the primary last looked.
+    pub behind: Option<u64>,
+    /// How stale the twin's state was when it reported, in ms.
+    pub lag_ms: Option<u64>,
+    /// When it reported (ms since the epoch).
+    pub reported_ms: Option<u64>,
 }
 
 /// Body of `POST /v1/twin`: follow a backup target as a standby twin.
@@ -781,6 +803,10 @@ pub struct FollowRequest {
     /// The age identity that decrypts it (the text of the key file). A secret: it is kept in
     /// this cluster's store and never answered back.
     pub identity: String,
+    /// The twin's name in the primary's view (its heartbeats in the target); a random one if
+    /// none is given.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// What this cluster is to a twin pair (`GET /v1/twin`).
@@ -810,6 +836,12 @@ pub struct TwinStatus {
     /// Why following failed last, if it did (it goes on trying).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A standby's name (its heartbeats in the target carry it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// On a primary: the twins following its backup targets, as their heartbeats say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub twins: Vec<TwinSeen>,
 }
 
 /// A target and how shipping to it goes (`GET /v1/backups`).

@@ -116,6 +116,8 @@ pub struct Pruned {
     pub bytes: u64,
     /// The manifest the backup now starts at (a snapshot), if anything was removed.
     pub starts_at: Option<String>,
+    /// Twins' heartbeats removed (all from before the cut-off but each twin's newest).
+    pub twin_reports: u64,
 }
 
 /// Removes what a restore to any time from `keep_after_ms` on does not need: everything before
@@ -127,14 +129,17 @@ pub async fn prune(
     dry_run: bool,
 ) -> Result<Pruned, BackupError> {
     let chain = read(location, None).await?;
+    let mut pruned = Pruned {
+        twin_reports: crate::heartbeat::prune(location, keep_after_ms, dry_run).await?,
+        ..Pruned::default()
+    };
     let Some(cut) = chain
         .iter()
         .rposition(|m| m.body.kind == Kind::Snapshot && m.body.last_ms <= keep_after_ms)
     else {
-        return Ok(Pruned::default());
+        return Ok(pruned);
     };
     let first_kept = chain[cut].body.seq;
-    let mut pruned = Pruned::default();
     if cut == 0 {
         return Ok(pruned);
     }

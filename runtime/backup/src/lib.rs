@@ -21,10 +21,13 @@
 //! manifests/00000000000000000001.json            signed, chained by the previous manifest's hash
 //! objects/00000000000000000001.snapshot-NONCE    age(lz4(postcard(Image)))
 //! objects/00000000000000000002.segment-NONCE     age(lz4(postcard(Segment)))
+//! generations/00000000000000000002.json          a twin promoted (written by the twin)
+//! twins/NAME/HOUR/MS.json                        a following twin's heartbeat (by the twin)
 //! ```
 
 pub mod chain;
 pub mod format;
+pub mod heartbeat;
 pub mod keys;
 pub mod location;
 pub mod recover;

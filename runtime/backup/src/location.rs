@@ -260,6 +260,22 @@ impl Location {
         Ok(names)
     }
 
+    /// The names of the folders right under `dir` (one level, sorted).
+    pub async fn list_folders(&self, dir: &str) -> Result<Vec<String>, BackupError> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.path(dir)))
+            .await
+            .map_err(storage)?;
+        let mut names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Deletes the object `name` (pruning only; the cluster never calls it).
     pub async fn delete(&self, name: &str) -> Result<(), BackupError> {
         self.store.delete(&self.path(name)).await.map_err(storage)

@@ -162,7 +162,17 @@ async fn follow(store: Arc<ReplicatedStore>, target: BackupTarget, statuses: Sta
     let mut warned = 0u64;
     let mut failures = 0u32;
     let mut generations_checked: Option<std::time::Instant> = None;
+    let mut twins_checked: Option<std::time::Instant> = None;
     loop {
+        if twins_checked.is_none_or(|at| at.elapsed() >= crate::heartbeat::CHECK_EVERY) {
+            twins_checked = Some(std::time::Instant::now());
+            match crate::heartbeat::seen(&shipper.location, store.applied_index(), now_ms()).await {
+                Ok(twins) => set(&|s| s.twins = twins.clone()),
+                Err(e) => {
+                    tracing::warn!(target = %target.name, error = %e, "cannot read the twins' heartbeats");
+                }
+            }
+        }
         // A twin promoted from this target fences this cluster: looked for at once when
         // shipping starts (a primary coming back), then every few seconds.
         if generations_checked.is_none_or(|at| at.elapsed() >= crate::twin::GENERATION_CHECK) {

@@ -32,6 +32,7 @@ use doppel_store::{Command, Op, Pairs, Space, Store, portable};
 use serde::{Deserialize, Serialize};
 
 use crate::format::{Image, Kind, Manifest, Segment, manifest_name};
+use crate::heartbeat;
 use crate::keys::Identity;
 use crate::location::{Location, check_url};
 use crate::restore::fetch;
@@ -64,6 +65,9 @@ fn space() -> Space {
 struct Follow {
     url: String,
     state: State,
+    /// The name its heartbeats in the target carry ([`heartbeat`]).
+    #[serde(default)]
+    name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +154,7 @@ pub fn refusal(store: &ReplicatedStore) -> Option<String> {
         Some(Follow {
             url,
             state: State::Following | State::PromoteAsked,
+            ..
         }) => Some(format!(
             "this cluster is a standby twin following {url}; it takes writes once promoted \
              (`doppel twin promote`)"
@@ -227,6 +232,7 @@ pub fn status(store: &ReplicatedStore, follower: &Follower) -> TwinStatus {
         State::Following | State::PromoteAsked => TwinStatus {
             role: "standby".into(),
             url: Some(follow.url),
+            name: Some(follow.name),
             generation: 1,
             primary_index: Some(progress.index),
             // Nothing taken yet: no state whose lag could be told.
@@ -239,11 +245,27 @@ pub fn status(store: &ReplicatedStore, follower: &Follower) -> TwinStatus {
     }
 }
 
-/// Makes this cluster a standby twin of the backup at `url`, decrypted with `identity`: checks
-/// that the identity reads it, then records both. Refused on a cluster that holds services
-/// already, or that follows, was promoted or fenced.
-pub async fn follow(store: &ReplicatedStore, url: &str, identity: &str) -> Result<(), BackupError> {
+/// Makes this cluster a standby twin called `name` (a random name when `None`) of the backup at
+/// `url`, decrypted with `identity`: checks that the identity reads it, then records both.
+/// Refused on a cluster that holds services already, or that follows, was promoted or fenced.
+pub async fn follow(
+    store: &ReplicatedStore,
+    url: &str,
+    identity: &str,
+    name: Option<&str>,
+) -> Result<(), BackupError> {
     check_url(url)?;
+    let name = match name {
+        Some(name) => {
+            heartbeat::check_name(name)?;
+            name.to_string()
+        }
+        None => {
+            let mut bytes = [0u8; 4];
+            getrandom::fill(&mut bytes).expect("the system's random source works");
+            format!("twin-{}", hex::encode(bytes))
+        }
+    };
     let identity = Identity::parse(identity, "the identity given")?;
     if store.get(&space(), FOLLOW).await?.is_some() || store.get(&space(), FENCE).await?.is_some() {
         return Err(BackupError::Exists(
@@ -274,6 +296,7 @@ pub async fn follow(store: &ReplicatedStore, url: &str, identity: &str) -> Resul
             &Follow {
                 url: url.to_string(),
                 state: State::Following,
+                name,
             },
         ))
         .await?;
@@ -325,7 +348,7 @@ pub async fn promote(store: &ReplicatedStore, limit: Duration) -> Result<Promote
         State::Following => {
             let asked = Follow {
                 state: State::PromoteAsked,
-                url: follow.url.clone(),
+                ..follow.clone()
             };
             store
                 .apply(Command::new(Op::CompareAndSwap {
@@ -453,6 +476,7 @@ struct Session {
 async fn run(store: Arc<ReplicatedStore>, follower: Follower) {
     let mut session: Option<Session> = None;
     let mut failures = 0u32;
+    let mut reported: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(TICK * 2u32.saturating_pow(failures.min(4))).await;
         let follow = read::<Follow>(&store, FOLLOW);
@@ -469,6 +493,15 @@ async fn run(store: Arc<ReplicatedStore>, follower: Follower) {
             Ok(()) => {
                 failures = 0;
                 follower.set_error(None);
+                if follow.state == State::Following
+                    && reported.is_none_or(|at| at.elapsed() >= heartbeat::REPORT_EVERY)
+                    && let Some(s) = &session
+                {
+                    reported = Some(std::time::Instant::now());
+                    if let Err(e) = report(s, &follow.name).await {
+                        tracing::warn!(url = %follow.url, error = %e, "cannot leave this twin's heartbeat in the primary's backup");
+                    }
+                }
             }
             Err(e) => {
                 failures += 1;
@@ -481,6 +514,24 @@ async fn run(store: Arc<ReplicatedStore>, follower: Follower) {
             }
         }
     }
+}
+
+/// Leaves a heartbeat in the target, so that the primary sees how far this twin has got.
+async fn report(s: &Session, name: &str) -> Result<(), BackupError> {
+    if s.progress.seq == 0 {
+        return Ok(());
+    }
+    let now = now_ms();
+    heartbeat::report(
+        &s.location,
+        &heartbeat::Report {
+            twin: name.to_string(),
+            primary_index: s.progress.index,
+            lag_ms: now.saturating_sub(s.progress.checked_ms.max(s.progress.entry_ms)),
+            reported_ms: now,
+        },
+    )
+    .await
 }
 
 async fn step(
@@ -729,12 +780,12 @@ async fn promote_now(
         .apply_as_leader(vec![put(
             FOLLOW,
             &Follow {
-                url: follow.url.clone(),
                 state: State::Promoted {
                     generation: generation.generation,
                     at_ms: generation.promoted_at_ms,
                     index: generation.index,
                 },
+                ..follow.clone()
             },
         )])
         .await?;

@@ -14,6 +14,10 @@ use crate::units::{human_size, human_time, parse_millis};
 
 /// Lag past which `doppel backup ls` and `doppel status` warn.
 pub const LAG_WARNING_MS: u64 = doppel_backup::ship::LAG_WARNING.as_millis() as u64;
+/// A twin whose newest heartbeat is older than this is warned about: a few missed reports and
+/// looks, not one late one.
+const SILENT_TWIN_MS: u64 = 6 * doppel_backup::heartbeat::REPORT_EVERY.as_millis() as u64
+    + doppel_backup::heartbeat::CHECK_EVERY.as_millis() as u64;
 
 /// What `doppel backup` does.
 #[derive(Subcommand, Debug)]
@@ -141,12 +145,7 @@ impl Backup {
                     );
                     return Ok(());
                 }
-                print_table(&rows(&all));
-                for info in &all {
-                    if let Some(warning) = warning(info) {
-                        println!("warning: {warning}");
-                    }
-                }
+                print_targets(&all);
                 Ok(())
             }
             BackupAction::Prune { url, keep, dry_run } => {
@@ -170,6 +169,9 @@ impl Backup {
                         pruned.objects,
                         human_size(pruned.bytes)
                     ),
+                }
+                if pruned.twin_reports > 0 {
+                    println!("{verb} {} old twin heartbeats", pruned.twin_reports);
                 }
                 Ok(())
             }
@@ -234,21 +236,61 @@ pub fn rows(all: &[BackupInfo]) -> Vec<[String; 6]> {
     rows
 }
 
-/// What an operator should hear about a target, if anything.
-pub fn warning(info: &BackupInfo) -> Option<String> {
+/// The targets' table, the twins that follow them, and what an operator should hear.
+pub fn print_targets(all: &[BackupInfo]) {
+    print_table(&rows(all));
+    for info in all {
+        for seen in info.status.iter().flat_map(|s| &s.twins) {
+            println!(
+                "{}: {}",
+                info.target.name,
+                super::twin::seen_line(seen, doppel_backup::now_ms())
+            );
+        }
+    }
+    for info in all {
+        for warning in warnings(info) {
+            println!("warning: {warning}");
+        }
+    }
+}
+
+/// What an operator should hear about a target and the twins that follow it.
+pub fn warnings(info: &BackupInfo) -> Vec<String> {
     let name = &info.target.name;
-    match &info.status {
-        None => Some(format!(
+    let Some(s) = &info.status else {
+        return vec![format!(
             "{name}: the leader reports no shipping yet (just added, or no leader)"
-        )),
-        Some(s) if s.error.is_some() => Some(format!(
-            "{name}: shipping fails: {}",
-            s.error.clone().unwrap_or_default()
-        )),
-        Some(s) if s.lag_ms > LAG_WARNING_MS => Some(format!(
+        )];
+    };
+    let mut all = Vec::new();
+    if let Some(error) = &s.error {
+        all.push(format!("{name}: shipping fails: {error}"));
+    } else if s.lag_ms > LAG_WARNING_MS {
+        all.push(format!(
             "{name}: the backup lags {} s behind the cluster",
             s.lag_ms / 1000
-        )),
-        Some(_) => None,
+        ));
     }
+    let now = doppel_backup::now_ms();
+    for seen in &s.twins {
+        match (seen.reported_ms, seen.lag_ms) {
+            (None, _) => all.push(format!(
+                "{name}: twin {} has sent no heartbeat for over an hour",
+                seen.twin
+            )),
+            (Some(at), _) if now.saturating_sub(at) > SILENT_TWIN_MS => all.push(format!(
+                "{name}: twin {} has sent no heartbeat for {} s",
+                seen.twin,
+                now.saturating_sub(at) / 1000
+            )),
+            (_, Some(lag)) if lag > LAG_WARNING_MS => all.push(format!(
+                "{name}: twin {} lags {} s behind",
+                seen.twin,
+                lag / 1000
+            )),
+            _ => {}
+        }
+    }
+    all
 }

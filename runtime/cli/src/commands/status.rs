@@ -180,12 +180,7 @@ impl Status {
                  --recipient KEY`"
             );
         } else {
-            print_table(&super::backup::rows(&backups));
-            for info in &backups {
-                if let Some(warning) = super::backup::warning(info) {
-                    println!("warning: {warning}");
-                }
-            }
+            super::backup::print_targets(&backups);
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use doppel_api::{FollowRequest, TwinStatus};
+use doppel_api::{FollowRequest, TwinSeen, TwinStatus};
 use doppel_backup::twin;
 
 use super::{AdminResult, AdminState};
@@ -14,9 +14,21 @@ use super::{AdminResult, AdminState};
 /// How long `POST /v1/twin/promote` waits for the leader's follower to promote.
 const PROMOTE_LIMIT: Duration = Duration::from_secs(30);
 
-/// `GET /v1/twin`: what this cluster is to a twin pair.
+/// `GET /v1/twin`: what this cluster is to a twin pair; on a primary, with the twins that
+/// follow its targets (from the leader's shipping).
 pub async fn status(State(state): State<AdminState>) -> Json<TwinStatus> {
-    Json(twin::status(state.member.store(), &state.follower))
+    let mut status = twin::status(state.member.store(), &state.follower);
+    if status.role == "primary" {
+        for (target, shipping) in super::backups::leader_statuses(&state).await {
+            status
+                .twins
+                .extend(shipping.twins.into_iter().map(|seen| TwinSeen {
+                    target: target.clone(),
+                    ..seen
+                }));
+        }
+    }
+    Json(status)
 }
 
 /// `POST /v1/twin`: follow a backup as a standby twin (an empty cluster only).
@@ -24,7 +36,13 @@ pub async fn follow(
     State(state): State<AdminState>,
     Json(request): Json<FollowRequest>,
 ) -> AdminResult<Json<TwinStatus>> {
-    twin::follow(state.member.store(), &request.url, &request.identity).await?;
+    twin::follow(
+        state.member.store(),
+        &request.url,
+        &request.identity,
+        request.name.as_deref(),
+    )
+    .await?;
     Ok(Json(twin::status(state.member.store(), &state.follower)))
 }
 
