@@ -4,7 +4,9 @@
 //! standby has reached, to within the sampling interval), and how long promotion takes
 //! from `doppel twin promote` to the first acknowledged write on the twin after the primary is
 //! SIGKILLed, and how long the old primary, started again, takes writes before it finds the new
-//! generation and refuses them (the window in which both clusters take writes). One host per
+//! generation and refuses them (the window in which both clusters take writes); then, with a
+//! second pair, how long a primary that keeps running goes on taking writes after its twin is
+//! promoted (the partition case). One host per
 //! cluster, the backup target a directory on the same disk. Run:
 //! `cargo bench -p doppel --bench twin` (`TWIN_SECONDS` of load, default 20; `TWIN_WRITERS`
 //! writing threads, default 4).
@@ -22,6 +24,13 @@ use support::{Host, eventually_within, http};
 
 fn json(host: &Host, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&host.cli_ok(args)).unwrap()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -169,5 +178,76 @@ fn main() {
          start; {taken} writes taken in between (lost to the twin)",
         ready.as_secs_f64() * 1000.0,
         start.elapsed().as_secs_f64() * 1000.0
+    );
+    promote_while_the_primary_runs(writers);
+}
+
+/// The partition case: the twin is promoted while the primary still runs and takes writes (an
+/// operator who cannot reach the primary, which can still reach the target). Measures how long
+/// after the new generation was written the primary still acknowledged writes, and how many
+/// entries it applied beyond the index the twin took over at (what the twin lacks).
+fn promote_while_the_primary_runs(writers: usize) {
+    let work = tempfile::tempdir().unwrap();
+    let primary = Host::start();
+    primary.deploy(doppel_guests::KV_DRAFT2, "kv", &[]);
+    let (key, url) = support::backup_offsite(&primary, work.path());
+    let twin = Host::start();
+    eventually_within(Duration::from_secs(60), "the twin follows", || {
+        twin.cli(&["twin", "follow", &url, "--identity", key.to_str().unwrap()])
+            .status
+            .success()
+    });
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let base = primary.url("/kv/set?k=");
+            // Each writer: when its acknowledged writes were answered, until the first refusal.
+            std::thread::spawn(move || {
+                let client = http();
+                let mut acked = Vec::new();
+                for n in 0u64.. {
+                    let r = client
+                        .post(format!("{base}p{w}-{n}"))
+                        .body(format!("v{n}"))
+                        .send();
+                    match r {
+                        Ok(r) if r.status().is_success() => acked.push(now_ms()),
+                        Ok(r) => {
+                            let body = r.text().unwrap_or_default();
+                            assert!(body.contains("superseded"), "{body}");
+                            return (acked, now_ms());
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    eventually_within(Duration::from_secs(60), "the twin is current", || {
+        json(&twin, &["twin", "status", "--json"])["primary_index"].as_u64() > Some(100)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let promoted = json(&twin, &["twin", "promote", "--json"]);
+    let at_ms = promoted["promoted_at_ms"].as_u64().unwrap();
+    let twin_index = promoted["primary_index"].as_u64().unwrap();
+    let mut after = 0;
+    let mut refused_ms = Vec::new();
+    let mut last_ack = 0;
+    for t in threads {
+        let (acked, refused) = t.join().unwrap();
+        after += acked.iter().filter(|&&ms| ms > at_ms).count();
+        last_ack = last_ack.max(acked.last().copied().unwrap_or(0));
+        refused_ms.push(refused.saturating_sub(at_ms));
+    }
+    refused_ms.sort_unstable();
+    let primary_index = support::state_hash(&primary).1;
+    println!(
+        "promoted while the primary runs ({writers} writers): the primary's last acknowledged \
+         write {} ms after the generation was written, every writer refused within {} ms; {after} \
+         writes acknowledged after the generation; {} entries applied on the primary beyond the \
+         index the twin took over at",
+        last_ack.saturating_sub(at_ms),
+        refused_ms.last().unwrap_or(&0),
+        primary_index.saturating_sub(twin_index)
     );
 }
