@@ -15,6 +15,9 @@ pub struct Error {
     /// Per-field problems of a validation failure.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Headers the answer carries (e.g. `WWW-Authenticate` on a 401).
+    #[serde(skip)]
+    pub headers: Vec<(String, String)>,
 }
 
 /// One invalid field of a request body.
@@ -34,7 +37,14 @@ impl Error {
             title: title.to_string(),
             detail: detail.into(),
             errors: Vec::new(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error, answered with a header added.
+    pub fn with_header(mut self, name: &str, value: &str) -> Error {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// 400: the request is malformed.

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::auth::Caller;
 
 /// An HTTP request as a handler sees it: the path is the part after the service's prefix.
 #[derive(Clone, Debug, Default)]
@@ -16,6 +17,8 @@ pub struct Request {
     pub(crate) headers: Vec<(String, Vec<u8>)>,
     pub(crate) body: Vec<u8>,
     pub(crate) params: BTreeMap<String, String>,
+    /// The caller, once verified (by a route's guard or an earlier [`Request::caller`]).
+    pub(crate) caller: Option<Caller>,
 }
 
 impl Request {
@@ -43,6 +46,25 @@ impl Request {
         self.headers
             .push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
         self
+    }
+
+    /// The same request with `caller` taken as verified, for unit tests of handlers.
+    pub fn with_caller(mut self, caller: Caller) -> Request {
+        self.caller = Some(caller);
+        self
+    }
+
+    /// Who is calling: the bearer token verified against the identity provider the service
+    /// was deployed with ([`crate::auth`]); a 401 problem when there is no valid token.
+    pub fn caller(&self) -> Result<Caller, Error> {
+        if let Some(caller) = &self.caller {
+            return Ok(caller.clone());
+        }
+        let token = self
+            .header("authorization")
+            .and_then(crate::auth::bearer)
+            .ok_or_else(crate::auth::no_token)?;
+        crate::auth::Verifier::from_config()?.verify(token)
     }
 
     /// `GET`, `POST`, …
@@ -233,9 +255,11 @@ impl IntoResponse for Error {
             error: &self,
         })
         .unwrap_or_default();
-        Response::new(self.status)
+        let mut response = Response::new(self.status)
             .with_header("content-type", "application/problem+json")
-            .with_body(body)
+            .with_body(body);
+        response.headers.extend(self.headers);
+        response
     }
 }
 

@@ -57,6 +57,13 @@
 //! answer with its status. A panic traps the instance: the host answers 500 and logs the panic
 //! message, so prefer errors.
 //!
+//! ## Callers
+//! [`Request::caller`] verifies the request's bearer token (an OpenID Connect JWT) against the
+//! identity provider the service was deployed with ([`auth`]: its JWKS, issuer and audience come
+//! from config) and answers a [`Caller`] with its subject and roles. Guards on routes refuse
+//! before the handler runs: `.post("/cases", decide).require_role("case-worker")` answers 401
+//! without a valid token and 403 without the role; `.require_caller()` wants any valid token.
+//!
 //! ## State
 //! [`Bucket::get`]/[`put`](Bucket::put) store JSON; [`Bucket::page`] lists by key prefix with
 //! pagination; [`Bucket::increment`] is an atomic counter; [`Bucket::update`] is a
@@ -69,15 +76,18 @@
 //! needs. A service that sticks to the default bucket, `get`/`put`/`increment` and [`config`] runs
 //! there unchanged (`tests/portability.sh` shows it for `examples/hello` and `examples/counter`).
 
+pub mod auth;
 mod bindings;
 pub mod config;
 mod error;
 mod http;
 mod kv;
+pub mod random;
 mod router;
 mod serve;
 pub mod time;
 
+pub use auth::Caller;
 pub use error::{Error, FieldError, Validator};
 pub use http::{IntoResponse, Json, Request, Response};
 pub use kv::{Bucket, Page};

@@ -10,10 +10,21 @@ enum Segment {
     Param(String),
 }
 
+/// Who may call a route.
+enum Guard {
+    /// Anybody.
+    Open,
+    /// Any caller with a valid token.
+    Caller,
+    /// A caller with one of these roles.
+    Roles(Vec<String>),
+}
+
 struct Route {
     method: String,
     segments: Vec<Segment>,
     handler: Handler,
+    guard: Guard,
 }
 
 /// Maps requests to handlers.
@@ -62,7 +73,43 @@ impl Router {
             method: method.to_ascii_uppercase(),
             segments,
             handler: Box::new(move |req| handler(req).into_response()),
+            guard: Guard::Open,
         });
+        self
+    }
+
+    /// The route added last answers only callers with a valid bearer token (a 401 otherwise);
+    /// the handler finds the caller with [`Request::caller`].
+    pub fn require_caller(mut self) -> Router {
+        if let Some(route) = self.routes.last_mut()
+            && matches!(route.guard, Guard::Open)
+        {
+            route.guard = Guard::Caller;
+        }
+        self
+    }
+
+    /// The route added last answers only callers whose token grants `role` (or another role
+    /// given to it the same way): a 401 without a valid token, a 403 without the role.
+    ///
+    /// ```
+    /// use doppel_sdk::{Caller, Request, Router};
+    /// let router = Router::new()
+    ///     .get("/cases", |_: Request| "every case")
+    ///     .require_role("case-worker");
+    /// let citizen = Request::new("GET", "/cases").with_caller(Caller::new("ada", &[]));
+    /// assert_eq!(router.handle(citizen).status, 403);
+    /// let worker = Request::new("GET", "/cases").with_caller(Caller::new("bo", &["case-worker"]));
+    /// assert_eq!(router.handle(worker).status, 200);
+    /// assert_eq!(router.handle(Request::new("GET", "/cases")).status, 401);
+    /// ```
+    pub fn require_role(mut self, role: &str) -> Router {
+        if let Some(route) = self.routes.last_mut() {
+            match &mut route.guard {
+                Guard::Roles(roles) => roles.push(role.to_string()),
+                other => *other = Guard::Roles(vec![role.to_string()]),
+            }
+        }
         self
     }
 
@@ -115,6 +162,18 @@ impl Router {
                 continue;
             }
             request.params = params;
+            if !matches!(route.guard, Guard::Open) {
+                let caller = match request.caller() {
+                    Ok(caller) => caller,
+                    Err(e) => return e.into_response(),
+                };
+                if let Guard::Roles(roles) = &route.guard
+                    && !roles.iter().any(|r| caller.has_role(r))
+                {
+                    return crate::auth::lacks_role(roles).into_response();
+                }
+                request.caller = Some(caller);
+            }
             return (route.handler)(request);
         }
         if allowed.is_empty() {

@@ -48,6 +48,7 @@ fn read(incoming: IncomingRequest) -> Result<Request, Error> {
         headers,
         body,
         params: Default::default(),
+        caller: None,
     })
 }
 

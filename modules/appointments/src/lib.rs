@@ -1,8 +1,13 @@
 //! Citizen-office appointments: offices publish slots (a time with a number of places), citizens
 //! book and cancel. Bookings go through compare-and-swap, so two concurrent bookings of the last
 //! place can never both succeed.
+//!
+//! Who may do what (callers are verified bearer tokens, `doppel_sdk::auth`): slots are public;
+//! only `office-staff` publish them. A citizen with a token books, and sees, lists and cancels
+//! only their own bookings (the owner is the token's subject); office staff see and manage
+//! every booking. Someone else's booking answers 404, as one that does not exist.
 
-use doppel_sdk::{Bucket, Error, Json, Request, Router, Validator, time};
+use doppel_sdk::{Bucket, Caller, Error, Json, Page, Request, Router, Validator, time};
 use serde::{Deserialize, Serialize};
 
 /// A bookable time at an office.
@@ -44,6 +49,9 @@ pub struct SlotView {
 /// A citizen's booking.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Booking {
+    /// Who booked: the subject of their token.
+    #[serde(default)]
+    pub owner: String,
     /// `B-000001`…
     pub id: String,
     /// Office.
@@ -104,6 +112,14 @@ struct NewSlot {
     date: String,
     time: String,
     capacity: u32,
+}
+
+/// The role that publishes slots and sees and manages every booking.
+pub const STAFF: &str = "office-staff";
+
+/// Whether `caller` may see and cancel `booking`.
+fn may_manage(caller: &Caller, booking: &Booking) -> bool {
+    caller.has_role(STAFF) || booking.owner == caller.subject
 }
 
 fn publish(req: Request) -> Result<(u16, Json<Slot>), Error> {
@@ -183,6 +199,7 @@ struct NewBooking {
 }
 
 fn book(req: Request) -> Result<(u16, Json<Booking>), Error> {
+    let caller = req.caller()?;
     let new: NewBooking = req.json()?;
     let mut v = Validator::new();
     check_slot_ref(&mut v, &new.office, &new.date, &new.time);
@@ -215,6 +232,7 @@ fn book(req: Request) -> Result<(u16, Json<Booking>), Error> {
         Ok((slot, ()))
     })?;
     let booking = Booking {
+        owner: caller.subject,
         id: id.clone(),
         office: new.office,
         date: new.date,
@@ -231,19 +249,62 @@ fn book(req: Request) -> Result<(u16, Json<Booking>), Error> {
     Ok((201, Json(booking)))
 }
 
-fn load_booking(id: &str) -> Result<Booking, Error> {
+/// The booking `id` if `caller` may see it; someone else's answers like a missing one.
+fn load_booking(caller: &Caller, id: &str) -> Result<Booking, Error> {
     bookings()?
         .get(&format!("booking/{id}"))?
+        .filter(|b| may_manage(caller, b))
         .ok_or_else(|| Error::not_found(format!("no booking {id}")))
 }
 
 fn fetch(req: Request) -> Result<Json<Booking>, Error> {
-    load_booking(req.param("id")?).map(Json)
+    load_booking(&req.caller()?, req.param("id")?).map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BookingQuery {
+    after: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    50
+}
+
+/// Bookings, oldest first: every one for office staff, a citizen's own otherwise. The cursor
+/// is a booking id.
+fn list_bookings(req: Request) -> Result<Json<Page<Booking>>, Error> {
+    let caller = req.caller()?;
+    let q: BookingQuery = req.query()?;
+    if q.limit == 0 || q.limit > 500 {
+        return Err(Error::bad_request("limit must be between 1 and 500"));
+    }
+    let bookings = bookings()?;
+    let mut items = Vec::new();
+    let mut after = q.after.map(|id| format!("booking/{id}"));
+    loop {
+        let page: Page<Booking> = bookings.page("booking/", after.as_deref(), 200)?;
+        for booking in page.items {
+            after = Some(format!("booking/{}", booking.id));
+            if may_manage(&caller, &booking) {
+                items.push(booking);
+                if items.len() == q.limit {
+                    let next = items.last().map(|b: &Booking| b.id.clone());
+                    return Ok(Json(Page { items, next }));
+                }
+            }
+        }
+        if page.next.is_none() {
+            return Ok(Json(Page { items, next: None }));
+        }
+    }
 }
 
 fn cancel(req: Request) -> Result<(), Error> {
     let id = req.param("id")?.to_string();
-    let booking = load_booking(&id)?;
+    let booking = load_booking(&req.caller()?, &id)?;
     let key = slot_key(&booking.office, &booking.date, &booking.time);
     slots()?.update(&key, |current: Option<Slot>| {
         let mut slot =
@@ -260,10 +321,16 @@ fn cancel(req: Request) -> Result<(), Error> {
 pub fn routes() -> Router {
     Router::new()
         .post("/slots", publish)
+        .require_role(STAFF)
         .get("/slots", list)
         .post("/bookings", book)
+        .require_caller()
+        .get("/bookings", list_bookings)
+        .require_caller()
         .get("/bookings/{id}", fetch)
+        .require_caller()
         .delete("/bookings/{id}", cancel)
+        .require_caller()
 }
 
 doppel_sdk::service!(routes);

@@ -1,7 +1,12 @@
 //! Building permits: citizens submit applications; case workers move them through
 //! submitted → in_review → approved | rejected. The full history is kept and final states are final.
+//!
+//! Who may do what (callers are verified bearer tokens, `doppel_sdk::auth`): any citizen with a
+//! token submits, and sees and lists only the applications they submitted (the owner is the
+//! token's subject); a `case-worker` lists every application, sees each one's history and moves
+//! it on. Someone else's application answers 404, as one that does not exist.
 
-use doppel_sdk::{Bucket, Error, Json, Page, Request, Router, Validator, time};
+use doppel_sdk::{Bucket, Caller, Error, Json, Page, Request, Router, Validator, time};
 use serde::{Deserialize, Serialize};
 
 /// Where a case stands.
@@ -88,6 +93,9 @@ pub struct Event {
 pub struct Application {
     /// `P-000001`…
     pub id: String,
+    /// Who submitted it: the subject of their token.
+    #[serde(default)]
+    pub owner: String,
     /// Who applies.
     pub applicant: Applicant,
     /// The parcel.
@@ -120,11 +128,20 @@ fn key(id: &str) -> String {
     format!("application/{id}")
 }
 
+/// The role that sees and decides every application.
+pub const CASE_WORKER: &str = "case-worker";
+
+/// Whether `caller` may see `application`.
+fn may_see(caller: &Caller, application: &Application) -> bool {
+    caller.has_role(CASE_WORKER) || application.owner == caller.subject
+}
+
 fn valid_id(id: &str) -> bool {
     id.len() == 8 && id.starts_with("P-") && id[2..].bytes().all(|b| b.is_ascii_digit())
 }
 
 fn submit(req: Request) -> Result<(u16, Json<Application>), Error> {
+    let caller = req.caller()?;
     let new: NewApplication = req.json()?;
     Validator::new()
         .text(&new.applicant.name, "applicant.name", 200)
@@ -143,6 +160,7 @@ fn submit(req: Request) -> Result<(u16, Json<Application>), Error> {
     let id = format!("P-{number:06}");
     let application = Application {
         id: id.clone(),
+        owner: caller.subject,
         applicant: Applicant {
             name: new.applicant.name.trim().to_string(),
             email: new.applicant.email.trim().to_string(),
@@ -166,6 +184,7 @@ fn submit(req: Request) -> Result<(u16, Json<Application>), Error> {
 }
 
 fn fetch(req: Request) -> Result<Json<Application>, Error> {
+    let caller = req.caller()?;
     let id = req.param("id")?;
     if !valid_id(id) {
         return Err(Error::bad_request(format!(
@@ -174,6 +193,7 @@ fn fetch(req: Request) -> Result<Json<Application>, Error> {
     }
     bucket()?
         .get(&key(id))?
+        .filter(|a| may_see(&caller, a))
         .map(Json)
         .ok_or_else(|| Error::not_found(format!("no application {id}")))
 }
@@ -193,12 +213,14 @@ fn default_limit() -> usize {
 }
 
 fn list(req: Request) -> Result<Json<Page<Application>>, Error> {
+    let caller = req.caller()?;
     let q: ListQuery = req.query()?;
     if q.limit == 0 || q.limit > 500 {
         return Err(Error::bad_request("limit must be between 1 and 500"));
     }
     let applications = bucket()?;
-    let filtered = q.status.is_some() || q.parcel.is_some();
+    let everyone = caller.has_role(CASE_WORKER);
+    let filtered = q.status.is_some() || q.parcel.is_some() || !everyone;
     if !filtered {
         let mut page: Page<Application> = applications.page(
             "application/",
@@ -218,7 +240,8 @@ fn list(req: Request) -> Result<Json<Page<Application>>, Error> {
         let page: Page<Application> = applications.page("application/", after.as_deref(), 200)?;
         for a in page.items {
             let keep = q.status.is_none_or(|s| a.status == s)
-                && q.parcel.as_deref().is_none_or(|p| a.parcel == p);
+                && q.parcel.as_deref().is_none_or(|p| a.parcel == p)
+                && may_see(&caller, &a);
             after = Some(key(&a.id));
             if keep {
                 items.push(a);
@@ -286,9 +309,13 @@ fn transition(req: Request) -> Result<Json<Application>, Error> {
 pub fn routes() -> Router {
     Router::new()
         .post("/applications", submit)
+        .require_caller()
         .get("/applications", list)
+        .require_caller()
         .get("/applications/{id}", fetch)
+        .require_caller()
         .post("/applications/{id}/transitions", transition)
+        .require_role(CASE_WORKER)
 }
 
 doppel_sdk::service!(routes);

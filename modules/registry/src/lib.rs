@@ -1,7 +1,18 @@
 //! Residents' registration: register a person at an address, record moves, look people up, and
 //! issue registration certificates numbered without gaps or duplicates.
+//!
+//! Who may do what (callers are verified bearer tokens, `doppel_sdk::auth`): only a
+//! `registry-officer` registers, lists and records moves. A resident — a caller whose token's
+//! `person_id` claim (`AUTH_PERSON_CLAIM` names another) is the record's id — reads their own
+//! record, requests their own certificate and reads who accessed their data. Anybody may
+//! *verify* a certificate by its number and the verification code printed on it, and learns
+//! only whether it is genuine and for whom it was issued. Every read and change of a person's
+//! record is written to the access log (bucket `access-log`), which a `data-protection-officer`
+//! reads for any person.
 
-use doppel_sdk::{Bucket, Error, Json, Page, Request, Response, Router, Validator, time};
+use doppel_sdk::{
+    Bucket, Caller, Error, Json, Page, Request, Response, Router, Validator, config, random, time,
+};
 use serde::{Deserialize, Serialize};
 
 /// A postal address.
@@ -69,14 +80,17 @@ pub struct Certificate {
     pub birth_date: String,
     /// The address certified.
     pub address: Address,
-    /// When issued.
+    /// When it was issued.
     pub issued_at: String,
+    /// Printed on the certificate: with the number, anybody can check it is genuine.
+    #[serde(default)]
+    pub verification_code: String,
 }
 
 impl Certificate {
     fn text(&self) -> String {
         format!(
-            "REGISTRATION CERTIFICATE No. {:06}\n\n{} (born {})\nis registered at\n  {}\n  {} {}\n\nIssued {} (person {})\n",
+            "REGISTRATION CERTIFICATE No. {:06}\n\n{} (born {})\nis registered at\n  {}\n  {} {}\n\nIssued {} (person {})\nVerification code {}\n",
             self.number,
             self.name,
             self.birth_date,
@@ -84,8 +98,71 @@ impl Certificate {
             self.address.postal_code,
             self.address.city,
             self.issued_at,
-            self.person_id
+            self.person_id,
+            self.verification_code
         )
+    }
+}
+
+/// The role that registers, lists and records moves.
+pub const OFFICER: &str = "registry-officer";
+/// The role that reads the access log of anybody's record.
+pub const DATA_PROTECTION: &str = "data-protection-officer";
+
+/// One access to a person's record, as the access log keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Access {
+    /// When.
+    pub at: String,
+    /// Who: the token's subject (`anonymous` for a certificate verification).
+    pub who: String,
+    /// Their roles then.
+    pub roles: Vec<String>,
+    /// `register`, `read`, `list`, `move`, `certificate`, `certificate-read`, `verify`.
+    pub action: String,
+    /// Whose record.
+    pub person_id: String,
+}
+
+/// Records that `who` did `action` to the records of `people` (one entry each).
+fn log_access(who: Option<&Caller>, action: &str, people: &[&str]) -> Result<(), Error> {
+    if people.is_empty() {
+        return Ok(());
+    }
+    let log = Bucket::open("access-log")?;
+    let last = log.increment("next", people.len() as u64)?;
+    let first = last + 1 - people.len() as u64;
+    let at = time::now();
+    for (seq, person_id) in (first..).zip(people) {
+        let access = Access {
+            at: at.clone(),
+            who: who.map_or("anonymous".into(), |c| c.subject.clone()),
+            roles: who.map(|c| c.roles.clone()).unwrap_or_default(),
+            action: action.to_string(),
+            person_id: person_id.to_string(),
+        };
+        log.put(&format!("person/{person_id}/{seq:012}"), &access)?;
+    }
+    Ok(())
+}
+
+/// Whether `caller` is the resident `person_id` (their token's person claim says so).
+fn is_resident(caller: &Caller, person_id: &str) -> Result<bool, Error> {
+    let claim = config::get_or("AUTH_PERSON_CLAIM", "person_id")?;
+    Ok(caller.claim_str(&claim) == Some(person_id))
+}
+
+/// An officer, or the resident themselves (a 403 for anybody else, whether or not the record
+/// exists).
+fn officer_or_resident(caller: &Caller, person_id: &str) -> Result<(), Error> {
+    if caller.has_role(OFFICER) || is_resident(caller, person_id)? {
+        Ok(())
+    } else {
+        Err(Error::new(
+            403,
+            "Forbidden",
+            "only a registry officer or the resident may do this",
+        ))
     }
 }
 
@@ -140,6 +217,7 @@ fn register(req: Request) -> Result<(u16, Json<Person>), Error> {
         moves: Vec::new(),
     };
     people.put(&person_key(&id), &person)?;
+    log_access(Some(&req.caller()?), "register", &[&id])?;
     Ok((201, Json(person)))
 }
 
@@ -150,7 +228,12 @@ fn load(id: &str) -> Result<Person, Error> {
 }
 
 fn fetch(req: Request) -> Result<Json<Person>, Error> {
-    load(req.param("id")?).map(Json)
+    let caller = req.caller()?;
+    let id = req.param("id")?;
+    officer_or_resident(&caller, id)?;
+    let person = load(id)?;
+    log_access(Some(&caller), "read", &[id])?;
+    Ok(Json(person))
 }
 
 #[derive(Deserialize)]
@@ -175,6 +258,8 @@ fn list(req: Request) -> Result<Json<Page<Person>>, Error> {
     page.next = page
         .next
         .map(|k| k.trim_start_matches("person/").to_string());
+    let listed: Vec<&str> = page.items.iter().map(|p| p.id.as_str()).collect();
+    log_access(Some(&req.caller()?), "list", &listed)?;
     Ok(Json(page))
 }
 
@@ -207,6 +292,7 @@ fn record_move(req: Request) -> Result<Json<Person>, Error> {
         person.address = to.clone();
         Ok((person.clone(), person))
     })?;
+    log_access(Some(&req.caller()?), "move", &[&id])?;
     println!("{id} moved to {}", person.address.city);
     Ok(Json(person))
 }
@@ -231,7 +317,9 @@ fn answer(req: &Request, status: u16, certificate: &Certificate) -> Response {
 }
 
 fn issue(req: Request) -> Result<Response, Error> {
+    let caller = req.caller()?;
     let body: CertificateRequest = req.json()?;
+    officer_or_resident(&caller, &body.person_id)?;
     let person = load(&body.person_id)?;
     let certificates = certificates()?;
     // The atomic counter hands out 1, 2, 3…: concurrent issues never share or skip a number.
@@ -243,29 +331,118 @@ fn issue(req: Request) -> Result<Response, Error> {
         birth_date: person.birth_date,
         address: person.address,
         issued_at: time::now(),
+        verification_code: random::code(10),
     };
     certificates.put(&format!("certificate/{number:010}"), &certificate)?;
+    log_access(Some(&caller), "certificate", &[&certificate.person_id])?;
     println!("certificate {number} issued for {}", certificate.person_id);
     Ok(answer(&req, 201, &certificate))
 }
 
 fn fetch_certificate(req: Request) -> Result<Response, Error> {
+    let caller = req.caller()?;
     let number: u64 = req.param_as("number")?;
+    let not_found = || Error::not_found(format!("no certificate number {number}"));
     let certificate: Certificate = certificates()?
         .get(&format!("certificate/{number:010}"))?
-        .ok_or_else(|| Error::not_found(format!("no certificate number {number}")))?;
+        .ok_or_else(not_found)?;
+    // Someone else's certificate answers like one that does not exist.
+    if officer_or_resident(&caller, &certificate.person_id).is_err() {
+        return Err(not_found());
+    }
+    log_access(Some(&caller), "certificate-read", &[&certificate.person_id])?;
     Ok(answer(&req, 200, &certificate))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyQuery {
+    code: String,
+}
+
+/// What anybody learns by verifying a certificate.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Verification {
+    /// Whether a certificate with this number and code was issued.
+    pub genuine: bool,
+    /// For whom (only when genuine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+fn verify_certificate(req: Request) -> Result<Json<Verification>, Error> {
+    let number: u64 = req.param_as("number")?;
+    let q: VerifyQuery = req.query()?;
+    let found: Option<Certificate> = certificates()?.get(&format!("certificate/{number:010}"))?;
+    // An unknown number and a wrong code answer alike.
+    let Some(certificate) = found.filter(|c| {
+        !c.verification_code.is_empty()
+            && c.verification_code == q.code.trim().to_ascii_uppercase()
+    }) else {
+        return Ok(Json(Verification {
+            genuine: false,
+            name: None,
+        }));
+    };
+    log_access(None, "verify", &[&certificate.person_id])?;
+    Ok(Json(Verification {
+        genuine: true,
+        name: Some(certificate.name),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    after: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+/// Who accessed a person's record: a data protection officer's, or the resident's own.
+fn access_log(req: Request) -> Result<Json<Page<Access>>, Error> {
+    let caller = req.caller()?;
+    let id = req.param("id")?;
+    if !caller.has_role(DATA_PROTECTION) && !is_resident(&caller, id)? {
+        return Err(Error::new(
+            403,
+            "Forbidden",
+            "only a data protection officer or the resident reads the access log",
+        ));
+    }
+    let q: LogQuery = req.query()?;
+    if q.limit == 0 || q.limit > 500 {
+        return Err(Error::bad_request("limit must be between 1 and 500"));
+    }
+    let prefix = format!("person/{id}/");
+    let after = q.after.map(|seq| format!("{prefix}{seq}"));
+    let mut page: Page<Access> =
+        Bucket::open("access-log")?.page(&prefix, after.as_deref(), q.limit)?;
+    // Cursors are the entries' sequence numbers, not storage keys.
+    page.next = page
+        .next
+        .map(|k| k.rsplit('/').next().unwrap_or_default().to_string());
+    Ok(Json(page))
 }
 
 /// The routes of this service.
 pub fn routes() -> Router {
     Router::new()
         .post("/persons", register)
+        .require_role(OFFICER)
         .get("/persons", list)
+        .require_role(OFFICER)
         .get("/persons/{id}", fetch)
+        .require_caller()
         .post("/persons/{id}/moves", record_move)
+        .require_role(OFFICER)
+        .get("/persons/{id}/access-log", access_log)
+        .require_caller()
         .post("/certificates", issue)
+        .require_caller()
         .get("/certificates/{number}", fetch_certificate)
+        .require_caller()
+        .get("/certificates/{number}/verification", verify_certificate)
 }
 
 doppel_sdk::service!(routes);

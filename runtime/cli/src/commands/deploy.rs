@@ -66,7 +66,7 @@ fn parse_probe(text: &str) -> Result<String, String> {
     doppel_api::check_probe(text).map(|()| text.to_string())
 }
 
-fn parse_pair(text: &str) -> Result<(String, String), String> {
+pub fn parse_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{text:?} is not KEY=VALUE")),

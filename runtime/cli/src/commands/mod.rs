@@ -6,6 +6,7 @@ mod audit;
 mod backup;
 mod cluster;
 mod deploy;
+mod dev_issuer;
 mod drain;
 mod drill;
 mod events;
@@ -78,6 +79,8 @@ pub enum Command {
     New(new::New),
     /// Inspect and change a service's key-value state.
     Kv(kv::Kv),
+    /// A local identity provider for development: a key, its JWKS, and tokens for any caller.
+    DevIssuer(dev_issuer::DevIssuer),
 }
 
 impl Command {
@@ -110,6 +113,7 @@ impl Command {
             Command::Events(c) => c.run().await,
             Command::New(c) => c.run(),
             Command::Kv(c) => c.run().await,
+            Command::DevIssuer(c) => c.run().await,
         }
     }
 }

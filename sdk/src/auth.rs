@@ -1,0 +1,217 @@
+//! Who is calling: OpenID Connect bearer tokens (JWTs) verified inside the service.
+//!
+//! The identity provider's keys (a JWKS document), the expected issuer and audience come from
+//! [`config`](crate::config) — `AUTH_JWKS`, `AUTH_ISSUER`, `AUTH_AUDIENCE`, and optionally
+//! `AUTH_ROLES_CLAIM` (where the roles are: `roles` by default, a dotted path such as
+//! `realm_access.roles` for Keycloak) — so a service needs no outbound call and runs the same on
+//! every host. Accepted: RS256, ES256 and EdDSA, signed by a key of the set (by `kid`, or the
+//! set's only key), with `iss`, `aud`, `exp` and `sub` present and right and `nbf` passed (60 s
+//! of leeway for clocks). `alg: none`, HMAC (a public key used as a shared secret) and every
+//! other algorithm are refused.
+//!
+//! A refusal is a 401 with `WWW-Authenticate: Bearer` (RFC 6750): `error="invalid_token"`
+//! when a token was sent, no error code when none was. Which check failed is not told to the
+//! caller (it would help a forger); the service's log has it. A caller without the role a
+//! route needs gets a 403 with `error="insufficient_scope"`.
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use crate::Error;
+
+/// An authenticated caller: the token's subject, its roles and every claim.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Caller {
+    /// The `sub` claim: who the identity provider says this is.
+    pub subject: String,
+    /// The roles the token grants (from `AUTH_ROLES_CLAIM`).
+    pub roles: Vec<String>,
+    /// Every claim of the token.
+    pub claims: Map<String, Value>,
+}
+
+impl Caller {
+    /// A caller made by hand, for unit tests of handlers ([`Request::with_caller`]).
+    ///
+    /// [`Request::with_caller`]: crate::Request::with_caller
+    pub fn new(subject: &str, roles: &[&str]) -> Caller {
+        Caller {
+            subject: subject.to_string(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            claims: Map::new(),
+        }
+    }
+
+    /// Whether the token grants `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// A claim that is text (e.g. `email`).
+    pub fn claim_str(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(Value::as_str)
+    }
+}
+
+/// Checks tokens against one identity provider.
+pub struct Verifier {
+    keys: JwkSet,
+    issuer: String,
+    audience: String,
+    roles_claim: String,
+}
+
+/// The realm in challenges: the service, as callers address it.
+const REALM: &str = "doppel";
+
+/// 401 for a request without a token.
+pub(crate) fn no_token() -> Error {
+    Error::new(
+        401,
+        "Unauthorized",
+        "this needs a bearer token (Authorization: Bearer …)",
+    )
+    .with_header("www-authenticate", &format!("Bearer realm=\"{REALM}\""))
+}
+
+/// 401 for a token that does not pass; `why` goes to the log only.
+fn invalid(why: impl std::fmt::Display) -> Error {
+    eprintln!("refused a bearer token: {why}");
+    Error::new(401, "Unauthorized", "the bearer token is not valid").with_header(
+        "www-authenticate",
+        &format!("Bearer realm=\"{REALM}\", error=\"invalid_token\""),
+    )
+}
+
+/// 403 for a caller without `role`.
+pub(crate) fn lacks_role(roles: &[String]) -> Error {
+    Error::new(
+        403,
+        "Forbidden",
+        format!("this needs the role {}", roles.join(" or ")),
+    )
+    .with_header(
+        "www-authenticate",
+        &format!("Bearer realm=\"{REALM}\", error=\"insufficient_scope\""),
+    )
+}
+
+impl Verifier {
+    /// A verifier for tokens of `issuer` for `audience`, signed by a key of `jwks` (a JWKS
+    /// document, JSON).
+    pub fn new(jwks: &str, issuer: &str, audience: &str) -> Result<Verifier, Error> {
+        let keys: JwkSet = serde_json::from_str(jwks).map_err(|e| {
+            Error::internal(format!("AUTH_JWKS is not a JWKS document (a JSON key set): {e}"))
+        })?;
+        if keys.keys.is_empty() {
+            return Err(Error::internal("AUTH_JWKS holds no key"));
+        }
+        Ok(Verifier {
+            keys,
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+            roles_claim: "roles".into(),
+        })
+    }
+
+    /// Reads roles from `path` (dotted, e.g. `realm_access.roles`) instead of `roles`.
+    pub fn roles_from(mut self, path: &str) -> Verifier {
+        self.roles_claim = path.to_string();
+        self
+    }
+
+    /// The verifier the operator configured (`AUTH_JWKS`, `AUTH_ISSUER`, `AUTH_AUDIENCE`,
+    /// `AUTH_ROLES_CLAIM`); a 500 naming what is missing when it is not.
+    pub fn from_config() -> Result<Verifier, Error> {
+        let need = |key: &str| {
+            crate::config::get(key)?.ok_or_else(|| {
+                Error::internal(format!(
+                    "this service verifies callers but {key} is not set; deploy it with \
+                     --config AUTH_JWKS=… --config AUTH_ISSUER=… --config AUTH_AUDIENCE=…"
+                ))
+            })
+        };
+        let verifier = Verifier::new(
+            &need("AUTH_JWKS")?,
+            &need("AUTH_ISSUER")?,
+            &need("AUTH_AUDIENCE")?,
+        )?;
+        Ok(match crate::config::get("AUTH_ROLES_CLAIM")? {
+            Some(path) => verifier.roles_from(&path),
+            None => verifier,
+        })
+    }
+
+    /// The caller `token` (the JWT, without `Bearer `) stands for, or a 401.
+    pub fn verify(&self, token: &str) -> Result<Caller, Error> {
+        let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+        if !matches!(
+            header.alg,
+            Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
+        ) {
+            return Err(invalid(format!("algorithm {:?} is not accepted", header.alg)));
+        }
+        let jwk = self.key(header.kid.as_deref())?;
+        if let Some(declared) = jwk.common.key_algorithm
+            && declared.to_string() != format!("{:?}", header.alg)
+        {
+            return Err(invalid(format!(
+                "the key is for {declared}, the token says {:?}",
+                header.alg
+            )));
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(invalid)?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(invalid)?;
+        let claims = data.claims;
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid("no subject"))?
+            .to_string();
+        let roles = self
+            .roles_claim
+            .split('.')
+            .try_fold(&Value::Object(claims.clone()), |v, part| v.get(part))
+            .and_then(Value::as_array)
+            .map(|all| {
+                all.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Caller {
+            subject,
+            roles,
+            claims,
+        })
+    }
+
+    fn key(&self, kid: Option<&str>) -> Result<&Jwk, Error> {
+        match kid {
+            Some(kid) => self
+                .keys
+                .find(kid)
+                .ok_or_else(|| invalid(format!("no key {kid:?} in AUTH_JWKS"))),
+            None if self.keys.keys.len() == 1 => Ok(&self.keys.keys[0]),
+            None => Err(invalid("the token names no key (kid) and AUTH_JWKS has several")),
+        }
+    }
+}
+
+/// The bearer token of an `Authorization` header value, if it is one.
+pub(crate) fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
