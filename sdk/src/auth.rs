@@ -102,7 +102,9 @@ impl Verifier {
     /// document, JSON).
     pub fn new(jwks: &str, issuer: &str, audience: &str) -> Result<Verifier, Error> {
         let keys: JwkSet = serde_json::from_str(jwks).map_err(|e| {
-            Error::internal(format!("AUTH_JWKS is not a JWKS document (a JSON key set): {e}"))
+            Error::internal(format!(
+                "AUTH_JWKS is not a JWKS document (a JSON key set): {e}"
+            ))
         })?;
         if keys.keys.is_empty() {
             return Err(Error::internal("AUTH_JWKS holds no key"));
@@ -150,7 +152,10 @@ impl Verifier {
             header.alg,
             Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
         ) {
-            return Err(invalid(format!("algorithm {:?} is not accepted", header.alg)));
+            return Err(invalid(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
         }
         let jwk = self.key(header.kid.as_deref())?;
         if let Some(declared) = jwk.common.key_algorithm
@@ -167,8 +172,8 @@ impl Verifier {
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(invalid)?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
+            .map_err(invalid)?;
         let claims = data.claims;
         let subject = claims
             .get("sub")
@@ -202,7 +207,9 @@ impl Verifier {
                 .find(kid)
                 .ok_or_else(|| invalid(format!("no key {kid:?} in AUTH_JWKS"))),
             None if self.keys.keys.len() == 1 => Ok(&self.keys.keys[0]),
-            None => Err(invalid("the token names no key (kid) and AUTH_JWKS has several")),
+            None => Err(invalid(
+                "the token names no key (kid) and AUTH_JWKS has several",
+            )),
         }
     }
 }

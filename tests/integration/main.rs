@@ -2,10 +2,12 @@
 //! driven over HTTP and through the CLI.
 
 mod backup;
+mod callers;
 mod cluster;
 mod crashes;
 mod durability;
 mod interfaces;
+mod issuer;
 mod layout;
 mod limits;
 mod operator;

@@ -6,9 +6,36 @@ use std::sync::Arc;
 use doppel_guests as guests;
 use serde_json::{Value, json};
 
+use crate::issuer::{ALL_ROLES, Issuer};
 use crate::support::{Host, http};
 
+/// Deploys one of the shipped services trusting the test issuer.
+pub fn deploy_service(host: &Host, guest: &str, name: &str) {
+    let args = Issuer::shared().deploy_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    host.deploy(guest, name, &args);
+}
+
+/// Calls as a caller holding every role (these tests are about what the services do; who may
+/// do it is `callers.rs`).
 fn call(host: &Host, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    call_as(host, Some(tester()), method, path, body)
+}
+
+/// A token holding every role.
+fn tester() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| Issuer::shared().token("tester", ALL_ROLES))
+}
+
+/// Calls with `token` as the bearer token (none when `None`).
+pub fn call_as(
+    host: &Host,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let client = http();
     let url = host.url(path);
     let request = match method {
@@ -16,6 +43,10 @@ fn call(host: &Host, method: &str, path: &str, body: Option<Value>) -> (u16, Val
         "POST" => client.post(url),
         "DELETE" => client.delete(url),
         other => panic!("unsupported method {other}"),
+    };
+    let request = match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
     };
     let request = match body {
         Some(b) => request
@@ -80,7 +111,7 @@ fn application(name: &str, parcel: &str) -> Value {
 #[test]
 fn permits_whole_api() {
     let host = Host::start();
-    host.deploy(guests::PERMITS, "permits", &[]);
+    deploy_service(&host, guests::PERMITS, "permits");
     let (status, a) = call(
         &host,
         "POST",
@@ -264,7 +295,7 @@ fn person(name: &str) -> Value {
 #[test]
 fn registry_whole_api() {
     let host = Host::start();
-    host.deploy(guests::REGISTRY, "registry", &[]);
+    deploy_service(&host, guests::REGISTRY, "registry");
     let (status, p) = call(
         &host,
         "POST",
@@ -347,6 +378,7 @@ fn registry_whole_api() {
     assert_eq!(c["address"]["street"], "Holstenstraße 9");
     let text = http()
         .get(host.url("/registry/certificates/1"))
+        .bearer_auth(tester())
         .header("accept", "text/plain")
         .send()
         .unwrap()
@@ -392,7 +424,7 @@ fn registry_whole_api() {
 #[test]
 fn certificate_numbers_have_no_gaps_or_duplicates_under_concurrency() {
     let host = Arc::new(Host::start());
-    host.deploy(guests::REGISTRY, "registry", &[]);
+    deploy_service(&host, guests::REGISTRY, "registry");
     call(
         &host,
         "POST",
@@ -407,6 +439,7 @@ fn certificate_numbers_have_no_gaps_or_duplicates_under_concurrency() {
                     .map(|_| {
                         let r = http()
                             .post(&url)
+                            .bearer_auth(tester())
                             .body(json!({"person_id": "R-000001"}).to_string())
                             .send()
                             .unwrap();
@@ -436,7 +469,7 @@ fn booking(time: &str, name: &str) -> Value {
 #[test]
 fn appointments_whole_api() {
     let host = Host::start();
-    host.deploy(guests::APPOINTMENTS, "appointments", &[]);
+    deploy_service(&host, guests::APPOINTMENTS, "appointments");
     assert_eq!(
         call(
             &host,
@@ -573,7 +606,7 @@ fn appointments_whole_api() {
 #[test]
 fn concurrent_bookings_never_overbook() {
     let host = Host::start();
-    host.deploy(guests::APPOINTMENTS, "appointments", &[]);
+    deploy_service(&host, guests::APPOINTMENTS, "appointments");
     let places = 5;
     call(
         &host,
@@ -587,6 +620,7 @@ fn concurrent_bookings_never_overbook() {
             std::thread::spawn(move || {
                 let r = http()
                     .post(&url)
+                    .bearer_auth(tester())
                     .body(booking("10:00", &format!("Citizen {i}")).to_string())
                     .send()
                     .unwrap();
@@ -614,9 +648,9 @@ fn concurrent_bookings_never_overbook() {
 #[test]
 fn service_data_survives_sigkill() {
     let mut host = Host::start();
-    host.deploy(guests::PERMITS, "permits", &[]);
-    host.deploy(guests::REGISTRY, "registry", &[]);
-    host.deploy(guests::APPOINTMENTS, "appointments", &[]);
+    deploy_service(&host, guests::PERMITS, "permits");
+    deploy_service(&host, guests::REGISTRY, "registry");
+    deploy_service(&host, guests::APPOINTMENTS, "appointments");
     call(
         &host,
         "POST",

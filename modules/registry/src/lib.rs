@@ -376,8 +376,7 @@ fn verify_certificate(req: Request) -> Result<Json<Verification>, Error> {
     let found: Option<Certificate> = certificates()?.get(&format!("certificate/{number:010}"))?;
     // An unknown number and a wrong code answer alike.
     let Some(certificate) = found.filter(|c| {
-        !c.verification_code.is_empty()
-            && c.verification_code == q.code.trim().to_ascii_uppercase()
+        !c.verification_code.is_empty() && c.verification_code == q.code.trim().to_ascii_uppercase()
     }) else {
         return Ok(Json(Verification {
             genuine: false,
