@@ -14,6 +14,7 @@ const GUESTS: &[(&str, bool)] = &[
     ("test-misbehave", false),
     ("test-no-handler", true),
     ("test-unsupported-import", false),
+    ("test-callers", false),
     ("hello", false),
     ("counter", false),
     ("permits", false),
