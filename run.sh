@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 data="${DOPPEL_DATA:-./doppel-data}"
+# A development identity provider (a key made here; `doppel dev-issuer` mints tokens with it):
+# the services verify callers' bearer tokens against it. In production, deploy them with your
+# identity provider's JWKS, issuer and audience instead (README, "Callers").
+issuer="${DOPPEL_DEV_ISSUER:-./doppel-dev-issuer}"
 services=(permits registry appointments hello counter)
 
 # rustup adds the targets rust-toolchain.toml lists only when it installs the toolchain itself.
@@ -27,6 +31,10 @@ until [ -f "$data/host.json" ]; do
   sleep 0.1
 done
 
+[ -f "$issuer/jwks.json" ] || "$bin" dev-issuer init "$issuer" >/dev/null
+trust=(--config "AUTH_ISSUER=http://localhost/dev-issuer" --config "AUTH_AUDIENCE=doppel-services"
+       --config "AUTH_JWKS=$(cat "$issuer/jwks.json")")
+
 echo "==> deploying ${services[*]}"
 deployed="$("$bin" ls --json --data "$data")"
 for s in "${services[@]}"; do
@@ -35,7 +43,7 @@ for s in "${services[@]}"; do
   if grep -q "$digest" <<<"$deployed"; then
     echo "$s is up to date"
   else
-    "$bin" deploy "$wasm" --name "$s" --data "$data" --config greeting=Moin
+    "$bin" deploy "$wasm" --name "$s" --data "$data" --config greeting=Moin "${trust[@]}"
   fi
 done
 listen="$(sed -n 's/.*"listen": "\(.*\)".*/\1/p' "$data/host.json")"
@@ -43,9 +51,12 @@ cat <<TXT
 
 ==> doppel is serving on http://$listen — try:
   curl http://$listen/hello/
-  curl -X POST http://$listen/permits/applications -H 'content-type: application/json' \\
+  ada=\$($bin dev-issuer token $issuer --sub ada)        # a citizen
+  curl -X POST http://$listen/permits/applications -H "authorization: Bearer \$ada" \\
        -d '{"applicant":{"name":"Ada Lovelace","email":"ada@example.org"},"parcel":"Mitte 12/345","work_type":"extension","description":"Winter garden"}'
-  curl http://$listen/permits/applications
+  curl http://$listen/permits/applications -H "authorization: Bearer \$ada"   # her own only
+  worker=\$($bin dev-issuer token $issuer --sub wanda --role case-worker)
+  curl -X POST http://$listen/permits/applications/P-000001/transitions -H "authorization: Bearer \$worker" -d '{"to":"in_review"}'
   $bin ls --data $data
 Ctrl-C stops the host (requests in flight finish first).
 TXT

@@ -12,6 +12,17 @@ use crate::issuer::Issuer;
 use crate::services::{call_as, deploy_service};
 use crate::support::{Host, http};
 
+/// Who calls (a name for the report, the token), the method, the path, the body, and the
+/// documented status.
+type Row<'a> = (
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+    Option<Value>,
+    u16,
+);
+
 /// Every kind of caller the matrix plays.
 struct Callers {
     ada: String,
@@ -135,7 +146,7 @@ fn every_endpoint_answers_each_role_as_documented() {
         Some(json!({"address": {"street": street, "postal_code": "24105", "city": "Kiel"}}))
     };
     #[rustfmt::skip]
-    let matrix: Vec<(&str, Option<&str>, &str, &str, Option<Value>, u16)> = vec![
+    let matrix: Vec<Row> = vec![
         // permits: citizens submit and see their own; case workers see and decide all.
         ("nobody",  none,    "POST", "/permits/applications", Some(application("X")), 401),
         ("ada",     ada,     "POST", "/permits/applications", Some(application("Ada")), 201),

@@ -137,7 +137,7 @@ fn init(dir: &Path, issuer: String, audience: String) -> anyhow::Result<(Setting
     let der = pair.serialize_der();
     let mut jwk = Jwk::from_encoding_key(&EncodingKey::from_ec_der(&der), Algorithm::ES256)
         .context("cannot describe the key as a JWK")?;
-    let kid = format!("dev-{}", &hex_of(&pair.public_key_raw())[..12]);
+    let kid = format!("dev-{}", &hex_of(pair.public_key_raw())[..12]);
     jwk.common.key_id = Some(kid.clone());
     jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
     let jwks = JwkSet { keys: vec![jwk] };

@@ -10,7 +10,8 @@ fn record(_: Request) -> Result<String, Error> {
         .unwrap_or_else(|| "none".into()))
 }
 
-fn routes() -> Router {
+/// The routes.
+pub fn routes() -> Router {
     Router::new()
         .get("/open", record)
         .get("/guarded", record)
