@@ -222,3 +222,40 @@ pub(crate) fn bearer(value: &str) -> Option<&str> {
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_bearer_scheme_with_a_token_counts() {
+        assert_eq!(bearer("Bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic dXNlcjpwYXNz"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
+
+    #[test]
+    fn a_key_set_that_does_not_parse_or_is_empty_is_the_operators_error() {
+        let broken = Verifier::new("{not json", "iss", "aud").err().unwrap();
+        assert_eq!(broken.status, 500);
+        assert!(broken.detail.contains("AUTH_JWKS"), "{broken}");
+        let empty = Verifier::new(r#"{"keys":[]}"#, "iss", "aud").err().unwrap();
+        assert!(empty.detail.contains("no key"), "{empty}");
+    }
+
+    #[test]
+    fn refusals_carry_the_rfc_6750_challenge_and_no_reason() {
+        let refused = invalid("expired");
+        assert_eq!(refused.status, 401);
+        assert!(!refused.detail.contains("expired"));
+        let (_, challenge) = &refused.headers[0];
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        let missing = no_token();
+        assert!(!missing.headers[0].1.contains("error="));
+        let forbidden = lacks_role(&["case-worker".into()]);
+        assert_eq!(forbidden.status, 403);
+        assert!(forbidden.headers[0].1.contains("insufficient_scope"));
+    }
+}
