@@ -6,6 +6,7 @@ mod callers;
 mod cluster;
 mod crashes;
 mod durability;
+mod hostile;
 mod interfaces;
 mod issuer;
 mod layout;

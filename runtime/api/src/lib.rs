@@ -49,6 +49,17 @@ pub struct Limits {
     pub max_value: u64,
     /// Total bytes (keys plus values) the service may store across its buckets.
     pub quota: u64,
+    /// Requests the service may run at once on one host (its share of the host's instance
+    /// pool); more wait briefly, then get 503 with `Retry-After`.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u64,
+}
+
+/// The instance pool every host has ([`Limits::max_instances`] is at most this).
+pub const POOL_INSTANCES: u64 = 1000;
+
+fn default_max_instances() -> u64 {
+    POOL_INSTANCES / 4
 }
 
 impl Default for Limits {
@@ -60,6 +71,7 @@ impl Default for Limits {
             max_key: 1 << 10,
             max_value: 1 << 20,
             quota: 1 << 30,
+            max_instances: default_max_instances(),
         }
     }
 }
@@ -80,6 +92,9 @@ pub struct LimitOverrides {
     pub max_value: Option<u64>,
     /// See [`Limits::quota`].
     pub quota: Option<u64>,
+    /// See [`Limits::max_instances`].
+    #[serde(default)]
+    pub max_instances: Option<u64>,
 }
 
 impl LimitOverrides {
@@ -96,6 +111,7 @@ impl LimitOverrides {
         set(&mut limits.max_key, self.max_key);
         set(&mut limits.max_value, self.max_value);
         set(&mut limits.quota, self.quota);
+        set(&mut limits.max_instances, self.max_instances);
         limits
     }
 }

@@ -282,7 +282,12 @@ pub async fn run(
     );
     let peers = tokio::spawn({
         let (limits, stopped, grace) = (
-            config.ingress.clone(),
+            // Peers are the cluster's own hosts, authenticated, with pools of connections to
+            // each other: no per-address cap between them.
+            IngressLimits {
+                max_per_client: usize::MAX,
+                ..config.ingress.clone()
+            },
             stopped(stop_rx.clone()),
             config.grace,
         );

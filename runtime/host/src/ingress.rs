@@ -15,6 +15,7 @@ use doppel_api::Limits;
 use doppel_replication::PeerClient;
 use doppel_store::Writer;
 
+use crate::admission;
 use crate::forward::{self, FORWARDED_BY};
 use crate::invoke::{InFlight, ResponseBody, host_response, invoke};
 use crate::listener::{self, IngressLimits};
@@ -343,9 +344,10 @@ async fn serve_here<B>(
     mut req: Request<B>,
 ) -> Response<ResponseBody>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let start = tokio::time::Instant::now();
     let Some(service) = asked.service.clone() else {
         return not_deployed(asked.name);
     };
@@ -382,6 +384,26 @@ where
             format!("request body is over this service's limit of {max_body} bytes"),
         );
     }
+    // No instance until the body's beginning is here (a trickling client holds no slot), and
+    // then only within the service's share of this host (see `admission`).
+    let (parts, body) = req.into_parts();
+    let body = match admission::prefetch(body, start).await {
+        Ok(body) => body,
+        Err(refused) => {
+            service
+                .log
+                .host("request refused: its body did not arrive in time");
+            return refused;
+        }
+    };
+    let in_flight = match service.slots.take(asked.name).await {
+        Ok(slot) => in_flight.holding(slot),
+        Err(busy) => {
+            service.stats.errors.fetch_add(1, Ordering::Relaxed);
+            return busy;
+        }
+    };
+    let req = Request::from_parts(parts, body);
     // A body without a declared length is cut off at the limit; the guest sees a read error.
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let req = req.map(|body| {

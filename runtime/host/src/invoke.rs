@@ -110,13 +110,19 @@ pub(crate) fn new_store(
 /// One request about to run or running in a guest, counted in its service's `in_flight` while
 /// it lives. Taken before the request's route is decided, so that a host handing a service over
 /// never misses a request that saw the old placement.
-pub(crate) struct InFlight(Arc<Stats>);
+pub(crate) struct InFlight(Arc<Stats>, Option<tokio::sync::OwnedSemaphorePermit>);
 
 impl InFlight {
     /// Counts one request of the service with these `stats`.
     pub(crate) fn start(stats: &Arc<Stats>) -> InFlight {
         stats.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(stats.clone())
+        InFlight(stats.clone(), None)
+    }
+
+    /// The same request, holding one of its service's instance slots until it is done.
+    pub(crate) fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> InFlight {
+        self.1 = Some(slot);
+        self
     }
 }
 

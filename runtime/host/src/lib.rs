@@ -43,6 +43,7 @@
 //! ```
 
 mod admin;
+mod admission;
 #[doc(hidden)]
 pub mod bench;
 mod clock;

@@ -23,6 +23,8 @@ use tokio::sync::{Semaphore, watch};
 pub struct IngressLimits {
     /// Connections open at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Connections open at once from one client address; more are answered 503 and closed.
+    pub max_per_client: usize,
     /// Time a client has to send a request's headers.
     pub header_timeout: Duration,
 }
@@ -31,10 +33,49 @@ impl Default for IngressLimits {
     fn default() -> Self {
         IngressLimits {
             max_connections: 10_000,
+            max_per_client: 512,
             header_timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// The connections open from each client address.
+#[derive(Clone, Default)]
+struct PerClient(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One open connection of a client, counted until it is dropped.
+struct ClientConnection(PerClient, std::net::IpAddr);
+
+impl PerClient {
+    /// Counts a connection from `ip`, unless it has `max` open already.
+    fn open(&self, ip: std::net::IpAddr, max: usize) -> Option<ClientConnection> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let open = all.entry(ip).or_default();
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(ClientConnection(self.clone(), ip))
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        let mut all = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = all.get_mut(&self.1) {
+            *open -= 1;
+            if *open == 0 {
+                all.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// What a client over its connection cap hears before the connection is closed.
+const TOO_MANY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 55\r\n\r\n\
+too many connections from this address; retry shortly\r\n";
 
 /// What a listener speaks.
 #[derive(Clone)]
@@ -72,6 +113,7 @@ pub async fn serve<S, B>(
 {
     let max = limits.max_connections.max(1);
     let permits = Arc::new(Semaphore::new(max));
+    let clients = PerClient::default();
     let (stop, stopping) = watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -86,7 +128,7 @@ pub async fn serve<S, B>(
             },
             () = &mut shutdown => break,
         };
-        let (stream, _) = tokio::select! {
+        let (mut stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -97,6 +139,16 @@ pub async fn serve<S, B>(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Some(counted) = clients.open(client.ip(), limits.max_per_client) else {
+            tracing::debug!(listener = what, client = %client.ip(), "refused a connection over the per-client cap");
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), stream.write_all(TOO_MANY)).await;
+                drop((stream, permit));
+            });
+            continue;
         };
         // Requests and raft messages are small and answered at once: send each without waiting
         // to fill a segment.
@@ -144,7 +196,7 @@ pub async fn serve<S, B>(
                     }
                 }
             }
-            drop(permit);
+            drop((permit, counted));
         });
     }
     drop(listener);

@@ -17,8 +17,8 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub const MAX_MEMORY_LIMIT: u64 = 4 << 30;
 
 /// How many instances may be alive at once across all services (the pool's size). A request
-/// that finds the pool full gets a 503.
-const POOL_INSTANCES: u32 = 1000;
+/// that finds the pool full gets a 503; each service's share is smaller (`admission::Slots`).
+const POOL_INSTANCES: u32 = doppel_api::POOL_INSTANCES as u32;
 
 /// The engine, the linker with the whole guest contract, and the thread that ticks epochs.
 pub struct Runtime {

@@ -76,6 +76,8 @@ pub struct Service {
     pub stats: Arc<Stats>,
     /// Log.
     pub log: Arc<ServiceLog>,
+    /// Its share of this host's instances.
+    pub slots: crate::admission::Slots,
 }
 
 /// Why a deploy or removal was refused.
@@ -458,6 +460,9 @@ impl Registry {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         Ok(Service {
+            slots: crate::admission::Slots::new(
+                usize::try_from(record.limits.max_instances).unwrap_or(usize::MAX),
+            ),
             name: record.name.as_str().into(),
             limits: Arc::new(record.limits.clone()),
             env: record.config.clone().into_iter().collect(),
@@ -755,6 +760,12 @@ fn check_limits(limits: &Limits) -> Result<(), DeployError> {
     }
     if limits.max_key == 0 || limits.max_value == 0 {
         return bad("key and value limits must be positive");
+    }
+    if limits.max_instances == 0 || limits.max_instances > doppel_api::POOL_INSTANCES {
+        return bad(&format!(
+            "--max-instances must be between 1 and {} (a host's whole instance pool)",
+            doppel_api::POOL_INSTANCES
+        ));
     }
     Ok(())
 }

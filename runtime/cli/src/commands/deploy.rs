@@ -48,6 +48,10 @@ pub struct Deploy {
     /// Total bytes the service may store, e.g. 1GiB.
     #[arg(long, value_parser = parse_size)]
     pub quota: Option<u64>,
+    /// Requests the service may run at once on one host (default: a quarter of the host's
+    /// 1,000 instances); more wait up to a second, then get 503 with Retry-After.
+    #[arg(long)]
+    pub max_instances: Option<u64>,
     /// Only hosts with this label may run the service, repeatable (every one must match), e.g.
     /// `--on jurisdiction=de`. Failover honours it: with no such host left, the service answers
     /// 503 with the reason rather than run elsewhere.
@@ -144,6 +148,7 @@ impl Deploy {
                 max_key: self.max_key,
                 max_value: self.max_value,
                 quota: self.quota,
+                max_instances: self.max_instances,
             },
             placement: PlacementRules {
                 on: self.on.into_iter().collect(),

@@ -33,6 +33,11 @@ pub struct Host {
     /// Client connections served at once.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Connections served at once from one client address, on the service and the admin port;
+    /// more are answered 503 and closed (one client cannot take every connection). Behind a
+    /// reverse proxy every client has the proxy's address: raise it there.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections_per_client: usize,
     /// Time a client has to send a request's headers, on the service and the admin port alike
     /// (also how long a kept connection may wait for its next request). At least 1s.
     #[arg(long, default_value = "10s", value_parser = parse_header_timeout)]
@@ -180,6 +185,7 @@ impl Host {
             peer: self.peer,
             ingress: IngressLimits {
                 max_connections: self.max_connections.max(1),
+                max_per_client: self.max_connections_per_client.max(1),
                 header_timeout: Duration::from_millis(self.header_timeout),
             },
             max_module_size: usize::try_from(self.max_module_size).unwrap_or(usize::MAX),
