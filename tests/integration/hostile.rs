@@ -202,3 +202,67 @@ fn a_body_that_stalls_after_its_beginning_is_cut_off_for_the_guest() {
         "cut off after {took:?}"
     );
 }
+
+/// A process's resident memory, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb << 10
+}
+
+#[test]
+fn bodies_stalled_at_a_standby_are_streamed_on_and_cut_off() {
+    let hosts = crate::support::cluster_each(&[&["--label", "zone=a"], &["--label", "zone=b"]]);
+    hosts[0].deploy(guests::MISBEHAVE, "bad", &["--on", "zone=a"]);
+    let standby = &hosts[1];
+    crate::support::eventually("the standby forwards to the active host", || {
+        standby.get("/bad/ok") == (200, "fine".into())
+    });
+    let before = rss(standby.pid());
+    // 100 connections send 2 MiB of a 9 MiB body at once, then nothing: 200 MiB that a standby
+    // holding bodies to forward them would keep in memory.
+    let chunk = vec![b'x'; 2 << 20];
+    let started = Instant::now();
+    let mut peak = 0;
+    let mut stalled: Vec<TcpStream> = (0..100)
+        .map(|i| {
+            let mut s = connect_from(&format!("127.0.0.{}", 5 + i % 3), standby.listen);
+            s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(b"POST /bad/body HTTP/1.1\r\nhost: x\r\ncontent-length: 9437184\r\n\r\n")
+                .unwrap();
+            s.write_all(&chunk).unwrap();
+            peak = peak.max(rss(standby.pid()));
+            s
+        })
+        .collect();
+    for _ in 0..20 {
+        peak = peak.max(rss(standby.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Bound: what each connection may hold (64 KiB read ahead, a few frames on their way) is
+    // well under 1 MiB; 100 of them under 100 MiB, half of what buffering would take.
+    let grown = peak.saturating_sub(before);
+    eprintln!("the standby's RSS grew by {} MiB under the attack", grown >> 20);
+    assert!(grown < 100 << 20, "the standby grew by {} MiB", grown >> 20);
+    // Each stalled body is cut off once it sends nothing for 10 s, and its connection closed.
+    for s in &mut stalled {
+        let (answer, _) = read_until_closed(s, Duration::from_secs(60));
+        assert!(
+            answer.starts_with("HTTP/1.1 408") || answer.contains("body error"),
+            "{answer}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "the last stalled connection closed after {:?}",
+        started.elapsed()
+    );
+    // Both hosts serve on.
+    assert_eq!(standby.get("/bad/ok"), (200, "fine".into()));
+    assert_eq!(hosts[0].get("/bad/ok"), (200, "fine".into()));
+}

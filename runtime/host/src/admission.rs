@@ -7,8 +7,9 @@
 //! - **A request body's time**: no instance exists until the body's first [`PREFETCH`] bytes (or
 //!   all of it) have arrived ([`prefetch`]): a client that trickles its body holds a connection
 //!   and a small buffer, never an instance. The body must keep up a minimum rate — at most
-//!   [`BODY_GRACE`] plus one second per [`MIN_RATE`] bytes since the request began — or it is
-//!   cut off: with `408` before the instance exists, with a read error for the guest after.
+//!   [`BODY_GRACE`] plus one second per [`MIN_RATE`] bytes since the request began, and never
+//!   silent for [`BODY_IDLE`] — or it is cut off: with `408` before the instance exists, with a
+//!   read error for the guest after (and for a forwarded body, on the host that runs it).
 //! - Connections per client address are capped by the listener (`listener::serve`).
 
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub const BODY_GRACE: Duration = Duration::from_secs(5);
 pub const MIN_RATE: u64 = 16 << 10;
 /// How much of a body arrives before an instance is made for it.
 pub const PREFETCH: usize = 64 << 10;
+/// The longest a body may send nothing, however far ahead of [`MIN_RATE`] it is (a client that
+/// sends most of a body at once and then stalls).
+pub const BODY_IDLE: Duration = Duration::from_secs(10);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -89,9 +93,11 @@ impl Slots {
     }
 }
 
-/// When the body must have delivered `received` bytes, for a request that began at `start`.
+/// When the body must deliver its next bytes, having delivered `received` since `start`: by the
+/// minimum rate, and never more than [`BODY_IDLE`] from now.
 fn due(start: Instant, received: usize) -> Instant {
-    start + BODY_GRACE + Duration::from_millis(received as u64 * 1000 / MIN_RATE)
+    let by_rate = start + BODY_GRACE + Duration::from_millis(received as u64 * 1000 / MIN_RATE);
+    by_rate.min(Instant::now() + BODY_IDLE)
 }
 
 /// The body was too slow: it did not keep up the minimum rate.
@@ -102,9 +108,11 @@ impl std::fmt::Display for TooSlow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the request body arrived slower than {} KiB/s after its first {} s",
+            "the request body arrived slower than {} KiB/s after its first {} s, or sent \
+             nothing for {} s",
             MIN_RATE >> 10,
-            BODY_GRACE.as_secs()
+            BODY_GRACE.as_secs(),
+            BODY_IDLE.as_secs()
         )
     }
 }
@@ -115,6 +123,16 @@ impl std::error::Error for TooSlow {}
 pub struct Prefetched {
     first: Option<Bytes>,
     rest: Option<mpsc::Receiver<Result<Frame<Bytes>, BoxError>>>,
+}
+
+impl Prefetched {
+    /// The whole body, when all of it arrived with the first bytes; itself otherwise.
+    pub fn whole(self) -> Result<Bytes, Prefetched> {
+        match self.rest {
+            None => Ok(self.first.unwrap_or_default()),
+            Some(_) => Err(self),
+        }
+    }
 }
 
 impl http_body::Body for Prefetched {

@@ -5,12 +5,17 @@
 //! adds its id), so that the receiving host serves it itself unless it is handing the service
 //! over; a request is forwarded at most twice. The mark counts only there: the service port
 //! drops it from clients.
+//!
+//! Bodies are streamed, both ways, with back-pressure: a request's body is held only while it
+//! is small (what `admission::prefetch` reads before anything else, so that it can go to a
+//! second host if the first does not answer); a larger one goes to one host as it arrives, at
+//! the minimum rate or cut off. An answer is passed back as it comes, within the timeout.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderName, Response, StatusCode};
+use http_body_util::BodyExt;
 
 use doppel_replication::{HostRoute, PeerClient};
 
@@ -40,30 +45,6 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Reads a request to forward: its head and its whole body, which may be at most `max_body`
-/// bytes (a 413 answer otherwise). Buffered, so that it can go to a second host if the first
-/// does not answer.
-pub async fn buffer<B>(
-    req: Request<B>,
-    max_body: u64,
-) -> Result<(http::request::Parts, Bytes), Response<ResponseBody>>
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let (parts, body) = req.into_parts();
-    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(e) => Err(host_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body unreadable or over this service's limit of {max_body} bytes: {e}"
-            ),
-        )),
-    }
-}
-
 /// Sends the request to the first of `targets` that answers, and relays its answer; `Err` with
 /// the last failure when none answers.
 pub async fn send(
@@ -81,22 +62,92 @@ pub async fn send(
         .to_string();
     let mut last = String::new();
     for target in targets {
-        let mut out = peers
-            .host_request(target, parts.method.clone(), FORWARD, &path)
-            .timeout(timeout)
-            .header(FORWARDED_BY, this.to_string())
-            .body(body.clone());
-        for (name, value) in &parts.headers {
-            if !HOP_BY_HOP.contains(&name.as_str()) && name != http::header::HOST {
-                out = out.header(name, value);
-            }
-        }
+        let out = request(peers, this, target, timeout, parts, &path).body(body.clone());
         match out.send().await {
-            Ok(answer) => return Ok(relay(answer).await),
+            Ok(answer) => return Ok(relay(answer)),
             Err(e) => last = format!("{target}: {e}"),
         }
     }
     Err(last)
+}
+
+/// Sends the request to `target` with `body` streamed as it arrives (it cannot be sent twice),
+/// and relays the answer.
+pub async fn send_streaming<B>(
+    peers: &PeerClient,
+    this: u64,
+    target: &str,
+    timeout: Duration,
+    parts: &http::request::Parts,
+    body: B,
+) -> Result<Response<ResponseBody>, Failed>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    request(peers, this, target, timeout, parts, &path)
+        .body(reqwest::Body::wrap(body))
+        .send()
+        .await
+        .map(relay)
+        .map_err(|e| {
+            // A client that stopped sending its body is answered as such, not as a dead host.
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(error) = cause {
+                if error.is::<crate::admission::TooSlow>() {
+                    return Failed::BodyTooSlow;
+                }
+                cause = error.source();
+            }
+            Failed::Host(format!("{target}: {e}"))
+        })
+}
+
+/// Why a streamed forward failed.
+pub enum Failed {
+    /// The client's body fell behind the minimum rate.
+    BodyTooSlow,
+    /// The target did not answer.
+    Host(String),
+}
+
+impl Failed {
+    /// The answer to the client.
+    pub fn answer(self) -> Response<ResponseBody> {
+        match self {
+            Failed::BodyTooSlow => host_response(
+                StatusCode::REQUEST_TIMEOUT,
+                crate::admission::TooSlow.to_string(),
+            ),
+            Failed::Host(why) => unavailable(&why),
+        }
+    }
+}
+
+/// The forwarded request to `target`, without its body.
+fn request(
+    peers: &PeerClient,
+    this: u64,
+    target: &str,
+    timeout: Duration,
+    parts: &http::request::Parts,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    let mut out = peers
+        .host_request(target, parts.method.clone(), FORWARD, path)
+        .timeout(timeout)
+        .header(FORWARDED_BY, this.to_string());
+    for (name, value) in &parts.headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) && name != http::header::HOST {
+            out = out.header(name, value);
+        }
+    }
+    out
 }
 
 /// The answer when no active host answers.
@@ -115,26 +166,21 @@ pub fn unavailable(why: &str) -> Response<ResponseBody> {
     response
 }
 
-/// The answer of the active host, passed back as it came.
-async fn relay(answer: reqwest::Response) -> Response<ResponseBody> {
-    let status = answer.status();
-    let headers = answer.headers().clone();
-    let body = match answer.bytes().await {
-        Ok(body) => body,
-        Err(e) => {
-            return host_response(
-                StatusCode::BAD_GATEWAY,
-                format!("the active host's answer was cut off: {e}"),
-            );
-        }
-    };
-    let mut response = Response::new(
-        Full::new(body)
-            .map_err(|e: std::convert::Infallible| match e {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    for (name, value) in &headers {
+/// The answer of the active host, passed back as it comes (its body streamed, within the
+/// request's timeout; cut off, the client's answer is cut off too).
+fn relay(answer: reqwest::Response) -> Response<ResponseBody> {
+    let answer: http::Response<reqwest::Body> = answer.into();
+    let (parts, body) = answer.into_parts();
+    let body = body
+        .map_err(|e| {
+            wasmtime_wasi_http::Error::InternalError(Some(format!(
+                "the active host's answer was cut off: {e}"
+            )))
+        })
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = parts.status;
+    for (name, value) in &parts.headers {
         if !HOP_BY_HOP.contains(&name.as_str()) && name != http::header::CONTENT_LENGTH {
             response.headers_mut().append(name, value.clone());
         }

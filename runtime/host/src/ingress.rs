@@ -288,11 +288,31 @@ async fn forward_once_more(
         service.stats.forwarded.fetch_add(1, Ordering::Relaxed);
     }
     let timeout = Duration::from_millis(limits.timeout_ms + 5_000);
-    let (parts, body) = match forward::buffer(req.map(|b| Drain(Some(b))), limits.max_body).await {
-        Ok(buffered) => buffered,
-        Err(response) => return response,
-    };
+    let start = tokio::time::Instant::now();
+    let (parts, body) = req.into_parts();
+    if let Some(refused) = over_limit(&parts.headers, limits.max_body) {
+        return refused;
+    }
     let this = registry.placements().this();
+    // A small body is held, so that it can go to another host if the first does not answer; a
+    // larger one is streamed to one host as it arrives (see `forward`).
+    let body = match admission::prefetch(Drain(Some(body)), start).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    let body = match body.whole() {
+        Ok(body) => body,
+        Err(streaming) => {
+            let limit = usize::try_from(limits.max_body).unwrap_or(usize::MAX);
+            let body = Limited::new(streaming, limit);
+            return forward::send_streaming(peers, this, &targets[0], timeout, &parts, body)
+                .await
+                .unwrap_or_else(forward::Failed::answer);
+        }
+    };
+    if body.len() as u64 > limits.max_body {
+        return too_large(limits.max_body);
+    }
     let why = match forward::send(peers, this, &targets, timeout, &parts, &body).await {
         Ok(response) => return response,
         Err(why) => why,
@@ -335,6 +355,24 @@ fn cannot_run(name: &str, reason: &str) -> Response<ResponseBody> {
     response
 }
 
+/// The 413 for a request whose declared length is over `max_body`.
+fn over_limit(headers: &http::HeaderMap, max_body: u64) -> Option<Response<ResponseBody>> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    declared
+        .is_some_and(|len| len > max_body)
+        .then(|| too_large(max_body))
+}
+
+fn too_large(max_body: u64) -> Response<ResponseBody> {
+    host_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is over this service's limit of {max_body} bytes"),
+    )
+}
+
 /// Runs a request for `asked`'s service here, its writes carrying `epoch`.
 async fn serve_here<B>(
     registry: &Registry,
@@ -373,16 +411,9 @@ where
         headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
     }
     let max_body = service.limits.max_body;
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max_body) {
+    if let Some(refused) = over_limit(headers, max_body) {
         drop(req.into_body());
-        return host_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is over this service's limit of {max_body} bytes"),
-        );
+        return refused;
     }
     // No instance until the body's beginning is here (a trickling client holds no slot), and
     // then only within the service's share of this host (see `admission`).
