@@ -211,7 +211,8 @@ where
         return Ok(Prefetched { first, rest });
     }
     let received = first.as_ref().map_or(0, Bytes::len);
-    let (tx, rx) = mpsc::channel(4);
+    // One frame on its way at a time: a consumer that does not read holds back the client.
+    let (tx, rx) = mpsc::channel(1);
     tokio::spawn(pump(body, start, received, tx));
     Ok(Prefetched {
         first,

@@ -39,6 +39,9 @@ impl Default for IngressLimits {
     }
 }
 
+/// How much a connection reads ahead of its request's consumer.
+const READ_BUFFER: usize = 64 << 10;
+
 /// The connections open from each client address.
 #[derive(Clone, Default)]
 struct PerClient(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
@@ -118,6 +121,10 @@ pub async fn serve<S, B>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // What one connection may read ahead of its request's consumer (a guest, or a forward
+        // to another host): a body stalled on the other side holds at most this (and headers
+        // must fit in it).
+        .max_buf_size(READ_BUFFER)
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {
