@@ -40,6 +40,7 @@ mod node;
 mod peer_server;
 mod raft_network;
 mod read_index;
+mod read_rounds;
 pub mod recovery;
 mod replicated;
 mod rotation;

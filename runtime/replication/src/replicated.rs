@@ -16,6 +16,7 @@ use crate::log_store::LogStore;
 use crate::membership::{self, ClusterStatus, JoinRequest, Refusal};
 use crate::node::Node;
 use crate::read_index::confirmed_read_index;
+use crate::read_rounds::ReadRounds;
 use crate::state_machine::StateMachine;
 use crate::transport::{LEAVING, PeerClient, PeerError, RaftRoute};
 use crate::types::{NodeId, Response, TypeConfig};
@@ -55,6 +56,8 @@ struct Core {
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Writes in the batcher's queue.
     queued: AtomicUsize,
+    /// Linearizable reads share their leadership confirmations.
+    reads: ReadRounds,
 }
 
 /// A write waiting for its entry.
@@ -89,6 +92,7 @@ impl ReplicatedStore {
             timeout_ms: AtomicU64::new(5_000),
             in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
             queued: AtomicUsize::new(0),
+            reads: ReadRounds::new(),
         });
         let (queue, pending) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batcher(core.clone(), pending));
@@ -288,8 +292,14 @@ impl ReplicatedStore {
         self.or_through_leader(here, RaftRoute::Remove, &id).await
     }
 
-    /// Waits until reading the local state machine is linearizable.
+    /// Waits until reading the local state machine is linearizable: for a confirmation that
+    /// started after now, shared with every other read waiting for one ([`ReadRounds`]).
     async fn read_barrier(&self) -> Result<(), StoreError> {
+        self.core.reads.join(|| self.confirm_read()).await
+    }
+
+    /// One confirmation: the index a read must see, confirmed by a majority, applied here.
+    async fn confirm_read(&self) -> Result<(), StoreError> {
         let timeout = self.core.timeout();
         let barrier = async {
             let index = match confirmed_read_index(&self.core.raft, timeout).await {
