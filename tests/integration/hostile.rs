@@ -248,7 +248,10 @@ fn bodies_stalled_at_a_standby_are_streamed_on_and_cut_off() {
     // anything else, one frame on its way, the TLS and write buffers towards the active host —
     // is under 640 KiB: 100 connections under 64 MiB, a third of what buffering would take.
     let grown = peak.saturating_sub(before);
-    eprintln!("the standby's RSS grew by {} MiB under the attack", grown >> 20);
+    eprintln!(
+        "the standby's RSS grew by {} MiB under the attack",
+        grown >> 20
+    );
     assert!(grown < 64 << 20, "the standby grew by {} MiB", grown >> 20);
     // Each stalled body is cut off once it sends nothing for 10 s, and its connection closed.
     for s in &mut stalled {

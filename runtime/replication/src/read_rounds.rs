@@ -34,7 +34,11 @@ struct Running<'a>(&'a ReadRounds);
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.state.lock().unwrap_or_else(|e| e.into_inner()).running = false;
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .running = false;
         // Wakes the waiters, one of which starts the next round.
         self.0.done.send_modify(|_| {});
     }
@@ -138,7 +142,10 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         let second = rounds.join(|| async { Ok(()) }).await;
-        assert!(second.is_ok(), "took the round that started before it: {second:?}");
+        assert!(
+            second.is_ok(),
+            "took the round that started before it: {second:?}"
+        );
         assert!(first.await.unwrap().is_err());
     }
 
@@ -149,7 +156,7 @@ mod tests {
             let rounds = rounds.clone();
             tokio::spawn(async move {
                 rounds
-                    .join(|| std::future::pending::<Result<(), StoreError>>())
+                    .join(std::future::pending::<Result<(), StoreError>>)
                     .await
             })
         };
