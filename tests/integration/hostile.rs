@@ -270,3 +270,27 @@ fn bodies_stalled_at_a_standby_are_streamed_on_and_cut_off() {
     assert_eq!(standby.get("/bad/ok"), (200, "fine".into()));
     assert_eq!(hosts[0].get("/bad/ok"), (200, "fine".into()));
 }
+
+#[test]
+fn a_guest_hoarding_host_resources_is_stopped_at_its_cap() {
+    let host = Host::start();
+    host.deploy(guests::MISBEHAVE, "hoarder", &[]);
+    host.deploy(guests::HTTP_020, "other", &[]);
+    assert_eq!(
+        host.get("/hoarder/handles?n=100"),
+        (200, "holding 100".into())
+    );
+    // 50,000 keyvalue handles at once: past the 10,000 host-side resources a request may hold.
+    let (status, body) = host.get("/hoarder/handles?n=50000");
+    assert!(
+        status == 500 || body.starts_with("refused after"),
+        "{status} {body}"
+    );
+    assert!(!body.contains("holding 50000"), "{body}");
+    // Only that request failed: the service and its neighbour serve on.
+    assert_eq!(
+        host.get("/hoarder/handles?n=100"),
+        (200, "holding 100".into())
+    );
+    assert_eq!(host.get("/other/").0, 200);
+}

@@ -28,6 +28,10 @@ pub type ResponseBody =
 
 const TIMED_OUT: &str = "the request ran past its time limit";
 
+/// Host-side resources one request may hold at once; creating more fails (a trap for most
+/// interfaces, an error for some), and only that request.
+pub(crate) const MAX_HOST_RESOURCES: usize = 10_000;
+
 /// The trap the epoch callback raises at the deadline, recognised by type, not by its text.
 #[derive(Debug)]
 struct TimedOut;
@@ -73,8 +77,12 @@ pub(crate) fn new_store(
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .socket_addr_check(|_, _| Box::pin(async { false }));
+    // Every host-side resource a guest creates (streams, fields, pollables, keyvalue handles)
+    // lives in this table: its size bounds them all.
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HOST_RESOURCES);
     let state = RequestState {
-        table: ResourceTable::new(),
+        table,
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
         hooks: DenyOutbound,
@@ -85,10 +93,9 @@ pub(crate) fn new_store(
             writer,
         ),
         config: service.config.clone(),
-        limiter: MemoryLimiter {
-            max_memory: usize::try_from(service.limits.max_memory).unwrap_or(usize::MAX),
-            hit: None,
-        },
+        limiter: MemoryLimiter::new(
+            usize::try_from(service.limits.max_memory).unwrap_or(usize::MAX),
+        ),
     };
     let mut wstore = wasmtime::Store::new(&runtime.engine, state);
     wstore.limiter(|s| &mut s.limiter);
@@ -201,7 +208,7 @@ where
                     let mut why = format!("{e:#}");
                     if let Some(desired) = wstore.data().limiter.hit {
                         why = format!(
-                            "the instance tried to grow its memory to {desired} bytes, past its limit of {} bytes; then: {why}",
+                            "the instance tried to grow its memories and tables to {desired} bytes in all, past its limit of {} bytes; then: {why}",
                             service.limits.max_memory
                         );
                     }

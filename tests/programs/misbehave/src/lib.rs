@@ -82,6 +82,24 @@ impl wasi::exports::http::incoming_handler::Guest for Handler {
                 };
                 respond(out, 200, text.as_bytes());
             }
+            "/handles" => {
+                // Opens `n` keyvalue buckets and keeps every handle: a guest hoarding host-side
+                // resources.
+                let mut kept = Vec::new();
+                for _ in 0..size(&params, "n") {
+                    match store::open("hoard") {
+                        Ok(bucket) => kept.push(bucket),
+                        Err(e) => {
+                            return respond(
+                                out,
+                                200,
+                                format!("refused after {}: {e:?}", kept.len()).as_bytes(),
+                            );
+                        }
+                    }
+                }
+                respond(out, 200, format!("holding {}", kept.len()).as_bytes());
+            }
             _ => respond(out, 404, b"no such route"),
         }
     }
