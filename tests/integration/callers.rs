@@ -486,3 +486,43 @@ fn forged_expired_and_misdirected_tokens_are_refused_with_the_standard_challenge
             .contains("insufficient_scope")
     );
 }
+
+/// The SDK's guards on the smallest service (the one `benches/callers.rs` measures): the same
+/// handler open and guarded.
+#[test]
+fn a_guarded_route_wants_a_token_and_an_open_one_does_not() {
+    let host = Host::start();
+    deploy_service(&host, guests::CALLERS, "callers");
+    let token = Issuer::shared().token("ada", &[]);
+    assert_eq!(
+        call_as(&host, None, "GET", "/callers/open/read", None).0,
+        200
+    );
+    assert_eq!(
+        call_as(&host, None, "GET", "/callers/guarded/read", None).0,
+        401
+    );
+    assert_eq!(
+        call_as(&host, Some(&token), "GET", "/callers/guarded/read", None).0,
+        200
+    );
+    let (status, _) = call_as(
+        &host,
+        Some(&token),
+        "POST",
+        "/callers/guarded/write",
+        Some(json!("x")),
+    );
+    assert_eq!(status, 204);
+    assert_eq!(
+        call_as(
+            &host,
+            None,
+            "POST",
+            "/callers/guarded/write",
+            Some(json!("x"))
+        )
+        .0,
+        401
+    );
+}

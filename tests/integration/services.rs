@@ -722,3 +722,24 @@ fn service_data_survives_sigkill() {
         "P-000002"
     );
 }
+
+/// The shipped services, with their token verification about 1.5 MB each, reach every host of a
+/// cluster: a module travels through the replicated log like any write.
+#[test]
+fn the_shipped_services_deploy_across_a_cluster() {
+    let hosts = crate::support::cluster(3, &[]);
+    for (guest, name) in [
+        (guests::PERMITS, "permits"),
+        (guests::REGISTRY, "registry"),
+        (guests::APPOINTMENTS, "appointments"),
+    ] {
+        deploy_service(&hosts[0], guest, name);
+    }
+    for host in &hosts {
+        crate::support::eventually("every host serves every service", || {
+            call(host, "GET", "/permits/applications", None).0 == 200
+                && call(host, "GET", "/registry/persons", None).0 == 200
+                && call(host, "GET", "/appointments/bookings", None).0 == 200
+        });
+    }
+}

@@ -18,13 +18,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Response, StatusCode};
+use http::StatusCode;
 use http_body::Frame;
 use http_body_util::BodyExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
-
-use crate::invoke::{ResponseBody, host_response};
 
 /// How long a request waits for one of its service's instance slots.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(1);
@@ -39,6 +37,43 @@ pub const PREFETCH: usize = 64 << 10;
 pub const BODY_IDLE: Duration = Duration::from_secs(10);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request was turned away before it reached a guest.
+#[derive(Debug)]
+pub enum Refused {
+    /// Its service runs as many requests as its share allows, and the queue is full or the wait
+    /// ran out (`503`, retry after a second).
+    Busy { service: String, max: usize },
+    /// Its body fell behind the minimum rate (`408`).
+    TooSlow,
+    /// Its body could not be read (`400`).
+    Unreadable(String),
+}
+
+impl Refused {
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refused::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refused::TooSlow => StatusCode::REQUEST_TIMEOUT,
+            Refused::Unreadable(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Busy { service, max } => write!(
+                f,
+                "the service {service:?} is running {max} requests on this host, its limit \
+                 (--max-instances); retry shortly"
+            ),
+            Refused::TooSlow => TooSlow.fmt(f),
+            Refused::Unreadable(why) => write!(f, "the request body could not be read: {why}"),
+        }
+    }
+}
 
 /// The instance slots of one service on this host, and its bounded queue.
 pub struct Slots {
@@ -58,27 +93,14 @@ impl Slots {
         }
     }
 
-    /// A slot, held until the guest is done; or the `503` that says the service is busy.
-    pub async fn take(
-        &self,
-        service: &str,
-    ) -> Result<OwnedSemaphorePermit, Response<ResponseBody>> {
+    /// A slot, held until the guest is done; or why there is none.
+    pub async fn take(&self, service: &str) -> Result<OwnedSemaphorePermit, Refused> {
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             return Ok(slot);
         }
-        let busy = || {
-            let mut response = host_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the service {service:?} is running {} requests on this host, its limit \
-                     (--max-instances); retry shortly",
-                    self.max
-                ),
-            );
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
+        let busy = || Refused::Busy {
+            service: service.to_string(),
+            max: self.max,
         };
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -159,8 +181,8 @@ impl http_body::Body for Prefetched {
 
 /// Reads the body's first [`PREFETCH`] bytes (all of a smaller one) before anything else is
 /// spent on the request; the rest follows at [`MIN_RATE`] or is cut off. A body that does not
-/// arrive in time is answered `408`.
-pub async fn prefetch<B>(mut body: B, start: Instant) -> Result<Prefetched, Response<ResponseBody>>
+/// arrive in time is refused ([`Refused::TooSlow`]).
+pub async fn prefetch<B>(mut body: B, start: Instant) -> Result<Prefetched, Refused>
 where
     B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
@@ -178,12 +200,7 @@ where
             break false;
         }
         match tokio::time::timeout_at(due(start, first.len()), body.frame()).await {
-            Err(_) => {
-                return Err(host_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    TooSlow.to_string(),
-                ));
-            }
+            Err(_) => return Err(Refused::TooSlow),
             Ok(None) => break true,
             Ok(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => first.extend_from_slice(&data),
@@ -194,10 +211,7 @@ where
             },
             Ok(Some(Err(e))) => {
                 let e: BoxError = e.into();
-                return Err(host_response(
-                    StatusCode::BAD_REQUEST,
-                    format!("the request body could not be read: {e}"),
-                ));
+                return Err(Refused::Unreadable(e.to_string()));
             }
         }
     };

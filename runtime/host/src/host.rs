@@ -284,8 +284,10 @@ pub async fn run(
         let (limits, stopped, grace) = (
             // Peers are the cluster's own hosts, authenticated, with pools of connections to
             // each other: no per-address cap between them.
+            // Their raft appends stream through long-lived connections: hyper's own read-ahead.
             IngressLimits {
                 max_per_client: usize::MAX,
+                read_ahead: None,
                 ..config.ingress.clone()
             },
             stopped(stop_rx.clone()),

@@ -298,7 +298,7 @@ async fn forward_once_more(
     // larger one is streamed to one host as it arrives (see `forward`).
     let body = match admission::prefetch(Drain(Some(body)), start).await {
         Ok(body) => body,
-        Err(refused) => return refused,
+        Err(refused) => return answer_refused(&refused),
     };
     let body = match body.whole() {
         Ok(body) => body,
@@ -352,6 +352,17 @@ fn cannot_run(name: &str, reason: &str) -> Response<ResponseBody> {
     response
         .headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+/// The answer to a request turned away before it reached a guest.
+fn answer_refused(refused: &admission::Refused) -> Response<ResponseBody> {
+    let mut response = host_response(refused.status(), refused.to_string());
+    if matches!(refused, admission::Refused::Busy { .. }) {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     response
 }
 
@@ -421,17 +432,15 @@ where
     let body = match admission::prefetch(body, start).await {
         Ok(body) => body,
         Err(refused) => {
-            service
-                .log
-                .host("request refused: its body did not arrive in time");
-            return refused;
+            service.log.host(format!("request refused: {refused}"));
+            return answer_refused(&refused);
         }
     };
     let in_flight = match service.slots.take(asked.name).await {
         Ok(slot) => in_flight.holding(slot),
         Err(busy) => {
             service.stats.errors.fetch_add(1, Ordering::Relaxed);
-            return busy;
+            return answer_refused(&busy);
         }
     };
     let req = Request::from_parts(parts, body);

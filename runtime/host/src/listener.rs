@@ -25,6 +25,9 @@ pub struct IngressLimits {
     pub max_connections: usize,
     /// Connections open at once from one client address; more are answered 503 and closed.
     pub max_per_client: usize,
+    /// How much a connection reads ahead of its request's consumer (`None`: hyper's default,
+    /// ~400 KiB). A body stalled on the other side holds at most this; headers must fit in it.
+    pub read_ahead: Option<usize>,
     /// Time a client has to send a request's headers.
     pub header_timeout: Duration,
 }
@@ -34,13 +37,11 @@ impl Default for IngressLimits {
         IngressLimits {
             max_connections: 10_000,
             max_per_client: 512,
+            read_ahead: Some(64 << 10),
             header_timeout: Duration::from_secs(10),
         }
     }
 }
-
-/// How much a connection reads ahead of its request's consumer.
-const READ_BUFFER: usize = 64 << 10;
 
 /// The connections open from each client address.
 #[derive(Clone, Default)]
@@ -121,11 +122,10 @@ pub async fn serve<S, B>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        // What one connection may read ahead of its request's consumer (a guest, or a forward
-        // to another host): a body stalled on the other side holds at most this (and headers
-        // must fit in it).
-        .max_buf_size(READ_BUFFER)
         .keep_alive(true);
+    if let Some(read_ahead) = limits.read_ahead {
+        http.max_buf_size(read_ahead.max(8 << 10));
+    }
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {

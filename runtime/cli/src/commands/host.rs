@@ -187,6 +187,7 @@ impl Host {
                 max_connections: self.max_connections.max(1),
                 max_per_client: self.max_connections_per_client.max(1),
                 header_timeout: Duration::from_millis(self.header_timeout),
+                ..IngressLimits::default()
             },
             max_module_size: usize::try_from(self.max_module_size).unwrap_or(usize::MAX),
             grace: Duration::from_millis(self.grace),
