@@ -54,7 +54,9 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// How often a primary's shipper looks for a newer generation in a target.
 pub const GENERATION_CHECK: Duration = Duration::from_secs(2);
 /// Most bytes of commands in one entry of the twin's log.
-const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Small, because raft gives an append one heartbeat interval (40 ms) to reach a follower: a
+/// twin of several hosts must get each entry across in that time.
+const MAX_BATCH_BYTES: usize = 256 << 10;
 
 fn space() -> Space {
     Space::system(TABLE)

@@ -57,6 +57,7 @@ mod linker;
 mod listener;
 mod logs;
 mod mode;
+mod module_store;
 mod modules;
 mod moves;
 mod placement;

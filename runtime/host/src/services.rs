@@ -378,7 +378,7 @@ impl Registry {
             for key in &keys {
                 if !records
                     .iter()
-                    .any(|r| r.module.as_bytes() == key.as_slice())
+                    .any(|r| crate::module_store::belongs_to(key, &r.module))
                 {
                     orphans.push(key.clone());
                 }
@@ -439,9 +439,7 @@ impl Registry {
             }
             None => {
                 tracing::info!(service = %record.name, module = %digest, "compiling (no sound precompiled copy for this engine)");
-                let bytes = self
-                    .store
-                    .get(&Space::modules(), digest.as_bytes())
+                let bytes = crate::module_store::get(&self.store, &digest)
                     .await?
                     .ok_or_else(|| DeployError::NoModule(digest.clone()))?;
                 let checked = tokio::task::spawn_blocking(move || modules::check(&runtime, &bytes))
@@ -496,15 +494,13 @@ impl Registry {
         self.cache
             .store(&digest, &checked.component)
             .map_err(DeployError::Internal)?;
-        let space = Space::modules();
-        if self.store.get(&space, digest.as_bytes()).await?.is_none() {
-            self.store
-                .apply(Command::new(Op::Put {
-                    space,
-                    key: digest.clone().into_bytes(),
-                    value: bytes,
-                }))
-                .await?;
+        if self
+            .store
+            .get(&Space::modules(), digest.as_bytes())
+            .await?
+            .is_none()
+        {
+            crate::module_store::put(&self.store, &digest, bytes).await?;
         }
         Ok(ModuleInfo {
             digest,
@@ -546,9 +542,7 @@ impl Registry {
         if let Some(probe) = &request.probe {
             doppel_api::check_probe(probe).map_err(DeployError::BadLimit)?;
         }
-        let bytes = self
-            .store
-            .get(&Space::modules(), request.module.as_bytes())
+        let bytes = crate::module_store::get(&self.store, &request.module)
             .await?
             .ok_or_else(|| DeployError::NoModule(request.module.clone()))?;
         // Read as bytes too: the record is replaced only if it is still this one, so that two
@@ -678,12 +672,7 @@ impl Registry {
         if self.records().await?.iter().any(|r| r.module == digest) {
             return Ok(());
         }
-        self.store
-            .apply(Command::new(Op::Delete {
-                space: Space::modules(),
-                key: digest.as_bytes().to_vec(),
-            }))
-            .await?;
+        crate::module_store::delete(&self.store, digest).await?;
         self.cache.remove(digest);
         Ok(())
     }
