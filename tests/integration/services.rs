@@ -735,8 +735,10 @@ fn the_shipped_services_deploy_across_a_cluster() {
     ] {
         deploy_service(&hosts[0], guest, name);
     }
+    // Every host compiles three components of 1.5 MB: on two loaded cores that takes a while.
     for host in &hosts {
-        crate::support::eventually("every host serves every service", || {
+        let limit = std::time::Duration::from_secs(120);
+        crate::support::eventually_within(limit, "every host serves every service", || {
             call(host, "GET", "/permits/applications", None).0 == 200
                 && call(host, "GET", "/registry/persons", None).0 == 200
                 && call(host, "GET", "/appointments/bookings", None).0 == 200
