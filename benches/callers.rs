@@ -21,11 +21,7 @@ use support::Host;
 fn main() {
     let seconds = common::env_number("CALLERS_SECONDS", 5) as u32;
     let rounds = common::env_number("CALLERS_ROUNDS", 3);
-    let connections: Vec<u32> = std::env::var("CALLERS_CONNECTIONS")
-        .unwrap_or_else(|_| "1,32".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
+    let connections = common::env_list("CALLERS_CONNECTIONS", "1,32");
     let host = Host::start();
     let issuer = Issuer::shared();
     let args = issuer.deploy_args();

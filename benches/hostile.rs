@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Load, median, wrk};
+use common::wrk;
 use support::Host;
 
 fn trickle(from: &str, to: SocketAddr) -> Option<TcpStream> {
@@ -54,31 +54,10 @@ fn attack(to: SocketAddr, n: usize, stop: Arc<AtomicBool>, opened: Arc<AtomicU64
     }
 }
 
-fn summary(name: &str, runs: &[Load]) -> Load {
-    let mut rps: Vec<f64> = runs.iter().map(|l| l.rps).collect();
-    let mut p50: Vec<f64> = runs.iter().map(|l| l.p50_ms).collect();
-    let mut p99: Vec<f64> = runs.iter().map(|l| l.p99_ms).collect();
-    let load = Load {
-        rps: median(&mut rps),
-        p50_ms: median(&mut p50),
-        p99_ms: median(&mut p99),
-        errors: runs.iter().map(|l| l.errors).sum(),
-    };
-    println!(
-        "    {name:<9} {:>9.0} req/s   p50 {:>6.3} ms   p99 {:>6.3} ms   errors {}",
-        load.rps, load.p50_ms, load.p99_ms, load.errors
-    );
-    load
-}
-
 fn main() {
     let seconds = common::env_number("HOSTILE_SECONDS", 8) as u32;
     let rounds = common::env_number("HOSTILE_ROUNDS", 3);
-    let connections: Vec<u32> = std::env::var("HOSTILE_CONNECTIONS")
-        .unwrap_or_else(|_| "1,64".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
+    let connections = common::env_list("HOSTILE_CONNECTIONS", "1,64");
     let host = Host::start();
     host.deploy(doppel_guests::HELLO, "hello", &[]);
     host.deploy(doppel_guests::MISBEHAVE, "target", &[]);
@@ -102,8 +81,8 @@ fn main() {
             attacker.join().unwrap();
         }
         println!("  {c} connection(s), median of {rounds} rounds of {seconds} s:");
-        let q = summary("quiet", &quiet);
-        let a = summary("attacked", &attacked);
+        let q = common::summary("quiet", &quiet);
+        let a = common::summary("attacked", &attacked);
         println!(
             "    attacked/quiet: {:.2}× requests/s, p99 {:.2}×; {} trickling connections opened",
             a.rps / q.rps,

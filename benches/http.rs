@@ -10,7 +10,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Load, median, wrk};
+use common::wrk;
 use support::Host;
 
 const ROUNDS: usize = 3;
@@ -40,24 +40,6 @@ fn wasmtime_serve(port: u16) -> std::process::Child {
         .expect("benches/.tools/bin/wasmtime is missing: run benches/install-peers.sh")
 }
 
-fn summary(name: &str, runs: &mut [Load]) -> Load {
-    let mut rps: Vec<f64> = runs.iter().map(|l| l.rps).collect();
-    let mut p50: Vec<f64> = runs.iter().map(|l| l.p50_ms).collect();
-    let mut p99: Vec<f64> = runs.iter().map(|l| l.p99_ms).collect();
-    let errors: u64 = runs.iter().map(|l| l.errors).sum();
-    let load = Load {
-        rps: median(&mut rps),
-        p50_ms: median(&mut p50),
-        p99_ms: median(&mut p99),
-        errors,
-    };
-    println!(
-        "    {name:<15} {:>9.0} req/s   p50 {:>6.3} ms   p99 {:>6.3} ms   errors {}",
-        load.rps, load.p50_ms, load.p99_ms, load.errors
-    );
-    load
-}
-
 fn main() {
     let mut host = Host::start();
     host.deploy(doppel_guests::HELLO, "hello", &[]);
@@ -79,8 +61,8 @@ fn main() {
             b.push(wrk(&theirs_url, connections, SECONDS, "GET"));
         }
         println!("  {connections} connection(s):");
-        let ours = summary("doppel", &mut a);
-        let peer = summary("wasmtime serve", &mut b);
+        let ours = common::summary("doppel", &a);
+        let peer = common::summary("wasmtime serve", &b);
         println!(
             "    ratio doppel/wasmtime: {:.2}× requests/s (goal ≥ 1.2×), p99 {:.2}× (goal ≤ 1)",
             ours.rps / peer.rps,

@@ -33,6 +33,17 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// A new one-host cluster following the backup at `url` (once it has a snapshot).
+fn following(url: &str, key: &std::path::Path) -> Host {
+    let twin = Host::start();
+    eventually_within(Duration::from_secs(60), "the twin follows", || {
+        twin.cli(&["twin", "follow", url, "--identity", key.to_str().unwrap()])
+            .status
+            .success()
+    });
+    twin
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -47,12 +58,7 @@ fn main() {
     let mut primary = Host::start();
     primary.deploy(doppel_guests::KV_DRAFT2, "kv", &[]);
     let (key, url) = support::backup_offsite(&primary, work.path());
-    let twin = Host::start();
-    eventually_within(Duration::from_secs(60), "the twin follows", || {
-        twin.cli(&["twin", "follow", &url, "--identity", key.to_str().unwrap()])
-            .status
-            .success()
-    });
+    let twin = following(&url, &key);
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -191,12 +197,7 @@ fn promote_while_the_primary_runs(writers: usize) {
     let primary = Host::start();
     primary.deploy(doppel_guests::KV_DRAFT2, "kv", &[]);
     let (key, url) = support::backup_offsite(&primary, work.path());
-    let twin = Host::start();
-    eventually_within(Duration::from_secs(60), "the twin follows", || {
-        twin.cli(&["twin", "follow", &url, "--identity", key.to_str().unwrap()])
-            .status
-            .success()
-    });
+    let twin = following(&url, &key);
     let threads: Vec<_> = (0..writers)
         .map(|w| {
             let base = primary.url("/kv/set?k=");

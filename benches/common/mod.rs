@@ -145,3 +145,31 @@ pub fn env_number(name: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// A comma-separated list of numbers from the environment variable `name`, or `default`.
+pub fn env_list(name: &str, default: &str) -> Vec<u32> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// The median of each of `runs`' figures (errors summed), printed as one line named `name`.
+pub fn summary(name: &str, runs: &[Load]) -> Load {
+    let pick = |f: fn(&Load) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        median(&mut v)
+    };
+    let load = Load {
+        rps: pick(|l| l.rps),
+        p50_ms: pick(|l| l.p50_ms),
+        p99_ms: pick(|l| l.p99_ms),
+        errors: runs.iter().map(|l| l.errors).sum(),
+    };
+    println!(
+        "    {name:<15} {:>9.0} req/s   p50 {:>6.3} ms   p99 {:>6.3} ms   errors {}",
+        load.rps, load.p50_ms, load.p99_ms, load.errors
+    );
+    load
+}
