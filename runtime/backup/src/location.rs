@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures::TryStreamExt as _;
 use object_store::aws::{AmazonS3Builder, Checksum};
 use object_store::path::Path as ObjectPath;
-use object_store::{ClientConfigKey, ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{
+    ClientConfigKey, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+};
 
 use crate::BackupError;
 
@@ -204,7 +206,7 @@ impl Location {
 
     fn path(&self, name: &str) -> ObjectPath {
         name.split('/')
-            .fold(self.prefix.clone(), |path, part| path.child(part))
+            .fold(self.prefix.clone(), |path, part| path.join(part))
     }
 
     /// Creates the object `name`; [`BackupError::Exists`] if it exists (nothing is overwritten).

@@ -48,6 +48,8 @@ mod admission;
 pub mod bench;
 mod clock;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod hosts;
 mod ingress;

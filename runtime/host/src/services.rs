@@ -535,13 +535,7 @@ impl Registry {
         request: DeployRequest,
         actor: &str,
     ) -> Result<ServiceInfo, DeployError> {
-        doppel_api::check_service_name(name).map_err(DeployError::BadName)?;
-        let limits = request.limits.apply_to(Limits::default());
-        check_limits(&limits)?;
-        request.placement.check().map_err(DeployError::BadLimit)?;
-        if let Some(probe) = &request.probe {
-            doppel_api::check_probe(probe).map_err(DeployError::BadLimit)?;
-        }
+        let limits = check_request(name, &request)?;
         let bytes = crate::module_store::get(&self.store, &request.module)
             .await?
             .ok_or_else(|| DeployError::NoModule(request.module.clone()))?;
@@ -734,6 +728,20 @@ impl Registry {
         }
         Ok(out)
     }
+}
+
+/// Checks what a deploy asks for that needs nothing but the request (its name, limits, rules and
+/// probe), and gives the limits it asks for.
+pub(crate) fn check_request(name: &str, request: &DeployRequest) -> Result<Limits, DeployError> {
+    doppel_api::check_service_name(name).map_err(DeployError::BadName)?;
+    doppel_api::check_module_digest(&request.module).map_err(DeployError::BadDigest)?;
+    let limits = request.limits.apply_to(Limits::default());
+    check_limits(&limits)?;
+    request.placement.check().map_err(DeployError::BadLimit)?;
+    if let Some(probe) = &request.probe {
+        doppel_api::check_probe(probe).map_err(DeployError::BadLimit)?;
+    }
+    Ok(limits)
 }
 
 fn check_limits(limits: &Limits) -> Result<(), DeployError> {

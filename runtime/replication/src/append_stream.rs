@@ -39,7 +39,7 @@ async fn write_frame(io: &mut (impl AsyncWrite + Unpin), payload: &[u8]) -> std:
 }
 
 /// Reads one frame of at most `max` bytes; `None` when the other side closed between frames.
-async fn read_frame(
+pub(crate) async fn read_frame(
     io: &mut (impl AsyncRead + Unpin),
     max: usize,
 ) -> std::io::Result<Option<Vec<u8>>> {
@@ -55,8 +55,12 @@ async fn read_frame(
             "a frame of {len} bytes (at most {max})"
         )));
     }
-    let mut payload = vec![0; len];
-    io.read_exact(&mut payload).await?;
+    // Grows with what arrives, so that four bytes claiming a large frame allocate nothing.
+    let mut payload = Vec::with_capacity(len.min(1 << 16));
+    io.take(len as u64).read_to_end(&mut payload).await?;
+    if payload.len() < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(Some(payload))
 }
 

@@ -32,6 +32,8 @@ mod append_stream;
 mod authority;
 mod credentials;
 mod framed;
+#[doc(hidden)]
+pub mod fuzzing;
 mod liveness;
 mod log_store;
 mod member;

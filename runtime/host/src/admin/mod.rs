@@ -5,7 +5,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod backups;
-mod operator;
+pub(crate) mod operator;
 pub(crate) mod tokens;
 mod twin;
 
@@ -432,7 +432,7 @@ fn token_error(e: TokenError) -> AdminError {
 }
 
 #[derive(Deserialize)]
-struct RemoveQuery {
+pub(crate) struct RemoveQuery {
     #[serde(default)]
     purge: bool,
 }
@@ -446,7 +446,7 @@ async fn remove(
 }
 
 #[derive(Deserialize)]
-struct LogQuery {
+pub(crate) struct LogQuery {
     #[serde(default)]
     follow: bool,
     tail: Option<usize>,
@@ -501,7 +501,7 @@ async fn buckets(
 }
 
 #[derive(Deserialize)]
-struct KeyQuery {
+pub(crate) struct KeyQuery {
     after: Option<String>,
     limit: Option<usize>,
 }

@@ -8,7 +8,7 @@ use wasmtime::component::{Linker, Resource};
 
 use super::{Bucket, Cas, HasKv, KvError, KvState, KvView};
 
-mod generated {
+pub(super) mod generated {
     wasmtime::component::bindgen!({
         path: "../../modules/wit/keyvalue-draft2",
         world: "wasi:keyvalue/imports",

@@ -86,6 +86,7 @@ use {batch_methods, bucket_methods, open_method};
 
 mod draft;
 mod draft2;
+pub(crate) mod fuzzing;
 
 use std::sync::Arc;
 
