@@ -4,6 +4,8 @@
 # pinned nightly toolchain (cargo fuzz instruments with nightly-only flags) and cargo-fuzz.
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]      default: 60 s for every target
+#   DOPPEL_FUZZ_DEV=1 fuzz/run.sh 10       unoptimised build (CI's smoke run: builds in less
+#                                          than half the time, fuzzes several times slower)
 #
 # A target's corpus grows in fuzz/corpus/TARGET (not committed); it starts from what
 # fuzz/regressions/TARGET holds. A crash leaves its input in fuzz/artifacts/TARGET/; once fixed,
@@ -29,9 +31,14 @@ if ! "$tools/bin/cargo-fuzz" --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSIO
   cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$tools"
 fi
 export PATH=$tools/bin:$PATH
+# Its own target directory, whatever the caller's: the instrumented build must not replace the
+# ordinary one's artifacts.
+export CARGO_TARGET_DIR=$PWD/target
 
-echo "building the fuzz targets (release, debug assertions and coverage instrumentation on)"
-cargo "+$NIGHTLY" fuzz build
+profile=()
+[ -z "${DOPPEL_FUZZ_DEV:-}" ] || profile=(--dev)
+echo "building the fuzz targets (${profile[*]:-release}, debug assertions and coverage instrumentation on)"
+cargo "+$NIGHTLY" fuzz build "${profile[@]}"
 
 crashed=0
 summary=()
@@ -42,7 +49,7 @@ for t in "${targets[@]}"; do
   # -rss_limit_mb: an input that makes the harness hold 2 GiB is a finding too.
   status=0
   /usr/bin/time -f '%e %U %S' -o "$log.time" \
-    cargo "+$NIGHTLY" fuzz run "$t" "corpus/$t" "regressions/$t" -- \
+    cargo "+$NIGHTLY" fuzz run "${profile[@]}" "$t" "corpus/$t" "regressions/$t" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     >"$log" 2>&1 || status=$?
   runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)

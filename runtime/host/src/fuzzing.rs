@@ -14,14 +14,14 @@ use serde::de::DeserializeOwned;
 
 use crate::runtime::Runtime;
 
-/// An upload to `POST /v1/modules`: the size check, then the checks and linking a deploy runs
-/// before anything is stored.
+/// An upload to `POST /v1/modules`: the size check, then the checks, compilation and linking a
+/// deploy runs before anything is stored (on an engine that does not optimise what it compiles).
 pub fn component_upload(data: &[u8]) {
     static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
     if data.len() > MAX_UPLOAD {
         return;
     }
-    let runtime = RUNTIME.get_or_init(|| Runtime::new().expect("the fuzzing engine"));
+    let runtime = RUNTIME.get_or_init(|| Runtime::unoptimised().expect("the fuzzing engine"));
     let _ = crate::modules::check(runtime, data);
 }
 

@@ -30,6 +30,19 @@ impl Runtime {
     /// Builds the engine (pooling allocator, copy-on-write memory images, epoch interruption) and
     /// links every interface of the guest contract.
     pub fn new() -> anyhow::Result<Arc<Runtime>> {
+        Runtime::build(|_| {})
+    }
+
+    /// The same engine with cranelift's optimisations off, for the upload fuzz target: what it
+    /// tests is the checking and linking of an upload, not the speed of the code compiled from
+    /// it, and unoptimised compilation leaves it several times the inputs per second.
+    pub(crate) fn unoptimised() -> anyhow::Result<Arc<Runtime>> {
+        Runtime::build(|config| {
+            config.cranelift_opt_level(wasmtime::OptLevel::None);
+        })
+    }
+
+    fn build(adjust: impl FnOnce(&mut Config)) -> anyhow::Result<Arc<Runtime>> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOL_INSTANCES)
             .total_core_instances(POOL_INSTANCES * 4)
@@ -47,6 +60,7 @@ impl Runtime {
             .epoch_interruption(true)
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        adjust(&mut config);
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("while creating the wasmtime engine")?;
