@@ -48,10 +48,10 @@ for t in "${targets[@]}"; do
   before=$(ls "artifacts/$t" | wc -l)
   # -rss_limit_mb: an input that makes the harness hold 2 GiB is a finding too.
   status=0
-  /usr/bin/time -f '%e %U %S' -o "$log.time" \
-    cargo "+$NIGHTLY" fuzz run "${profile[@]}" "$t" "corpus/$t" "regressions/$t" -- \
+  TIMEFORMAT='%R %U %S'
+  { time cargo "+$NIGHTLY" fuzz run "${profile[@]}" "$t" "corpus/$t" "regressions/$t" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    >"$log" 2>&1 || status=$?
+    >"$log" 2>&1; } 2>"$log.time" || status=$?
   runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
   read -r wall user sys <"$log.time" || true
   found=$(( $(ls "artifacts/$t" | wc -l) - before ))
