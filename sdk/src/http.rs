@@ -64,7 +64,7 @@ impl Request {
             .header("authorization")
             .and_then(crate::auth::bearer)
             .ok_or_else(crate::auth::no_token)?;
-        crate::auth::Verifier::from_config()?.verify(token)
+        crate::auth::Verifier::from_config()?.verify_remembered(token)
     }
 
     /// `GET`, `POST`, …

@@ -526,3 +526,43 @@ fn a_guarded_route_wants_a_token_and_an_open_one_does_not() {
         401
     );
 }
+
+/// A token the host remembers as verified (decision 0010) is still held to its expiry, and a
+/// new key set refuses it: remembering saves the arithmetic, never a check.
+#[test]
+fn a_remembered_token_still_expires_and_a_new_key_set_refuses_it() {
+    let host = Host::start();
+    deploy_service(&host, guests::CALLERS, "callers");
+    let issuer = Issuer::shared();
+    let read = |token: &str| call_as(&host, Some(token), "GET", "/callers/guarded/read", None).0;
+
+    // Expired 50 s ago: within the 60 s allowed for clock skew, for another 10 s.
+    let mut claims = Issuer::claims("ada", &[]);
+    claims["exp"] = json!(jsonwebtoken::get_current_timestamp() - 50);
+    let ending = issuer.sign(Algorithm::EdDSA, Some("ed"), &claims);
+    assert_eq!(read(&ending), 200, "verified, and remembered");
+    assert_eq!(read(&ending), 200, "remembered");
+    crate::support::eventually_within(
+        std::time::Duration::from_secs(40),
+        "the remembered token to expire",
+        || read(&ending) == 401,
+    );
+
+    let lasting = issuer.token("bo", &[]);
+    assert_eq!(read(&lasting), 200);
+    // Redeployed trusting only the EdDSA key: the ES256 token it remembered no longer passes.
+    let jwks: Value =
+        serde_json::from_str(&issuer.deploy_args().last().unwrap()["AUTH_JWKS=".len()..]).unwrap();
+    let only_ed: Vec<Value> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kid"] == "ed")
+        .cloned()
+        .collect();
+    let mut args = issuer.deploy_args();
+    *args.last_mut().unwrap() = format!("AUTH_JWKS={}", json!({ "keys": only_ed }));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    host.deploy(guests::CALLERS, "callers", &args);
+    assert_eq!(read(&lasting), 401);
+}

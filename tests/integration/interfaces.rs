@@ -145,3 +145,73 @@ fn services_cannot_see_each_others_buckets() {
     host.deploy(guests::KV_DRAFT2, "alpha", &[]);
     assert_eq!(host.get("/alpha/get?k=secret").1, "alpha's");
 }
+
+/// Whether any file under `dir` holds `needle`, byte for byte.
+fn any_file_holds(dir: &std::path::Path, needle: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let found = if path.is_dir() {
+            any_file_holds(&path, needle)
+        } else {
+            std::fs::read(&path)
+                .unwrap_or_default()
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+                .then_some(path)
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// `doppel:local` (decision 0010) is memory of one host: it outlives a request, is never
+/// written to disk (so it does not outlive the process), is not another service's, and refuses
+/// what only replicated state can do.
+#[test]
+fn the_host_local_bucket_outlives_requests_but_never_reaches_the_disk() {
+    let mut host = Host::start();
+    host.deploy(guests::KV_DRAFT, "kv", &[]);
+    host.deploy(guests::KV_DRAFT2, "other", &[]);
+    let canary = "local-canary-7c41e0";
+    assert_eq!(
+        host.post("/kv/set?b=doppel:local&k=t", canary),
+        (200, "ok".into())
+    );
+    assert_eq!(
+        host.post("/kv/set?k=replicated", "kept"),
+        (200, "ok".into())
+    );
+    // Every request is a fresh instance: this is another one, and it finds the value.
+    assert_eq!(host.get("/kv/get?b=doppel:local&k=t"), (200, canary.into()));
+    assert_eq!(host.get("/kv/exists?b=doppel:local&k=t").1, "true");
+    assert_eq!(host.get("/other/get?b=doppel:local&k=t").1, "<none>");
+    assert_eq!(
+        host.post("/kv/set-many?b=doppel:local", "a=1\nb=2"),
+        (200, "ok".into())
+    );
+    assert_eq!(
+        host.get("/kv/get-many?b=doppel:local&k=a,b,c").1,
+        "a=1,b=2,-"
+    );
+
+    for refused in [
+        "/kv/list?b=doppel:local",
+        "/kv/increment?b=doppel:local&k=n",
+    ] {
+        let (status, text) = host.post(refused, "");
+        assert_eq!(status, 500, "{refused}");
+        assert!(text.contains("not replicated state"), "{refused}: {text}");
+    }
+
+    assert_eq!(
+        any_file_holds(&host.data, canary),
+        None,
+        "a local value reached a file"
+    );
+    host.kill();
+    host.restart();
+    assert_eq!(host.get("/kv/get?b=doppel:local&k=t").1, "<none>");
+    assert_eq!(host.get("/kv/get?k=replicated").1, "kept");
+}

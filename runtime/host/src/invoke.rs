@@ -91,6 +91,7 @@ pub(crate) fn new_store(
             service.limits.clone(),
             store.clone(),
             writer,
+            service.local.clone(),
         ),
         config: service.config.clone(),
         limiter: MemoryLimiter::new(

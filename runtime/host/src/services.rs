@@ -78,6 +78,8 @@ pub struct Service {
     pub log: Arc<ServiceLog>,
     /// Its share of this host's instances.
     pub slots: crate::admission::Slots,
+    /// Its `doppel:local` bucket: this host's memory only, gone with this version.
+    pub local: Arc<crate::keyvalue::LocalBucket>,
 }
 
 /// Why a deploy or removal was refused.
@@ -129,6 +131,8 @@ pub struct Registry {
     services: RwLock<HashMap<String, Arc<Service>>>,
     /// Per name, not per version: they outlive redeploys and removals.
     observed: Mutex<HashMap<String, Observed>>,
+    /// What all services' `doppel:local` buckets hold together.
+    local_bytes: crate::keyvalue::HostLocalBytes,
     /// Deploys and removals one at a time, so that version numbers and module clean-up never race.
     changes: tokio::sync::Mutex<()>,
     /// Where each service is active.
@@ -157,6 +161,7 @@ impl Registry {
             cache,
             services: RwLock::new(HashMap::new()),
             observed: Mutex::new(HashMap::new()),
+            local_bytes: Default::default(),
             changes: tokio::sync::Mutex::new(()),
             placements,
             absent: Mutex::new(HashMap::new()),
@@ -469,6 +474,7 @@ impl Registry {
             record,
             stats,
             log,
+            local: Arc::new(crate::keyvalue::LocalBucket::new(self.local_bytes.clone())),
         })
     }
 

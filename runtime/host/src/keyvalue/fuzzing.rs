@@ -57,6 +57,17 @@ impl Input<'_> {
         (0..self.byte()? % 8).map(|_| self.string()).collect()
     }
 
+    /// A bucket name: any text, where `L` stands for the host-local bucket (which random bytes
+    /// would hardly ever spell).
+    fn bucket_name(&mut self) -> Option<String> {
+        let name = self.string()?;
+        Some(if name == "L" {
+            super::LOCAL_BUCKET.into()
+        } else {
+            name
+        })
+    }
+
     /// A handle the guest was given, or any number at all.
     fn handle(&mut self, given: &[u32]) -> Option<u32> {
         let pick = self.byte()?;
@@ -99,7 +110,8 @@ pub(crate) fn calls(data: &[u8]) {
         quota: 16 << 10,
         ..Limits::default()
     };
-    let mut ctx = KvCtx::new(service.into(), Arc::new(limits), store(), None);
+    let local = Arc::new(super::LocalBucket::new(super::HostLocalBytes::default()));
+    let mut ctx = KvCtx::new(service.into(), Arc::new(limits), store(), None, local);
     let mut table = ResourceTable::new();
     let mut view = KvView::new(&mut ctx, &mut table);
     let mut input = Input(data);
@@ -130,7 +142,7 @@ async fn call(view: &mut KvView<'_>, input: &mut Input<'_>, given: &mut Vec<u32>
 
     match input.byte()? % 16 {
         0 => {
-            let name = input.string()?;
+            let name = input.bucket_name()?;
             given.extend(
                 view.open(name)
                     .await
@@ -140,7 +152,7 @@ async fn call(view: &mut KvView<'_>, input: &mut Input<'_>, given: &mut Vec<u32>
             );
         }
         1 => {
-            let name = input.string()?;
+            let name = input.bucket_name()?;
             let opened = v2::store::Host::open(view, name).await;
             given.extend(opened.ok().and_then(Result::ok).map(|b| b.rep()));
         }

@@ -87,6 +87,9 @@ use {batch_methods, bucket_methods, open_method};
 mod draft;
 mod draft2;
 pub(crate) mod fuzzing;
+mod local;
+
+pub use local::{HostLocalBytes, LOCAL_BUCKET, LocalBucket};
 
 use std::sync::Arc;
 
@@ -111,11 +114,13 @@ impl KvCtx {
     /// A context for one request of `service`.
     /// Writes carry `writer` (this host and the service's epoch here when the request started),
     /// so that the store refuses them if this host has been deposed for the service meanwhile.
+    /// `local` is the service's [`LOCAL_BUCKET`] on this host.
     pub fn new(
         service: Arc<str>,
         limits: Arc<Limits>,
         store: Arc<dyn Store>,
         writer: Option<Writer>,
+        local: Arc<LocalBucket>,
     ) -> Self {
         KvCtx {
             access: Access {
@@ -123,6 +128,7 @@ impl KvCtx {
                 limits,
                 store,
                 writer,
+                local,
             },
             cursors: Vec::new(),
         }
@@ -206,6 +212,20 @@ pub(crate) struct Access {
     store: Arc<dyn Store>,
     /// This host and the service's epoch here when the request started.
     writer: Option<Writer>,
+    /// The service's host-local bucket.
+    local: Arc<LocalBucket>,
+}
+
+/// Whether `space` is the host-local bucket (a guest only ever holds spaces of its own service).
+fn is_local(space: &Space) -> bool {
+    space.bucket == LOCAL_BUCKET
+}
+
+fn local_refuses(what: &str) -> KvError {
+    KvError::Refused(format!(
+        "the {LOCAL_BUCKET} bucket is this host's memory, not replicated state: it keeps get, \
+         set, delete and exists only, not {what}"
+    ))
 }
 
 impl KvView<'_> {
@@ -253,13 +273,40 @@ impl Access {
     }
 
     async fn write(&self, op: Op) -> Result<Outcome, KvError> {
+        let op = match self.local_write(op)? {
+            Ok(outcome) => return Ok(outcome),
+            Err(replicated) => replicated,
+        };
         let mut command = Command::new(op).with_quota(self.limits.quota);
         command.writer = self.writer;
         Ok(self.store.apply(command).await?)
     }
 
+    /// Carries out `op` on the host-local bucket if it is for that one; gives it back if not.
+    fn local_write(&self, op: Op) -> Result<Result<Outcome, Op>, KvError> {
+        let local = &self.local;
+        match op {
+            Op::Put { space, key, value } if is_local(&space) => local.set(key, value),
+            Op::Delete { space, key } if is_local(&space) => local.delete(&key),
+            Op::PutMany { space, pairs } if is_local(&space) => {
+                pairs.into_iter().for_each(|(k, v)| local.set(k, v))
+            }
+            Op::DeleteMany { space, keys } if is_local(&space) => {
+                keys.iter().for_each(|k| local.delete(k))
+            }
+            Op::Increment { space, .. } | Op::CompareAndSwap { space, .. } if is_local(&space) => {
+                return Err(local_refuses("counters or compare-and-swap"));
+            }
+            replicated => return Ok(Err(replicated)),
+        }
+        Ok(Ok(Outcome::Done))
+    }
+
     async fn get(&self, space: &Space, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(key)?;
+        if is_local(space) {
+            return Ok(self.local.get(key.as_bytes()));
+        }
         Ok(self.store.get(space, key.as_bytes()).await?)
     }
 
@@ -291,6 +338,9 @@ impl Access {
         space: &Space,
         after: Option<&[u8]>,
     ) -> Result<(Vec<String>, Option<Vec<u8>>), KvError> {
+        if is_local(space) {
+            return Err(local_refuses("listing"));
+        }
         let raw = self.store.list_keys(space, after, PAGE).await?;
         let more = if raw.len() == PAGE {
             raw.last().cloned()
