@@ -132,7 +132,12 @@ fn main() {
 }
 
 /// `n` genuine tokens for `alg`, each with a claim of its own (`jti`), one per line in a file.
-fn distinct_tokens(issuer: &Issuer, alg: Algorithm, kid: &str, n: usize) -> tempfile::NamedTempFile {
+fn distinct_tokens(
+    issuer: &Issuer,
+    alg: Algorithm,
+    kid: &str,
+    n: usize,
+) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     let mut claims = Issuer::claims("ada", &["case-worker"]);
     for i in 0..n {

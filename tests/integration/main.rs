@@ -12,6 +12,7 @@ mod issuer;
 mod layout;
 mod limits;
 mod operator;
+mod packaging;
 mod partition;
 mod placement;
 mod recovery;

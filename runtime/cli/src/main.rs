@@ -21,12 +21,28 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// What `doppel --version` says: ours, and the engine and consensus versions built in (an
+/// operator comparing hosts, or reading an advisory, needs both).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (wasmtime ",
+    env!("DOPPEL_WASMTIME_VERSION"),
+    ", openraft ",
+    env!("DOPPEL_OPENRAFT_VERSION"),
+    ")"
+);
+
 /// Keep public services running when a cloud disappears.
 #[derive(Parser, Debug)]
-#[command(name = "doppel", version, about)]
+#[command(name = "doppel", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: commands::Command,
+}
+
+/// The whole command line's definition, for what is generated from it (completions, manual).
+fn definition() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 fn main() -> std::process::ExitCode {

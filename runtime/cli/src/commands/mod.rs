@@ -5,6 +5,7 @@
 mod audit;
 mod backup;
 mod cluster;
+mod completions;
 mod deploy;
 mod dev_issuer;
 mod drain;
@@ -15,6 +16,7 @@ mod hosts;
 mod kv;
 mod logs;
 mod ls;
+mod man;
 mod migrate;
 mod new;
 mod recover;
@@ -81,6 +83,10 @@ pub enum Command {
     Kv(kv::Kv),
     /// A local identity provider for development: a key, its JWKS, and tokens for any caller.
     DevIssuer(dev_issuer::DevIssuer),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Completions),
+    /// Write the manual pages (doppel(1) and one per subcommand).
+    Man(man::Man),
 }
 
 impl Command {
@@ -114,6 +120,11 @@ impl Command {
             Command::New(c) => c.run(),
             Command::Kv(c) => c.run().await,
             Command::DevIssuer(c) => c.run().await,
+            Command::Completions(c) => {
+                c.print(crate::definition());
+                Ok(())
+            }
+            Command::Man(c) => c.write(crate::definition()),
         }
     }
 }
