@@ -68,15 +68,12 @@ fn bash_completes_subcommands_and_flags_from_the_generated_script() {
 #[test]
 fn the_manual_has_a_page_per_subcommand_that_man_renders() {
     let dir = tempfile::tempdir().unwrap();
-    let out = doppel()
-        .args(["man", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    stdout(
+        doppel()
+            .args(["man", "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap(),
     );
     for page in [
         "doppel.1",
