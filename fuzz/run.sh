@@ -36,7 +36,11 @@ export PATH=$tools/bin:$PATH
 export CARGO_TARGET_DIR=$PWD/target
 
 profile=()
-[ -z "${DOPPEL_FUZZ_DEV:-}" ] || profile=(--dev)
+# How long one input may take before libFuzzer calls it a hang. Unoptimised, compiling one
+# uploaded component can take over ten seconds on a busy two-core machine (CI's smoke run found
+# exactly that), so the dev build allows two minutes: there, hangs are not what is being looked for.
+per_input=10
+[ -z "${DOPPEL_FUZZ_DEV:-}" ] || { profile=(--dev); per_input=120; }
 echo "building the fuzz targets (${profile[*]:-release}, debug assertions and coverage instrumentation on)"
 cargo "+$NIGHTLY" fuzz build "${profile[@]}"
 
@@ -50,7 +54,7 @@ for t in "${targets[@]}"; do
   status=0
   TIMEFORMAT='%R %U %S'
   { time cargo "+$NIGHTLY" fuzz run "${profile[@]}" "$t" "corpus/$t" "regressions/$t" -- \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    -max_total_time="$seconds" -timeout="$per_input" -rss_limit_mb=2048 -print_final_stats=1 \
     >"$log" 2>&1; } 2>"$log.time" || status=$?
   runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
   read -r wall user sys <"$log.time" || true
