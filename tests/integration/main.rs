@@ -19,6 +19,7 @@ mod recovery;
 mod redeploy;
 mod rotation;
 mod services;
+mod signatures;
 mod support;
 mod trust;
 mod twin;

@@ -27,6 +27,7 @@
 //! how a bearer credential is compared ([`auth`]).
 
 pub mod auth;
+pub mod signing;
 
 use std::collections::BTreeMap;
 
@@ -146,6 +147,13 @@ pub struct DeployRequest {
     /// `/` when not given. See [`check_probe`].
     #[serde(default)]
     pub probe: Option<String>,
+    /// Whether this service's components must be signed by a key the cluster trusts. Once set it
+    /// stays set for later deploys of the name (see `doppel trust`).
+    #[serde(default)]
+    pub require_signatures: bool,
+    /// Deploy a signed release older than the one running (refused otherwise; audited).
+    #[serde(default)]
+    pub allow_older: bool,
 }
 
 /// The longest probe path a deploy accepts.
@@ -265,6 +273,16 @@ pub struct ServiceInfo {
     /// The path a restore drill calls (below the service's prefix).
     #[serde(default = "root_path")]
     pub probe: String,
+    /// The trusted keys whose signature over its component verified at deploy (by name).
+    #[serde(default)]
+    pub signed_by: Vec<String>,
+    /// The release version its signed component carries, if any.
+    #[serde(default)]
+    pub release: Option<String>,
+    /// Whether this service requires its components to be signed (the cluster may require it
+    /// of every service: see `GET /v1/trust`).
+    #[serde(default)]
+    pub signatures_required: bool,
 }
 
 fn root_path() -> String {

@@ -65,7 +65,7 @@ impl Instantiation {
             ModuleCache::new(&dir.join("cache"), &runtime.engine)?,
             Arc::new(Placements::new(1, store.clone())),
         );
-        let module = registry.upload(component.clone()).await?;
+        let module = registry.upload(component.clone(), None).await?;
         registry
             .deploy(
                 "bench",

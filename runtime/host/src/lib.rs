@@ -67,6 +67,7 @@ mod runtime;
 mod schedule;
 mod scheduler;
 mod services;
+mod signatures;
 mod state;
 
 pub use doppel_replication::{JoinTarget, ca_path, causes};

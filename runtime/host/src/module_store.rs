@@ -87,7 +87,7 @@ pub async fn get(store: &Arc<dyn Store>, digest: &str) -> Result<Option<Vec<u8>>
         return Ok(None);
     };
     let Some(manifest) = stored.strip_prefix(MANIFEST) else {
-        return Ok(Some(stored));
+        return check(digest, stored).map(Some);
     };
     let manifest: Manifest = serde_json::from_slice(manifest)
         .map_err(|e| StoreError::Corrupt(format!("the parts list of module {digest}: {e}")))?;
@@ -101,12 +101,18 @@ pub async fn get(store: &Arc<dyn Store>, digest: &str) -> Result<Option<Vec<u8>>
             })?;
         bytes.extend(part);
     }
+    check(digest, bytes).map(Some)
+}
+
+/// `bytes` if they hash to `digest`: a module read from the store is the one that was uploaded
+/// (and signed), or it is not used at all.
+fn check(digest: &str, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
     if crate::modules::digest(&bytes) != digest {
         return Err(StoreError::Corrupt(format!(
-            "module {digest} put together from its parts does not match its digest"
+            "the stored bytes of module {digest} do not match its digest"
         )));
     }
-    Ok(Some(bytes))
+    Ok(bytes)
 }
 
 /// Removes the module `digest` and its parts.
@@ -154,7 +160,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_large_module_goes_in_parts_and_comes_back_whole() {
+    async fn stored_modules_come_back_whole_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(doppel_store::LocalStore::open(dir.path()).unwrap());
         let bytes: Vec<u8> = (0..PART * 3 + 17).map(|i| (i % 251) as u8).collect();
@@ -177,6 +183,19 @@ mod tests {
             Err(StoreError::Corrupt(_))
         ));
         delete(&store, &digest).await.unwrap();
+        // So is a module stored whole.
+        let small = b"\0asm small".to_vec();
+        let small_digest = crate::modules::digest(&small);
+        put(&store, &small_digest, small.clone()).await.unwrap();
+        assert_eq!(get(&store, &small_digest).await.unwrap(), Some(small));
+        put(&store, &small_digest, b"\0asm other".to_vec())
+            .await
+            .unwrap();
+        assert!(matches!(
+            get(&store, &small_digest).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        delete(&store, &small_digest).await.unwrap();
         assert!(
             store
                 .list_keys(&Space::modules(), None, 100)

@@ -118,6 +118,15 @@ pub struct ModuleCache {
     dir: PathBuf,
 }
 
+/// What a precompiled file starts with: the SHA-256 of the module's digest and the machine code.
+fn checksum(digest: &str, code: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(digest.as_bytes());
+    hasher.update([0]);
+    hasher.update(code);
+    hasher.finalize().into()
+}
+
 /// Feeds `Hash` output into sha256, so the directory name is stable across Rust releases.
 struct Sha256Hasher(Sha256);
 
@@ -154,9 +163,10 @@ impl ModuleCache {
     pub fn load(&self, engine: &Engine, digest: &str) -> Option<Component> {
         let path = self.path(digest)?;
         let bytes = std::fs::read(&path).ok()?;
-        // The file starts with the sha256 of the rest: deserializing damaged machine code would be
-        // undefined behaviour, so integrity is checked first.
-        let sound = bytes.len() > 32 && Sha256::digest(&bytes[32..])[..] == bytes[..32];
+        // The file starts with a checksum of the digest and the rest: deserializing damaged
+        // machine code would be undefined behaviour, so integrity is checked first, and a copy
+        // made for another module (renamed, or swapped in) does not pass as this one.
+        let sound = bytes.len() > 32 && checksum(digest, &bytes[32..])[..] == bytes[..32];
         if sound {
             // SAFETY: the bytes were written by `store` below from `Component::serialize` of this
             // same engine configuration (the directory is keyed by it), and their checksum matches.
@@ -181,7 +191,7 @@ impl ModuleCache {
             .ok_or_else(|| anyhow::anyhow!("{digest:?} is not a module digest"))?;
         let tmp = path.with_extension("tmp");
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&Sha256::digest(&code))?;
+        f.write_all(&checksum(digest, &code))?;
         f.write_all(&code)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;

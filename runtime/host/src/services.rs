@@ -17,6 +17,7 @@ use crate::modules::{self, ModuleCache, ModuleError};
 use crate::placement::{Change, Placement, Placements};
 use crate::runtime::{MAX_MEMORY_LIMIT, Runtime};
 use crate::schedule;
+use crate::signatures::{self, SignatureError};
 use crate::state::RequestState;
 
 /// A deployed service as the store keeps it (JSON under `services/NAME`).
@@ -43,6 +44,15 @@ pub struct ServiceRecord {
     /// The path a restore drill calls, when not `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<String>,
+    /// The trusted keys whose signature over the module verified at deploy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signed_by: Vec<String>,
+    /// The release version the signed module carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Whether this name's modules must be signed, whatever the cluster requires.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_signatures: bool,
 }
 
 /// Counters of one service name on this host.
@@ -110,6 +120,9 @@ pub enum DeployError {
         "another deploy of {0:?} (through another host) happened while this one was loading; nothing was changed by this one — retry to deploy over it"
     )]
     Conflict(String),
+    /// The module's signature, or the lack of one, is refused.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -486,7 +499,29 @@ impl Registry {
     }
 
     /// Checks and stores a module; the answer names it by digest. Storing a module twice is cheap.
-    pub async fn upload(&self, bytes: Vec<u8>) -> Result<ModuleInfo, DeployError> {
+    /// The signature is checked first, before anything is compiled or stored: against the
+    /// cluster's requirement, and `for_service`'s when the upload names the service it is for.
+    pub async fn upload(
+        &self,
+        bytes: Vec<u8>,
+        for_service: Option<&str>,
+    ) -> Result<ModuleInfo, DeployError> {
+        let signed = signatures::examine(self.store.as_ref(), &bytes).await?;
+        if signed.is_none() {
+            let record = match for_service {
+                Some(name) => self.stored_record(name).await?,
+                None => None,
+            };
+            if let Some(who) = self
+                .signature_requirement(
+                    record.as_ref().is_some_and(|r| r.require_signatures),
+                    for_service,
+                )
+                .await?
+            {
+                return Err(SignatureError::Unsigned(who).into());
+            }
+        }
         let digest = modules::digest(&bytes);
         let size = bytes.len() as u64;
         let runtime = self.runtime.clone();
@@ -513,6 +548,19 @@ impl Registry {
             size,
             imports: checked.imports,
         })
+    }
+
+    /// Who requires signatures for a deploy of `service` (the cluster, or the service itself),
+    /// in words for the refusal; `None` when nobody does.
+    async fn signature_requirement(
+        &self,
+        service_requires: bool,
+        service: Option<&str>,
+    ) -> Result<Option<String>, DeployError> {
+        if signatures::required(self.store.as_ref()).await? {
+            return Ok(Some("this cluster".to_string()));
+        }
+        Ok(service_requires.then(|| format!("service {:?}", service.unwrap_or_default())))
     }
 
     /// Deploys (or redeploys) `name`. The new version is loaded and ready before the switch;
@@ -556,6 +604,25 @@ impl Registry {
             .map(serde_json::from_slice)
             .transpose()
             .map_err(|e| DeployError::Internal(e.into()))?;
+        // Checked again here, not only at upload: a key may have been removed since, and the
+        // upload may not have named this service.
+        let require_signatures =
+            request.require_signatures || previous.as_ref().is_some_and(|p| p.require_signatures);
+        let signed = signatures::examine(self.store.as_ref(), &bytes).await?;
+        if signed.is_none()
+            && let Some(who) = self
+                .signature_requirement(require_signatures, Some(name))
+                .await?
+        {
+            return Err(SignatureError::Unsigned(who).into());
+        }
+        let signed = signed.unwrap_or_default();
+        signatures::check_rollback(
+            name,
+            previous.as_ref().and_then(|p| p.release.as_deref()),
+            signed.release.as_deref(),
+            request.allow_older,
+        )?;
         let record = ServiceRecord {
             name: name.to_string(),
             module: request.module.clone(),
@@ -566,6 +633,9 @@ impl Registry {
             limits,
             placement: request.placement,
             probe: request.probe,
+            signed_by: signed.by,
+            release: signed.release,
+            require_signatures,
         };
         drop(bytes);
         let service = self.load(record.clone()).await?;
@@ -699,6 +769,9 @@ impl Registry {
             unmet: placement.as_ref().and_then(|p| p.unmet.clone()),
             placement: record.placement.clone(),
             probe: record.probe.clone().unwrap_or_else(|| "/".to_string()),
+            signed_by: record.signed_by.clone(),
+            release: record.release.clone(),
+            signatures_required: record.require_signatures,
             epoch: placement.map_or(0, |p| p.epoch),
             name: record.name.clone(),
             module: record.module.clone(),

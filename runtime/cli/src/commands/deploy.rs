@@ -64,6 +64,14 @@ pub struct Deploy {
     /// answers (default `/`), e.g. `/health`.
     #[arg(long, value_parser = parse_probe)]
     pub probe: Option<String>,
+    /// Refuse this and every later deploy of the name unless the component is signed by a key
+    /// the cluster trusts (`doppel sign`, `doppel trust`).
+    #[arg(long)]
+    pub require_signatures: bool,
+    /// Deploy a signed release older than the one running (a rollback on purpose; the audit
+    /// trail records it).
+    #[arg(long)]
+    pub allow_older: bool,
 }
 
 fn parse_probe(text: &str) -> Result<String, String> {
@@ -114,7 +122,10 @@ impl Deploy {
             Ok::<_, std::io::Error>(chunk)
         });
         let upload = client
-            .request(Method::POST, "/v1/modules")
+            .request(
+                Method::POST,
+                &format!("/v1/modules?service={}", segment(&name)),
+            )
             .header(reqwest::header::CONTENT_LENGTH, total)
             .body(reqwest::Body::wrap_stream(body));
         let sent = client.send(upload);
@@ -155,6 +166,8 @@ impl Deploy {
                 replicas: self.replicas,
             },
             probe: self.probe,
+            require_signatures: self.require_signatures,
+            allow_older: self.allow_older,
         };
         let deployed: ServiceInfo = client
             .send(
@@ -178,6 +191,17 @@ impl Deploy {
             short(&module.digest)
         );
         println!("  http://{}/{}/", host.listen, deployed.name);
+        if !deployed.signed_by.is_empty() {
+            println!(
+                "  signed by {}{}",
+                deployed.signed_by.join(", "),
+                deployed
+                    .release
+                    .as_ref()
+                    .map(|r| format!(", release {r}"))
+                    .unwrap_or_default()
+            );
+        }
         if !deployed.active.is_empty() {
             println!(
                 "  active on {} ({})",

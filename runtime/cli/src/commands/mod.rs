@@ -13,6 +13,7 @@ mod drill;
 mod events;
 mod host;
 mod hosts;
+mod keygen;
 mod kv;
 mod logs;
 mod ls;
@@ -22,8 +23,10 @@ mod new;
 mod recover;
 mod restore;
 mod rm;
+mod sign;
 mod status;
 mod tokens;
+mod trust;
 mod twin;
 mod undrain;
 
@@ -46,6 +49,12 @@ pub enum Command {
     Cluster(cluster::Cluster),
     /// Named operator credentials with roles.
     Tokens(tokens::Tokens),
+    /// The keys trusted to sign components, and whether every deploy must be signed.
+    Trust(trust::Trust),
+    /// Make a key pair for signing components (the public half goes to `doppel trust add`).
+    Keygen(keygen::Keygen),
+    /// Sign a component (optionally recording its release version) with a `doppel keygen` key.
+    Sign(sign::Sign),
     /// The audit trail of every admin change and refusal; `--verify` checks every host's copy.
     Audit(audit::Audit),
     /// The backup copy outside the cluster: keys, targets, how far shipping has got.
@@ -105,6 +114,9 @@ impl Command {
             Command::Hosts(c) => c.run().await,
             Command::Cluster(c) => c.run().await,
             Command::Tokens(c) => c.run().await,
+            Command::Trust(c) => c.run().await,
+            Command::Keygen(c) => c.run(),
+            Command::Sign(c) => c.run(),
             Command::Audit(c) => c.run().await,
             Command::Backup(c) => c.run().await,
             Command::Restore(c) => c.run().await,

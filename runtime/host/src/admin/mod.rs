@@ -7,6 +7,7 @@ pub(crate) mod audit;
 pub(crate) mod backups;
 pub(crate) mod operator;
 pub(crate) mod tokens;
+mod trust;
 mod twin;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use self::tokens::{Caller, TokenError};
 use crate::hosts::{self, RemoveError};
 use crate::moves::Mover;
 use crate::services::{DeployError, Registry};
+use crate::signatures::SignatureError;
 
 /// What the admin handlers share.
 #[derive(Clone)]
@@ -67,7 +69,13 @@ impl IntoResponse for AdminError {
 impl From<DeployError> for AdminError {
     fn from(e: DeployError) -> Self {
         let status = match &e {
+            DeployError::Signature(SignatureError::Older { .. }) => StatusCode::CONFLICT,
+            DeployError::Signature(SignatureError::Store(StoreError::Unavailable(_))) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            DeployError::Signature(SignatureError::Store(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             DeployError::BadName(_)
+            | DeployError::Signature(_)
             | DeployError::Module(_)
             | DeployError::BadLimit(_)
             | DeployError::BadDigest(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -103,6 +111,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/cluster/rotate-ca", post(rotate_ca))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
+        .route("/v1/trust", get(trust::show))
+        .route("/v1/trust/signers", post(trust::add))
+        .route(
+            "/v1/trust/signers/{name}",
+            axum::routing::delete(trust::remove),
+        )
+        .route("/v1/trust/required", axum::routing::put(trust::require))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/backups", get(backups::list).post(backups::add))
@@ -143,6 +158,7 @@ fn needed_role(method: &Method, path: &str) -> Role {
         || (method != Method::GET && path.starts_with("/v1/backups"))
         || path.starts_with("/v1/hosts/invitations")
         || path.starts_with("/v1/cluster/rotate-ca")
+        || (method != Method::GET && path.starts_with("/v1/trust"))
         || (method != Method::GET && path.starts_with("/v1/twin"))
         || (method == Method::DELETE && path.starts_with("/v1/hosts/"));
     if admin {
@@ -340,7 +356,18 @@ async fn host(State(state): State<AdminState>) -> Json<HostInfo> {
     Json(info)
 }
 
-async fn upload(State(state): State<AdminState>, body: Body) -> AdminResult<Response> {
+#[derive(Deserialize)]
+pub(crate) struct UploadQuery {
+    /// The service the module is for: its own signature requirement is checked before the
+    /// upload is compiled or stored.
+    service: Option<String>,
+}
+
+async fn upload(
+    State(state): State<AdminState>,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> AdminResult<Response> {
     let max = state.max_module_size;
     let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
         AdminError(
@@ -348,7 +375,10 @@ async fn upload(State(state): State<AdminState>, body: Body) -> AdminResult<Resp
             format!("the module is larger than this host accepts ({max} bytes); start the host with a larger --max-module-size"),
         )
     })?;
-    let info = state.registry.upload(bytes.to_vec()).await?;
+    let info = state
+        .registry
+        .upload(bytes.to_vec(), q.service.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
@@ -368,10 +398,32 @@ async fn deploy(
 ) -> AdminResult<Response> {
     let request: DeployRequest = serde_json::from_slice(&body)
         .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("bad deploy request: {e}")))?;
-    let digest = AuditDetail(request.module.clone());
+    let mut detail = request.module.clone();
+    let before = state
+        .registry
+        .get(&name)
+        .and_then(|s| s.record.release.clone());
+    let allow_older = request.allow_older;
     let actor = actor(&state, &caller);
-    let mut response = Json(state.registry.deploy(&name, request, &actor).await?).into_response();
-    response.extensions_mut().insert(digest);
+    let deployed = state.registry.deploy(&name, request, &actor).await?;
+    // A rollback let through by --allow-older is named in the audit trail.
+    if allow_older
+        && crate::signatures::check_rollback(
+            &name,
+            before.as_deref(),
+            deployed.release.as_deref(),
+            false,
+        )
+        .is_err()
+    {
+        detail = format!(
+            "{detail}; release {} replaced the newer {} (--allow-older)",
+            deployed.release.as_deref().unwrap_or("(none)"),
+            before.as_deref().unwrap_or("(none)")
+        );
+    }
+    let mut response = Json(deployed).into_response();
+    response.extensions_mut().insert(AuditDetail(detail));
     Ok(response)
 }
 
