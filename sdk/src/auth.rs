@@ -64,7 +64,10 @@ impl Caller {
 
 /// Checks tokens against one identity provider.
 pub struct Verifier {
-    keys: JwkSet,
+    /// The key set as configured, parsed on first need: a remembered token needs no key, and
+    /// parsing one (an RSA modulus, say) on every request costs more than the rest of a hit.
+    jwks: String,
+    keys: std::cell::OnceCell<JwkSet>,
     issuer: String,
     audience: String,
     roles_claim: String,
@@ -115,14 +118,13 @@ impl Verifier {
     /// A verifier for tokens of `issuer` for `audience`, signed by a key of `jwks` (a JWKS
     /// document, JSON).
     pub fn new(jwks: &str, issuer: &str, audience: &str) -> Result<Verifier, Error> {
-        let keys: JwkSet = serde_json::from_str(jwks).map_err(|e| {
-            Error::internal(format!(
-                "AUTH_JWKS is not a JWKS document (a JSON key set): {e}"
-            ))
-        })?;
-        if keys.keys.is_empty() {
-            return Err(Error::internal("AUTH_JWKS holds no key"));
-        }
+        let verifier = Verifier::unparsed(jwks, issuer, audience);
+        verifier.keys()?;
+        Ok(verifier)
+    }
+
+    /// A verifier whose key set is checked only when a token needs it.
+    fn unparsed(jwks: &str, issuer: &str, audience: &str) -> Verifier {
         let mut scope = Sha256::new();
         // Length-prefixed, so that no two settings hash alike; the label versions the rules
         // below (algorithms, required claims): a change of them must miss too.
@@ -130,13 +132,30 @@ impl Verifier {
             scope.update((part.len() as u64).to_be_bytes());
             scope.update(part);
         }
-        Ok(Verifier {
-            keys,
+        Verifier {
+            jwks: jwks.to_string(),
+            keys: std::cell::OnceCell::new(),
             issuer: issuer.to_string(),
             audience: audience.to_string(),
             roles_claim: "roles".into(),
             scope,
-        })
+        }
+    }
+
+    /// The key set, parsed once; a 500 naming `AUTH_JWKS` when it is not a usable one.
+    fn keys(&self) -> Result<&JwkSet, Error> {
+        if let Some(keys) = self.keys.get() {
+            return Ok(keys);
+        }
+        let keys: JwkSet = serde_json::from_str(&self.jwks).map_err(|e| {
+            Error::internal(format!(
+                "AUTH_JWKS is not a JWKS document (a JSON key set): {e}"
+            ))
+        })?;
+        if keys.keys.is_empty() {
+            return Err(Error::internal("AUTH_JWKS holds no key"));
+        }
+        Ok(self.keys.get_or_init(|| keys))
     }
 
     /// Reads roles from `path` (dotted, e.g. `realm_access.roles`) instead of `roles`.
@@ -156,11 +175,12 @@ impl Verifier {
                 ))
             })
         };
-        let verifier = Verifier::new(
+        // Unparsed: a remembered token is answered without the keys (see `verify_remembered`).
+        let verifier = Verifier::unparsed(
             &need("AUTH_JWKS")?,
             &need("AUTH_ISSUER")?,
             &need("AUTH_AUDIENCE")?,
-        )?;
+        );
         Ok(match crate::config::get("AUTH_ROLES_CLAIM")? {
             Some(path) => verifier.roles_from(&path),
             None => verifier,
@@ -254,12 +274,12 @@ impl Verifier {
     }
 
     fn key(&self, kid: Option<&str>) -> Result<&Jwk, Error> {
+        let keys = self.keys()?;
         match kid {
-            Some(kid) => self
-                .keys
+            Some(kid) => keys
                 .find(kid)
                 .ok_or_else(|| invalid(format!("no key {kid:?} in AUTH_JWKS"))),
-            None if self.keys.keys.len() == 1 => Ok(&self.keys.keys[0]),
+            None if keys.keys.len() == 1 => Ok(&keys.keys[0]),
             None => Err(invalid(
                 "the token names no key (kid) and AUTH_JWKS has several",
             )),

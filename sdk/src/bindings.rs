@@ -16,12 +16,14 @@ wit_bindgen::generate!({
             import wasi:keyvalue/store@0.2.0-draft2;
             import wasi:keyvalue/atomics@0.2.0-draft2;
             import wasi:config/store@0.2.0-rc.1;
+            import wasi:logging/logging@0.1.0-draft;
         }
     ",
     path: [
         "../modules/wit/keyvalue-draft",
         "../modules/wit/keyvalue-draft2",
         "../modules/wit/config",
+        "../modules/wit/logging",
     ],
     generate_all,
 });

@@ -82,6 +82,7 @@ pub mod config;
 mod error;
 mod http;
 mod kv;
+pub mod log;
 pub mod random;
 mod router;
 mod serve;

@@ -15,6 +15,7 @@ const GUESTS: &[(&str, bool)] = &[
     ("test-no-handler", true),
     ("test-unsupported-import", false),
     ("test-callers", false),
+    ("test-logging", false),
     ("hello", false),
     ("counter", false),
     ("permits", false),

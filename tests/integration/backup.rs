@@ -474,7 +474,10 @@ impl S3Server {
             env!("CARGO_MANIFEST_DIR"),
             "/../../tests/install-servers.sh"
         );
-        let out = std::process::Command::new(script).output().unwrap();
+        let out = std::process::Command::new(script)
+            .arg("s3")
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "cannot install the S3 server: {}",

@@ -56,6 +56,32 @@ fn handlers_built_for_wasi_http_0_2_0_run() {
     );
 }
 
+/// A component built for Spin or wasmCloud logs through `wasi:logging`: every level reaches the
+/// service's log with its context, and a runaway message is cut to what the log keeps.
+#[test]
+fn wasi_logging_messages_reach_the_service_log_with_their_level() {
+    let host = Host::start();
+    host.deploy(guests::LOGGING, "logger", &[]);
+    assert_eq!(host.get("/logger/"), (200, "logged".into()));
+    let lines: Vec<serde_json::Value> = host
+        .cli_ok(&["logs", "logger", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for level in ["trace", "debug", "info", "warn", "error", "critical"] {
+        assert!(
+            lines.iter().any(|l| l["stream"] == level
+                && l["line"] == format!("checkout: a {level} message").as_str()),
+            "no {level} line in {lines:?}"
+        );
+    }
+    let long = lines
+        .iter()
+        .find(|l| l["line"].as_str().is_some_and(|t| t.starts_with("xxx")))
+        .unwrap();
+    assert_eq!(long["line"].as_str().unwrap().len(), 16 << 10);
+}
+
 /// The same scenario through both keyvalue drafts.
 fn keyvalue_scenario(host: &Host, service: &str) {
     let call = |path: &str, body: &str| {

@@ -11,6 +11,7 @@ mod interfaces;
 mod issuer;
 mod layout;
 mod limits;
+mod metrics;
 mod operator;
 mod packaging;
 mod partition;

@@ -383,7 +383,8 @@ pub struct PlacementEvent {
 pub struct LogLine {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
-    /// `stdout`, `stderr` or `host`.
+    /// `stdout`, `stderr`, `host`, or the level of a `wasi:logging` message (`trace`, `debug`,
+    /// `info`, `warn`, `error`, `critical`).
     pub stream: String,
     /// The text, without its newline.
     pub line: String,

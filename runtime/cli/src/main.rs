@@ -70,16 +70,20 @@ fn main() -> std::process::ExitCode {
     }
     // openraft narrates every election at info; a host's own lines are what an operator reads.
     let default_level = if host { "info,openraft=warn" } else { "warn" };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("DOPPEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         // A line that cannot be written (stderr closed) is dropped: reporting that on stderr
         // too would panic, and a host must not stop over its log.
-        .log_internal_errors(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .log_internal_errors(false);
+    if cli.command.json_log() {
+        log.json().with_current_span(false).init();
+    } else {
+        log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -245,6 +245,12 @@ pub async fn run(
     let (shipper, shipping) = doppel_backup::ship::Shipper::spawn(store.clone());
     let (follower, following) = doppel_backup::twin::Follower::spawn(store.clone());
     let admin_state = AdminState {
+        metrics: crate::metrics::Sources {
+            registry: registry.clone(),
+            member: member.clone(),
+            shipper: shipper.clone(),
+            data_dir: config.data_dir.clone(),
+        },
         shipper: shipper.clone(),
         follower,
         mover: mover.clone(),

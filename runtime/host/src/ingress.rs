@@ -248,7 +248,8 @@ async fn answer(
     // Counted before the route is decided, so that a hand-over that switches the route meanwhile
     // still waits for this request (see `moves`).
     let in_flight = asked.service.as_ref().map(|s| InFlight::start(&s.stats));
-    match asked.decide(registry) {
+    let arrived = std::time::Instant::now();
+    let response = match asked.decide(registry) {
         Route::Local(epoch) => match in_flight {
             Some(in_flight) => {
                 serve_here(
@@ -267,7 +268,11 @@ async fn answer(
             drop(in_flight);
             forward_once_more(registry, peers, &asked, targets, req).await
         }
+    };
+    if let Some(service) = &asked.service {
+        service.stats.answered(response.status(), arrived.elapsed());
     }
+    response
 }
 
 /// Forwards a request to the hosts the service is active on. When none answers, this host's view

@@ -97,6 +97,7 @@ pub(crate) fn new_store(
         limiter: MemoryLimiter::new(
             usize::try_from(service.limits.max_memory).unwrap_or(usize::MAX),
         ),
+        log: service.log.clone(),
     };
     let mut wstore = wasmtime::Store::new(&runtime.engine, state);
     wstore.limiter(|s| &mut s.limiter);

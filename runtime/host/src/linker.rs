@@ -22,6 +22,7 @@ pub(crate) const PROVIDED: &[(&str, Versions)] = &[
     ("wasi:keyvalue/atomics", Versions::Drafts),
     ("wasi:keyvalue/batch", Versions::Drafts),
     ("wasi:config/store", Versions::Exactly("0.2.0-rc.1")),
+    ("wasi:logging/logging", Versions::Exactly("0.1.0-draft")),
 ];
 
 /// Which versions of an interface the host accepts.
@@ -57,7 +58,7 @@ pub(crate) fn is_provided(import: &str) -> bool {
 pub(crate) fn provided_summary() -> String {
     "wasi:http 0.2.x (incoming-handler export; outgoing requests are denied), wasi:cli, wasi:io, \
      wasi:clocks, wasi:random 0.2.x (filesystem and sockets linked but with no access), \
-     wasi:keyvalue 0.2.0-draft and 0.2.0-draft2, wasi:config 0.2.0-rc.1"
+     wasi:keyvalue 0.2.0-draft and 0.2.0-draft2, wasi:config 0.2.0-rc.1, wasi:logging 0.1.0-draft"
         .to_string()
 }
 
@@ -79,6 +80,9 @@ pub(crate) fn build(engine: &Engine) -> anyhow::Result<Linker<RequestState>> {
     })
     .map_err(anyhow::Error::from)
     .context("while linking wasi:config")?;
+    crate::logging::add_to_linker(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("while linking wasi:logging")?;
     Ok(linker)
 }
 
@@ -93,6 +97,8 @@ mod tests {
         assert!(is_provided("wasi:keyvalue/store@0.2.0-draft"));
         assert!(is_provided("wasi:keyvalue/atomics@0.2.0-draft2"));
         assert!(is_provided("wasi:config/store@0.2.0-rc.1"));
+        assert!(is_provided("wasi:logging/logging@0.1.0-draft"));
+        assert!(!is_provided("wasi:logging/logging@0.1.0"));
         assert!(!is_provided("wasi:http/types@0.3.0-rc-2025-08-15"));
         assert!(!is_provided("wasi:keyvalue/store@0.2.0-draft3"));
         assert!(!is_provided("wasi:blobstore/container@0.2.0-draft"));

@@ -81,6 +81,17 @@ pub struct Placements {
     placements: RwLock<HashMap<String, Placement>>,
     hosts: RwLock<HashMap<NodeId, HostRecord>>,
     drained: RwLock<HashSet<NodeId>>,
+    /// Placement changes this host made, by kind, since it started (for `/metrics`).
+    pub made: ChangesMade,
+}
+
+/// Placement changes one host made, by kind.
+#[derive(Default)]
+pub struct ChangesMade {
+    /// Services moved off a host that stopped answering.
+    pub failovers: std::sync::atomic::AtomicU64,
+    /// Services moved (migrations, drains, rules no longer met), hand-overs included.
+    pub moves: std::sync::atomic::AtomicU64,
 }
 
 impl Placements {
@@ -92,6 +103,7 @@ impl Placements {
             placements: RwLock::default(),
             hosts: RwLock::default(),
             drained: RwLock::default(),
+            made: ChangesMade::default(),
         }
     }
 
@@ -285,6 +297,13 @@ impl Placements {
         from_epoch: u64,
         change: Change,
     ) -> Result<Option<Placement>, StoreError> {
+        let kind = if change.cause.starts_with("failover") {
+            Some(&self.made.failovers)
+        } else if !change.leaving.is_empty() || !change.deposed.is_empty() {
+            Some(&self.made.moves)
+        } else {
+            None
+        };
         let placement = Placement {
             epoch: from_epoch + 1,
             active: change.active,
@@ -301,7 +320,12 @@ impl Placements {
             deposed: change.deposed,
         });
         match self.store.apply(command).await {
-            Ok(_) => Ok(Some(placement)),
+            Ok(_) => {
+                if let Some(count) = kind {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(Some(placement))
+            }
             Err(StoreError::Rejected(ApplyError::StaleEpoch { .. })) => Ok(None),
             Err(e) => Err(e),
         }

@@ -56,7 +56,6 @@ pub struct ServiceRecord {
 }
 
 /// Counters of one service name on this host.
-#[derive(Default)]
 pub struct Stats {
     /// Requests answered.
     pub requests: AtomicU64,
@@ -66,6 +65,35 @@ pub struct Stats {
     pub forwarded: AtomicU64,
     /// Requests running in a guest here now.
     pub in_flight: AtomicU64,
+    /// Answers this host gave, by status class (1xx … 5xx), forwarded ones included.
+    pub classes: [AtomicU64; 5],
+    /// Seconds from a request's arrival to its answer's head, forwarded ones included.
+    pub latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            requests: AtomicU64::default(),
+            errors: AtomicU64::default(),
+            forwarded: AtomicU64::default(),
+            in_flight: AtomicU64::default(),
+            classes: Default::default(),
+            // 0.25 ms to 8 s, doubling.
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 16),
+            ),
+        }
+    }
+}
+
+impl Stats {
+    /// Counts one answer with `status`, given `elapsed` after the request arrived.
+    pub fn answered(&self, status: http::StatusCode, elapsed: std::time::Duration) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.classes[class].fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(elapsed.as_secs_f64());
+    }
 }
 
 /// A service ready to serve: one pre-instantiated component; a fresh instance per request.
@@ -273,6 +301,17 @@ impl Registry {
     }
 
     /// The log and counters of `name`, created on first use; they outlive redeploys.
+    /// The counters of every service name this host has loaded, by name.
+    pub fn all_stats(&self) -> Vec<(String, Arc<Stats>)> {
+        let observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<(String, Arc<Stats>)> = observed
+            .iter()
+            .map(|(name, (_, stats))| (name.clone(), stats.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     pub fn log_and_stats(&self, name: &str) -> (Arc<ServiceLog>, Arc<Stats>) {
         self.observed
             .lock()

@@ -18,6 +18,8 @@ pub struct RequestState {
     pub(crate) kv: KvCtx,
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) limiter: MemoryLimiter,
+    /// The service's log, for `wasi:logging`.
+    pub(crate) log: Arc<crate::logs::ServiceLog>,
 }
 
 impl WasiView for RequestState {

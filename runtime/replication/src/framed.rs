@@ -178,7 +178,9 @@ impl Appender {
             let _ = self.file.sync_all();
         });
         if sync {
+            let started = std::time::Instant::now();
             self.file.sync_data()?;
+            crate::metrics::LOG_SYNC_SECONDS.observe(started.elapsed().as_secs_f64());
             crash::point(point, "synced", || {});
         }
         self.end = end;

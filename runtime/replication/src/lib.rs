@@ -38,6 +38,7 @@ mod liveness;
 mod log_store;
 mod member;
 mod membership;
+pub mod metrics;
 mod node;
 mod peer_server;
 mod raft_network;

@@ -12,6 +12,10 @@ use crate::units::{parse_millis, parse_size};
 /// Flags of `doppel host`.
 #[derive(Args, Debug)]
 pub struct Host {
+    /// How the host writes its own log to stderr: `text` for people, `json` (one object per
+    /// line) for a log collector.
+    #[arg(long, env = "DOPPEL_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
     /// This host's name (default: the machine's hostname).
     #[arg(long, env = "DOPPEL_NAME")]
     pub name: Option<String>,

@@ -104,6 +104,11 @@ impl Command {
         matches!(self, Command::Host(_))
     }
 
+    /// Whether the log goes out as JSON lines (`doppel host --log-format json`).
+    pub fn json_log(&self) -> bool {
+        matches!(self, Command::Host(h) if h.log_format == "json")
+    }
+
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<()> {
         match self {

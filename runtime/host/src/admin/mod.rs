@@ -55,6 +55,8 @@ pub struct AdminState {
     pub shipper: doppel_backup::ship::Shipper,
     /// Follows a primary's backup while this host leads a standby twin.
     pub follower: doppel_backup::twin::Follower,
+    /// What `/metrics` reports.
+    pub metrics: crate::metrics::Sources,
 }
 
 /// An error answer: a status and a message for humans.
@@ -105,6 +107,7 @@ pub fn router(state: AdminState) -> Router {
     let max = state.max_module_size;
     Router::new()
         .route("/v1/host", get(host))
+        .route("/metrics", get(metrics))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/hosts/invitations", post(invite))
         .route("/v1/cluster/ca", get(cluster_ca))
@@ -246,6 +249,15 @@ async fn authenticate(
 /// What a handler adds to its answer for the audit trail (a deploy's module digest).
 #[derive(Clone)]
 pub(crate) struct AuditDetail(pub String);
+
+/// `GET /metrics`: for Prometheus (see `crate::metrics`).
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(&state.metrics).await,
+    )
+        .into_response()
+}
 
 async fn cluster_status(State(state): State<AdminState>) -> AdminResult<Json<ClusterInfo>> {
     Ok(Json(
