@@ -1,6 +1,7 @@
 //! Integration tests: the real `doppel` binary, started as separate processes on loopback ports,
 //! driven over HTTP and through the CLI.
 
+mod at_rest;
 mod backup;
 mod callers;
 mod cluster;

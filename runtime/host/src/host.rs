@@ -150,6 +150,27 @@ pub fn lock_data_dir(data: &Path) -> anyhow::Result<std::fs::File> {
     Ok(lock)
 }
 
+/// Takes group and other permissions off everything below `dir` (symbolic links are left alone:
+/// their targets are not ours to change).
+fn private_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            continue;
+        }
+        let path = entry.path();
+        let mode = entry.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+        if kind.is_dir() {
+            private_tree(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs a host until `shutdown` resolves. `ready` is called once both servers accept connections.
 pub async fn run(
     config: HostConfig,
@@ -160,6 +181,13 @@ pub async fn run(
     std::fs::create_dir_all(data)
         .with_context(|| format!("while creating the data directory {}", data.display()))?;
     std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("while restricting {} to its owner", data.display()))?;
+    // Everything this process creates from now on is its owner's only (sled, the raft log and
+    // the module cache create their files with the default mode), and what an older version
+    // left readable is made so.
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
+    private_tree(data)
         .with_context(|| format!("while restricting {} to its owner", data.display()))?;
     // One host per data directory: the lock is held (by keeping the file open) until we return.
     let lock = lock_data_dir(data)?;
