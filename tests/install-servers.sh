@@ -4,10 +4,12 @@
 #                into tests/.tools. 0.14.1 is the newest that builds with our rustc; about
 #                5 minutes on 2 cores.
 #   prometheus — Debian's package (the metrics test scrapes a host with it).
+#   chromium   — Debian's package (the console test loads the web console in it, headless).
 #
 #   tests/install-servers.sh            installs every one
 #   tests/install-servers.sh s3         installs s3s-fs if missing; prints its path
 #   tests/install-servers.sh prometheus installs Prometheus if missing; prints its path
+#   tests/install-servers.sh chromium   installs Chromium if missing; prints its path
 # The tests run this script themselves when a server is missing; CI runs it first, so that its
 # time shows as its own step.
 set -euo pipefail
@@ -34,9 +36,18 @@ install_prometheus() {
   type -P prometheus
 }
 
+install_chromium() {
+  if ! type -P chromium >/dev/null; then
+    echo "installing Debian's chromium package…" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >&2
+  fi
+  type -P chromium
+}
+
 case "$want" in
   s3) install_s3 ;;
   prometheus) install_prometheus ;;
-  all) install_s3 >/dev/null && install_prometheus >/dev/null ;;
-  *) echo "unknown server $want (s3, prometheus)" >&2; exit 2 ;;
+  chromium) install_chromium ;;
+  all) install_s3 >/dev/null && install_prometheus >/dev/null && install_chromium >/dev/null ;;
+  *) echo "unknown server $want (s3, prometheus, chromium)" >&2; exit 2 ;;
 esac

@@ -5,6 +5,7 @@ mod at_rest;
 mod backup;
 mod callers;
 mod cluster;
+mod console;
 mod crashes;
 mod durability;
 mod hostile;

@@ -5,6 +5,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod backups;
+mod console;
 pub(crate) mod operator;
 pub(crate) mod tokens;
 mod trust;
@@ -108,6 +109,10 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/host", get(host))
         .route("/metrics", get(metrics))
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/hosts/invitations", post(invite))
         .route("/v1/cluster/ca", get(cluster_ca))
@@ -182,6 +187,11 @@ async fn authenticate(
 ) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    // The console's page, script and style hold no data (the page asks the API, with a
+    // credential, for everything it shows).
+    if method == Method::GET && console::is_asset(&path) {
+        return next.run(request).await;
+    }
     let presented = doppel_api::auth::bearer(
         request
             .headers()
