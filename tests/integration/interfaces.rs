@@ -82,6 +82,69 @@ fn wasi_logging_messages_reach_the_service_log_with_their_level() {
     assert_eq!(long["line"].as_str().unwrap().len(), 16 << 10);
 }
 
+/// A loopback HTTP server answering every request with `body`; its port.
+fn outside_server(body: &'static str) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// Outbound HTTP goes only where a service's allow-list says, checked on the address actually
+/// connected to: nothing by default; another port or scheme is denied; a name that resolves to
+/// loopback is refused after resolution (as the cloud metadata address or a rebinding name
+/// would be); an address named as such is allowed; a malformed entry is refused at deploy.
+#[test]
+fn outbound_calls_go_only_where_the_allow_list_says() {
+    let port = outside_server("from outside");
+    let host = Host::start();
+    let call = |service: &str, to: &str| host.get(&format!("/{service}/outbound?to={to}")).1;
+    let to = format!("http://127.0.0.1:{port}/x");
+
+    host.deploy(guests::HTTP_BASICS, "closed", &[]);
+    assert!(call("closed", &to).contains("HttpRequestDenied"));
+
+    let entry = format!("http://127.0.0.1:{port}");
+    host.deploy(guests::HTTP_BASICS, "open", &["--allow-outbound", &entry]);
+    assert_eq!(call("open", &to), "outbound 200: from outside");
+    let other_port = format!("http://127.0.0.1:{}/x", port + 1);
+    assert!(call("open", &other_port).contains("HttpRequestDenied"));
+    let other_scheme = format!("https://127.0.0.1:{port}/x");
+    assert!(call("open", &other_scheme).contains("HttpRequestDenied"));
+    assert!(call("open", "http://169.254.169.254/latest/meta-data/").contains("HttpRequestDenied"));
+
+    let named = format!("http://localhost:{port}");
+    host.deploy(guests::HTTP_BASICS, "named", &["--allow-outbound", &named]);
+    let answer = call("named", &format!("http://localhost:{port}/x"));
+    assert!(answer.contains("DestinationIpProhibited"), "{answer}");
+
+    let err = host.cli_err(&[
+        "deploy",
+        guests::HTTP_BASICS,
+        "--name",
+        "bad",
+        "--allow-outbound",
+        "ftp://files.example.de",
+    ]);
+    assert!(err.contains("the scheme must be http or https"), "{err}");
+    let listed = host.cli_ok(&["ls", "--json"]);
+    assert!(listed.contains(&entry), "{listed}");
+}
+
 /// The same scenario through both keyvalue drafts.
 fn keyvalue_scenario(host: &Host, service: &str) {
     let call = |path: &str, body: &str| {

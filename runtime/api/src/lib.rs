@@ -27,6 +27,7 @@
 //! how a bearer credential is compared ([`auth`]).
 
 pub mod auth;
+pub mod outbound;
 pub mod signing;
 
 use std::collections::BTreeMap;
@@ -154,6 +155,9 @@ pub struct DeployRequest {
     /// Deploy a signed release older than the one running (refused otherwise; audited).
     #[serde(default)]
     pub allow_older: bool,
+    /// Servers the service may call (`SCHEME://HOST[:PORT]`, see [`outbound`]); none by default.
+    #[serde(default)]
+    pub allow_outbound: Vec<String>,
 }
 
 /// The longest probe path a deploy accepts.
@@ -283,6 +287,9 @@ pub struct ServiceInfo {
     /// of every service: see `GET /v1/trust`).
     #[serde(default)]
     pub signatures_required: bool,
+    /// The servers it may call.
+    #[serde(default)]
+    pub allow_outbound: Vec<String>,
 }
 
 fn root_path() -> String {

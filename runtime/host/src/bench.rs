@@ -13,17 +13,17 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::invoke::new_store;
 use crate::modules::ModuleCache;
+use crate::outbound::Outbound;
 use crate::placement::Placements;
 use crate::runtime::Runtime;
 use crate::services::{Registry, Service};
-use crate::state::DenyOutbound;
 
 /// The least a store needs to instantiate an HTTP component with wasi and config.
 struct Bare {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    hooks: DenyOutbound,
+    hooks: Outbound,
     config: WasiConfigVariables,
 }
 
@@ -122,7 +122,7 @@ impl Instantiation {
                 table: ResourceTable::new(),
                 wasi: WasiCtx::builder().build(),
                 http: WasiHttpCtx::new(),
-                hooks: DenyOutbound,
+                hooks: Outbound::new(Default::default()),
                 config: WasiConfigVariables::new(),
             },
         );

@@ -20,7 +20,7 @@ use crate::keyvalue::KvCtx;
 use crate::logs::LogStream;
 use crate::runtime::Runtime;
 use crate::services::{Service, Stats};
-use crate::state::{DenyOutbound, MemoryLimiter, RequestState};
+use crate::state::{MemoryLimiter, RequestState};
 
 /// The body type of every response the ingress sends.
 pub type ResponseBody =
@@ -85,7 +85,7 @@ pub(crate) fn new_store(
         table,
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
-        hooks: DenyOutbound,
+        hooks: crate::outbound::Outbound::new(service.outbound.clone()),
         kv: KvCtx::new(
             service.name.clone(),
             service.limits.clone(),

@@ -64,6 +64,7 @@ mod mode;
 mod module_store;
 mod modules;
 mod moves;
+mod outbound;
 mod placement;
 mod runtime;
 mod schedule;

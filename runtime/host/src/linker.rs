@@ -56,7 +56,7 @@ pub(crate) fn is_provided(import: &str) -> bool {
 
 /// The human list of what is provided, for error messages.
 pub(crate) fn provided_summary() -> String {
-    "wasi:http 0.2.x (incoming-handler export; outgoing requests are denied), wasi:cli, wasi:io, \
+    "wasi:http 0.2.x (incoming-handler export; outgoing requests only to --allow-outbound servers), wasi:cli, wasi:io, \
      wasi:clocks, wasi:random 0.2.x (filesystem and sockets linked but with no access), \
      wasi:keyvalue 0.2.0-draft and 0.2.0-draft2, wasi:config 0.2.0-rc.1, wasi:logging 0.1.0-draft"
         .to_string()

@@ -53,6 +53,9 @@ pub struct ServiceRecord {
     /// Whether this name's modules must be signed, whatever the cluster requires.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_signatures: bool,
+    /// The servers it may call (`doppel deploy --allow-outbound`), as given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<String>,
 }
 
 /// Counters of one service name on this host.
@@ -118,6 +121,8 @@ pub struct Service {
     pub slots: crate::admission::Slots,
     /// Its `doppel:local` bucket: this host's memory only, gone with this version.
     pub local: Arc<crate::keyvalue::LocalBucket>,
+    /// The servers it may call.
+    pub outbound: Arc<Vec<doppel_api::outbound::OutboundRule>>,
 }
 
 /// Why a deploy or removal was refused.
@@ -509,6 +514,15 @@ impl Registry {
             }
         };
         let (log, stats) = self.log_and_stats(&record.name);
+        // Checked at deploy; an entry that no longer reads (a record from a newer host) allows
+        // nothing.
+        let outbound = Arc::new(
+            record
+                .allow_outbound
+                .iter()
+                .filter_map(|e| doppel_api::outbound::OutboundRule::parse(e).ok())
+                .collect(),
+        );
         let config: WasiConfigVariables = record
             .config
             .iter()
@@ -527,6 +541,7 @@ impl Registry {
             stats,
             log,
             local: Arc::new(crate::keyvalue::LocalBucket::new(self.local_bytes.clone())),
+            outbound,
         })
     }
 
@@ -675,6 +690,7 @@ impl Registry {
             signed_by: signed.by,
             release: signed.release,
             require_signatures,
+            allow_outbound: request.allow_outbound,
         };
         drop(bytes);
         let service = self.load(record.clone()).await?;
@@ -811,6 +827,7 @@ impl Registry {
             signed_by: record.signed_by.clone(),
             release: record.release.clone(),
             signatures_required: record.require_signatures,
+            allow_outbound: record.allow_outbound.clone(),
             epoch: placement.map_or(0, |p| p.epoch),
             name: record.name.clone(),
             module: record.module.clone(),
@@ -858,6 +875,14 @@ pub(crate) fn check_request(name: &str, request: &DeployRequest) -> Result<Limit
     request.placement.check().map_err(DeployError::BadLimit)?;
     if let Some(probe) = &request.probe {
         doppel_api::check_probe(probe).map_err(DeployError::BadLimit)?;
+    }
+    if request.allow_outbound.len() > 64 {
+        return Err(DeployError::BadLimit(
+            "at most 64 --allow-outbound entries".into(),
+        ));
+    }
+    for entry in &request.allow_outbound {
+        doppel_api::outbound::OutboundRule::parse(entry).map_err(DeployError::BadLimit)?;
     }
     Ok(limits)
 }

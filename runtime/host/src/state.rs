@@ -5,7 +5,7 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::keyvalue::{KvCtx, KvState, KvView};
 
@@ -14,7 +14,7 @@ pub struct RequestState {
     pub(crate) table: ResourceTable,
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
-    pub(crate) hooks: DenyOutbound,
+    pub(crate) hooks: crate::outbound::Outbound,
     pub(crate) kv: KvCtx,
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) limiter: MemoryLimiter,
@@ -44,28 +44,6 @@ impl WasiHttpView for RequestState {
 impl KvState for RequestState {
     fn kv(&mut self) -> KvView<'_> {
         KvView::new(&mut self.kv, &mut self.table)
-    }
-}
-
-/// Outbound HTTP is linked (so components that import it deploy) but every request is refused:
-/// no service has been granted any destination.
-pub struct DenyOutbound;
-
-impl WasiHttpHooks for DenyOutbound {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<wasmtime_wasi_http::WasiBody>,
-                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                )>,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

@@ -72,6 +72,15 @@ pub struct Deploy {
     /// trail records it).
     #[arg(long)]
     pub allow_older: bool,
+    /// A server the service may call, repeatable: `SCHEME://HOST[:PORT]`, `*.` for sub-domains
+    /// (e.g. `https://idp.example.de`, `https://*.bund.de`). None by default; loopback, private
+    /// and link-local addresses only when named as addresses.
+    #[arg(long = "allow-outbound", value_name = "URL", value_parser = parse_outbound)]
+    pub allow_outbound: Vec<String>,
+}
+
+fn parse_outbound(text: &str) -> Result<String, String> {
+    doppel_api::outbound::OutboundRule::parse(text).map(|_| text.to_string())
 }
 
 fn parse_probe(text: &str) -> Result<String, String> {
@@ -168,6 +177,7 @@ impl Deploy {
             probe: self.probe,
             require_signatures: self.require_signatures,
             allow_older: self.allow_older,
+            allow_outbound: self.allow_outbound,
         };
         let deployed: ServiceInfo = client
             .send(

@@ -15,6 +15,50 @@ use bindings::wasi::config::store as config;
 
 struct Handler;
 
+/// Calls `to` (`SCHEME://AUTHORITY/PATH`, no percent-encoding) and says what came back: the status
+/// and body, or the error the host gave.
+fn outbound(to: &str) -> String {
+    use wasi::http::types::{OutgoingRequest, Scheme};
+    let (scheme, rest) = to.split_once("://").unwrap_or(("https", to));
+    let (authority, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    };
+    let req = OutgoingRequest::new(wasi::http::types::Fields::new());
+    let _ = req.set_scheme(Some(&if scheme == "http" {
+        Scheme::Http
+    } else {
+        Scheme::Https
+    }));
+    let _ = req.set_authority(Some(authority));
+    let _ = req.set_path_with_query(Some(path));
+    let response = match wasi::http::outgoing_handler::handle(req, None) {
+        Ok(future) => {
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(response))) => response,
+                Some(Ok(Err(e))) => return format!("outbound refused: {e:?}"),
+                other => return format!("outbound odd: {other:?}"),
+            }
+        }
+        Err(e) => return format!("outbound refused: {e:?}"),
+    };
+    let status = response.status();
+    let mut body = Vec::new();
+    if let Ok(incoming) = response.consume()
+        && let Ok(stream) = incoming.stream()
+    {
+        loop {
+            match stream.blocking_read(64 << 10) {
+                Ok(chunk) => body.extend(chunk),
+                Err(wasi::io::streams::StreamError::Closed) => break,
+                Err(e) => return format!("outbound body failed after {} bytes: {e:?}", body.len()),
+            }
+        }
+    }
+    format!("outbound {status}: {}", String::from_utf8_lossy(&body))
+}
+
 impl wasi::exports::http::incoming_handler::Guest for Handler {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let (path, params) = path_and_query(&request);
@@ -54,23 +98,7 @@ impl wasi::exports::http::incoming_handler::Guest for Handler {
                 eprintln!("to stderr: {}", param(&params, "msg").unwrap_or(""));
                 "logged".to_string()
             }
-            "/outbound" => {
-                let req = wasi::http::types::OutgoingRequest::new(wasi::http::types::Fields::new());
-                let _ = req.set_scheme(Some(&wasi::http::types::Scheme::Https));
-                let _ = req.set_authority(Some("example.com"));
-                let _ = req.set_path_with_query(Some("/"));
-                match wasi::http::outgoing_handler::handle(req, None) {
-                    Ok(future) => {
-                        future.subscribe().block();
-                        match future.get() {
-                            Some(Ok(Ok(_))) => "outbound allowed".to_string(),
-                            Some(Ok(Err(e))) => format!("outbound refused: {e:?}"),
-                            other => format!("outbound odd: {other:?}"),
-                        }
-                    }
-                    Err(e) => format!("outbound refused: {e:?}"),
-                }
-            }
+            "/outbound" => outbound(param(&params, "to").unwrap_or("https://example.com/")),
             "/file" => match std::fs::read("/etc/passwd") {
                 Ok(_) => "file readable".to_string(),
                 Err(e) => format!("file refused: {e}"),
