@@ -83,6 +83,7 @@ mod error;
 mod http;
 mod kv;
 pub mod log;
+pub mod outbound;
 pub mod random;
 mod router;
 mod serve;

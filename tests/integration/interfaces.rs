@@ -143,6 +143,17 @@ fn outbound_calls_go_only_where_the_allow_list_says() {
     assert!(err.contains("the scheme must be http or https"), "{err}");
     let listed = host.cli_ok(&["ls", "--json"]);
     assert!(listed.contains(&entry), "{listed}");
+
+    // The SDK's client: the answer's body, or a problem that names the flag to use.
+    host.deploy(guests::CALLERS, "sdk-open", &["--allow-outbound", &entry]);
+    assert_eq!(
+        host.get(&format!("/sdk-open/open/fetch?to={to}")),
+        (200, "from outside".into())
+    );
+    host.deploy(guests::CALLERS, "sdk-closed", &[]);
+    let (status, body) = host.get(&format!("/sdk-closed/open/fetch?to={to}"));
+    assert_eq!(status, 500);
+    assert!(body.contains("--allow-outbound"), "{body}");
 }
 
 /// The same scenario through both keyvalue drafts.

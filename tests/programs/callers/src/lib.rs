@@ -1,6 +1,7 @@
 //! Guest test program: the same handlers — read one record, or write one — on `/open/…` and on
 //! `/guarded/…`, which verify the caller's bearer token first (`doppel_sdk::auth`). The
-//! difference is what verifying costs (`benches/callers.rs`).
+//! difference is what verifying costs (`benches/callers.rs`). `/open/fetch?to=URL` calls out
+//! through `doppel_sdk::outbound`.
 
 use doppel_sdk::{Bucket, Error, Request, Router};
 
@@ -14,10 +15,21 @@ fn write(req: Request) -> Result<(), Error> {
     Bucket::open("records")?.put("written", &String::from_utf8_lossy(req.body()))
 }
 
+/// Calls the `to` query parameter's URL through `doppel_sdk::outbound` and answers its body.
+fn fetch(req: Request) -> Result<String, Error> {
+    #[derive(serde::Deserialize)]
+    struct Query {
+        to: String,
+    }
+    let query: Query = req.query()?;
+    Ok(doppel_sdk::outbound::get(&query.to)?.text())
+}
+
 /// The routes.
 pub fn routes() -> Router {
     Router::new()
         .get("/open/read", record)
+        .get("/open/fetch", fetch)
         .post("/open/write", write)
         .get("/guarded/read", record)
         .require_caller()
