@@ -59,6 +59,7 @@ pub struct ServiceRecord {
 }
 
 /// Counters of one service name on this host.
+#[derive(Default)]
 pub struct Stats {
     /// Requests answered.
     pub requests: AtomicU64,
@@ -70,24 +71,8 @@ pub struct Stats {
     pub in_flight: AtomicU64,
     /// Answers this host gave, by status class (1xx … 5xx), forwarded ones included.
     pub classes: [AtomicU64; 5],
-    /// Seconds from a request's arrival to its answer's head, forwarded ones included.
-    pub latency: prometheus_client::metrics::histogram::Histogram,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            requests: AtomicU64::default(),
-            errors: AtomicU64::default(),
-            forwarded: AtomicU64::default(),
-            in_flight: AtomicU64::default(),
-            classes: Default::default(),
-            // 0.25 ms to 8 s, doubling.
-            latency: prometheus_client::metrics::histogram::Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 16),
-            ),
-        }
-    }
+    /// Time from a request's arrival to its answer's head, forwarded ones included.
+    pub latency: crate::metrics::Latency,
 }
 
 impl Stats {
@@ -95,7 +80,7 @@ impl Stats {
     pub fn answered(&self, status: http::StatusCode, elapsed: std::time::Duration) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.classes[class].fetch_add(1, Ordering::Relaxed);
-        self.latency.observe(elapsed.as_secs_f64());
+        self.latency.observe(elapsed);
     }
 }
 
