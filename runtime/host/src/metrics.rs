@@ -25,6 +25,7 @@ use crate::services::{Registry, Stats};
 /// A histogram of durations kept in atomics: the request path records into it without a lock
 /// (`prometheus-client`'s own takes a mutex per observation, which every worker thread would
 /// contend on). Buckets: 0.25 ms to about 8 s, doubling, and the rest.
+#[derive(Default)]
 pub struct Latency {
     buckets: [std::sync::atomic::AtomicU64; LATENCY_BUCKETS + 1],
     sum_nanos: std::sync::atomic::AtomicU64,
@@ -35,15 +36,6 @@ const LATENCY_BUCKETS: usize = 16;
 /// The upper bound of bucket `i`, in seconds.
 fn bound(i: usize) -> f64 {
     0.000_25 * f64::from(1u32 << i)
-}
-
-impl Default for Latency {
-    fn default() -> Self {
-        Latency {
-            buckets: Default::default(),
-            sum_nanos: Default::default(),
-        }
-    }
 }
 
 impl Latency {
