@@ -470,20 +470,7 @@ impl S3Server {
     const SECRET: &str = "doppel-test-secret-canary";
 
     fn start(root: &Path) -> S3Server {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/install-servers.sh"
-        );
-        let out = std::process::Command::new(script)
-            .arg("s3")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cannot install the S3 server: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let bin = crate::support::install_server("s3");
         // A port the kernel had free a moment ago; s3s-fs takes no port 0.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

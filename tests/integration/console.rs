@@ -10,20 +10,6 @@ use doppel_guests as guests;
 
 use crate::support::cluster_each;
 
-fn chromium() -> String {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/install-servers.sh"
-    );
-    let out = Command::new(script).arg("chromium").output().unwrap();
-    assert!(
-        out.status.success(),
-        "cannot install Chromium: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// Runs headless Chromium on `url` with `extra` flags (as root, on a machine with no outside
 /// network: no sandbox, no background connections). The host's certificate names the cluster,
 /// not 127.0.0.1, so certificate errors are ignored here; an operator's browser trusts the
@@ -57,7 +43,7 @@ fn headless(browser: &str, profile: &Path, url: &str, extra: &[&str]) -> String 
 
 #[test]
 fn the_console_shows_every_host_and_service_in_a_real_browser() {
-    let browser = chromium();
+    let browser = crate::support::install_server("chromium");
     let hosts = cluster_each(&[
         &["--label", "provider=ionos", "--label", "jurisdiction=de"],
         &["--label", "provider=hetzner", "--label", "jurisdiction=de"],

@@ -18,17 +18,7 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(dir: &Path, target: &str, ca: &Path, token: &str) -> Prometheus {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/install-servers.sh"
-        );
-        let out = Command::new(script).arg("prometheus").output().unwrap();
-        assert!(
-            out.status.success(),
-            "cannot install Prometheus: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let bin = crate::support::install_server("prometheus");
         let token_file = dir.join("token");
         std::fs::write(&token_file, token).unwrap();
         let config = dir.join("prometheus.yml");

@@ -659,3 +659,19 @@ pub fn write_kv(host: &Host, key: &str, value: &str) {
     let (status, body) = host.post(&format!("/kv/set?k={key}"), value.to_string());
     assert_eq!(status, 200, "{body}");
 }
+
+/// Installs (if missing) one of the servers the tests start, with `tests/install-servers.sh`
+/// (`s3`, `prometheus`, `chromium`); answers the path of its program.
+pub fn install_server(name: &str) -> String {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/install-servers.sh"
+    );
+    let out = Command::new(script).arg(name).output().unwrap();
+    assert!(
+        out.status.success(),
+        "cannot install {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}

@@ -174,6 +174,31 @@ fn signed(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+impl Snapshot {
+    /// One family with a sample per service: a counter or a gauge read from `value`.
+    fn per_service(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        value: impl Fn(&Stats) -> &std::sync::atomic::AtomicU64,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for (service, stats) in &self.services {
+            let labels = [("service", service.as_str())];
+            let v = value(stats).load(Ordering::Relaxed);
+            match kind {
+                MetricType::Counter => {
+                    ConstCounter::new(v).encode(family.encode_family(&labels)?)?
+                }
+                _ => ConstGauge::new(signed(v)).encode(family.encode_family(&labels)?)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -201,36 +226,27 @@ impl Collector for Snapshot {
                 .latency
                 .encode(family.encode_family(&[("service", name.as_str())])?)?;
         }
-        let mut family = encoder.encode_descriptor(
+        self.per_service(
+            &mut encoder,
             "doppel_service_instances_in_use",
             "Requests of a service running in a guest on this host now.",
-            None,
             MetricType::Gauge,
+            |s| &s.in_flight,
         )?;
-        for (name, stats) in &self.services {
-            ConstGauge::new(signed(stats.in_flight.load(Ordering::Relaxed)))
-                .encode(family.encode_family(&[("service", name.as_str())])?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        self.per_service(
+            &mut encoder,
             "doppel_service_forwarded",
             "Requests this host sent on to the host a service is active on.",
-            None,
             MetricType::Counter,
+            |s| &s.forwarded,
         )?;
-        for (name, stats) in &self.services {
-            ConstCounter::new(stats.forwarded.load(Ordering::Relaxed))
-                .encode(family.encode_family(&[("service", name.as_str())])?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        self.per_service(
+            &mut encoder,
             "doppel_service_failures",
             "Requests that ended in a trap, a timeout or a 5xx from the host.",
-            None,
             MetricType::Counter,
+            |s| &s.errors,
         )?;
-        for (name, stats) in &self.services {
-            ConstCounter::new(stats.errors.load(Ordering::Relaxed))
-                .encode(family.encode_family(&[("service", name.as_str())])?)?;
-        }
 
         gauge(
             &mut encoder,
