@@ -134,6 +134,32 @@ impl Bucket {
         Ok(Page { items, next })
     }
 
+    /// The values at `keys`, decoded, in the same order (`None` where a key has none), read in
+    /// one call (`wasi:keyvalue/batch`).
+    pub fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<Option<T>>, Error> {
+        let owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        batch::get_many(&self.inner, &owned)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|found| found.map(|(key, bytes)| decode(&key, &bytes)).transpose())
+            .collect()
+    }
+
+    /// Stores every `(key, value)` pair in one call, as one write: all of them or none.
+    pub fn put_many<T: Serialize>(&self, pairs: &[(&str, T)]) -> Result<(), Error> {
+        let encoded = pairs
+            .iter()
+            .map(|(key, value)| Ok((key.to_string(), encode(value)?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        batch::set_many(&self.inner, &encoded).map_err(store_error)
+    }
+
+    /// Removes every key of `keys` in one call, as one write (missing keys are fine).
+    pub fn delete_many(&self, keys: &[&str]) -> Result<(), Error> {
+        let owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        batch::delete_many(&self.inner, &owned).map_err(store_error)
+    }
+
     /// Adds `delta` to the counter at `key` (missing counts as 0) and returns the new value.
     /// Atomic: concurrent increments never lose one another.
     pub fn increment(&self, key: &str, delta: u64) -> Result<u64, Error> {

@@ -82,6 +82,17 @@ fn wasi_logging_messages_reach_the_service_log_with_their_level() {
     assert_eq!(long["line"].as_str().unwrap().len(), 16 << 10);
 }
 
+/// The SDK's batch calls (`wasi:keyvalue/batch`): many keys written, removed and read at once.
+#[test]
+fn the_sdk_writes_removes_and_reads_many_keys_in_one_call() {
+    let host = Host::start();
+    host.deploy(guests::CALLERS, "batches", &[]);
+    assert_eq!(
+        host.post("/batches/open/batch", ""),
+        (200, "[Some(1), None, Some(3), None]".into())
+    );
+}
+
 /// A loopback HTTP server answering every request with `body`; its port.
 fn outside_server(body: &'static str) -> u16 {
     use std::io::{BufRead, BufReader, Write};

@@ -25,11 +25,22 @@ fn fetch(req: Request) -> Result<String, Error> {
     Ok(doppel_sdk::outbound::get(&query.to)?.text())
 }
 
+/// Writes three records in one call, removes one in another, and answers what a read of all
+/// three in one call finds.
+fn batch(_: Request) -> Result<String, Error> {
+    let bucket = Bucket::open("batch")?;
+    bucket.put_many(&[("a", 1u32), ("b", 2), ("c", 3)])?;
+    bucket.delete_many(&["b"])?;
+    let found: Vec<Option<u32>> = bucket.get_many(&["a", "b", "c", "missing"])?;
+    Ok(format!("{found:?}"))
+}
+
 /// The routes.
 pub fn routes() -> Router {
     Router::new()
         .get("/open/read", record)
         .get("/open/fetch", fetch)
+        .post("/open/batch", batch)
         .post("/open/write", write)
         .get("/guarded/read", record)
         .require_caller()
