@@ -68,6 +68,14 @@
 //! [`Bucket::get`]/[`put`](Bucket::put) store JSON; [`Bucket::page`] lists by key prefix with
 //! pagination; [`Bucket::increment`] is an atomic counter; [`Bucket::update`] is a
 //! read-modify-write that never loses a concurrent update (compare-and-swap).
+//! [`Bucket::get_many`], [`put_many`](Bucket::put_many) and [`delete_many`](Bucket::delete_many)
+//! take many keys in one call (`wasi:keyvalue/batch`); a `put_many` is one write.
+//!
+//! ## Calling out, logging
+//! [`outbound::get`] and [`outbound::post`] call another server over HTTP; a doppel host allows
+//! only the servers the deploy names (`--allow-outbound`), and a refusal is a 500 that says so.
+//! [`log`] writes levelled messages through `wasi:logging` (`doppel logs` shows the level); a
+//! service that calls neither does not import those interfaces.
 //!
 //! ## Portability
 //! Everything above uses standard interfaces only, but hosts differ in what they offer:
