@@ -55,6 +55,7 @@ mod hosts;
 mod ingress;
 mod invoke;
 mod keyvalue;
+mod latency;
 mod linker;
 mod listener;
 mod logging;

@@ -72,7 +72,7 @@ pub struct Stats {
     /// Answers this host gave, by status class (1xx … 5xx), forwarded ones included.
     pub classes: [AtomicU64; 5],
     /// Time from a request's arrival to its answer's head, forwarded ones included.
-    pub latency: crate::metrics::Latency,
+    pub latency: crate::latency::Latency,
 }
 
 impl Stats {
