@@ -13,7 +13,7 @@ async fn an_s3_store_refuses_to_overwrite_an_object() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/install-servers.sh"
     );
-    let out = Command::new(script).output().unwrap();
+    let out = Command::new(script).arg("s3").output().unwrap();
     assert!(
         out.status.success(),
         "{}",
