@@ -23,6 +23,8 @@
 
 use doppel_api::signing::{RELEASE_SECTION, Release, SignerInfo};
 use doppel_store::{Command, Op, Outcome, Space, Store, StoreError};
+
+use crate::clock::now_ms;
 use serde::{Deserialize, Serialize};
 use wasmsign2::{PublicKey, PublicKeySet, Section, SectionLike, WSError};
 
@@ -113,12 +115,6 @@ impl Record {
 
 fn fingerprint(key: &PublicKey) -> String {
     doppel_api::signing::fingerprint(&key.to_bytes())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn records(store: &dyn Store) -> Result<Vec<Record>, StoreError> {
