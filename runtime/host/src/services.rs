@@ -110,6 +110,14 @@ pub struct Service {
     pub outbound: Arc<Vec<doppel_api::outbound::OutboundRule>>,
 }
 
+/// What a deploy did.
+pub struct Deployed {
+    /// The service as deployed.
+    pub info: ServiceInfo,
+    /// What the audit trail says when an older release replaced a newer one (`--allow-older`).
+    pub rollback: Option<String>,
+}
+
 /// Why a deploy or removal was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -609,7 +617,7 @@ impl Registry {
         name: &str,
         request: DeployRequest,
         actor: &str,
-    ) -> Result<ServiceInfo, DeployError> {
+    ) -> Result<Deployed, DeployError> {
         // Before anything else: a malformed digest must not reach the store or the cache.
         doppel_api::check_module_digest(&request.module).map_err(DeployError::BadDigest)?;
         let _guard = self.changes.lock().await;
@@ -627,7 +635,7 @@ impl Registry {
         name: &str,
         request: DeployRequest,
         actor: &str,
-    ) -> Result<ServiceInfo, DeployError> {
+    ) -> Result<Deployed, DeployError> {
         let limits = check_request(name, &request)?;
         let bytes = crate::module_store::get(&self.store, &request.module)
             .await?
@@ -656,7 +664,7 @@ impl Registry {
             return Err(SignatureError::Unsigned(who).into());
         }
         let signed = signed.unwrap_or_default();
-        signatures::check_rollback(
+        let rollback = signatures::check_rollback(
             name,
             previous.as_ref().and_then(|p| p.release.as_deref()),
             signed.release.as_deref(),
@@ -725,7 +733,10 @@ impl Registry {
             self.forget_module_if_unused(&previous.module).await?;
         }
         tracing::info!(service = name, version = record.version, module = %record.module, "deployed");
-        self.info(name).await
+        Ok(Deployed {
+            info: self.info(name).await?,
+            rollback,
+        })
     }
 
     /// Removes `name`; with `purge`, deletes its buckets too.

@@ -295,17 +295,18 @@ fn check(bytes: &[u8], trusted: &[(String, PublicKey)]) -> Result<Option<Signed>
     Ok(Some(Signed { by, release }))
 }
 
-/// Refuses `offered` when it is an older release than `running` for `service`, unless allowed.
-/// A release that names no version replacing one that does counts as older: otherwise an old,
-/// validly signed build from before versioning would get past the check.
+/// Refuses `offered` when it is an older release than `running` for `service`, unless allowed;
+/// when allowed, answers what the audit trail says of the rollback. A release that names no
+/// version replacing one that does counts as older: otherwise an old, validly signed build from
+/// before versioning would get past the check.
 pub fn check_rollback(
     service: &str,
     running: Option<&str>,
     offered: Option<&str>,
     allow_older: bool,
-) -> Result<(), SignatureError> {
+) -> Result<Option<String>, SignatureError> {
     let Some(running) = running else {
-        return Ok(());
+        return Ok(None);
     };
     let older = match offered {
         None => true,
@@ -314,14 +315,15 @@ pub fn check_rollback(
             _ => true,
         },
     };
+    let new = offered.unwrap_or("(none)");
     if older && !allow_older {
         return Err(SignatureError::Older {
             service: service.to_string(),
-            new: offered.unwrap_or("(none)").to_string(),
+            new: new.to_string(),
             running: running.to_string(),
         });
     }
-    Ok(())
+    Ok(older.then(|| format!("release {new} replaced the newer {running} (--allow-older)")))
 }
 
 #[cfg(test)]

@@ -420,31 +420,15 @@ async fn deploy(
 ) -> AdminResult<Response> {
     let request: DeployRequest = serde_json::from_slice(&body)
         .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("bad deploy request: {e}")))?;
-    let mut detail = request.module.clone();
-    let before = state
-        .registry
-        .get(&name)
-        .and_then(|s| s.record.release.clone());
-    let allow_older = request.allow_older;
+    let module = request.module.clone();
     let actor = actor(&state, &caller);
     let deployed = state.registry.deploy(&name, request, &actor).await?;
     // A rollback let through by --allow-older is named in the audit trail.
-    if allow_older
-        && crate::signatures::check_rollback(
-            &name,
-            before.as_deref(),
-            deployed.release.as_deref(),
-            false,
-        )
-        .is_err()
-    {
-        detail = format!(
-            "{detail}; release {} replaced the newer {} (--allow-older)",
-            deployed.release.as_deref().unwrap_or("(none)"),
-            before.as_deref().unwrap_or("(none)")
-        );
-    }
-    let mut response = Json(deployed).into_response();
+    let detail = match deployed.rollback {
+        Some(rollback) => format!("{module}; {rollback}"),
+        None => module,
+    };
+    let mut response = Json(deployed.info).into_response();
     response.extensions_mut().insert(AuditDetail(detail));
     Ok(response)
 }
