@@ -22,7 +22,11 @@ CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo \
   cargo build --release --locked --target wasm32-wasip2 "${packages[@]}"
 
 bin=target/release/doppel
-"$bin" host --data "$data" "$@" &
+# The key everything the host stores is sealed under: made once, next to the data directory
+# here for the demo; on a server it comes from a secret store (README, "Encryption at rest").
+key="${DOPPEL_KEY_FILE:-$data.key}"
+[ -f "$key" ] || "$bin" keygen --encryption "$key"
+"$bin" host --data "$data" --key-file "$key" "$@" &
 host=$!
 trap 'kill -TERM "$host" 2>/dev/null; wait "$host"' INT TERM
 # The host writes host.json once it accepts connections.

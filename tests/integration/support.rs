@@ -23,13 +23,19 @@ pub struct Host {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The encryption key every host of these tests is given (`DOPPEL_KEY`), as an operator gives
+/// every host of a cluster the same one.
+pub const TEST_KEY: &str = "dGVzdHMgb2YgZG9wcGVsOiBub3QgYSByZWFsIGtleSE=";
+
 /// The `doppel` binary cargo built for these tests, or `DOPPEL_BIN` when set: benchmarks that
-/// compare two builds alternate between them with it.
+/// compare two builds alternate between them with it. It has the tests' encryption key.
 pub fn doppel() -> Command {
-    match std::env::var_os("DOPPEL_BIN") {
+    let mut command = match std::env::var_os("DOPPEL_BIN") {
         Some(bin) => Command::new(bin),
         None => Command::new(env!("CARGO_BIN_EXE_doppel")),
-    }
+    };
+    command.env("DOPPEL_KEY", TEST_KEY);
+    command
 }
 
 /// `doppel host` on `data` and ports the kernel chooses, to be spawned by hand (for tests that
@@ -117,6 +123,7 @@ impl Host {
             Some((program, args)) => {
                 let mut c = Command::new(program);
                 c.args(args).arg(env!("CARGO_BIN_EXE_doppel"));
+                c.env("DOPPEL_KEY", TEST_KEY);
                 c
             }
         };

@@ -65,6 +65,9 @@ pub struct HostConfig {
     /// How long the host certificates of a cluster this host creates are valid (`None`: a year).
     /// Hosts renew their own when a third of it is left.
     pub cert_lifetime: Option<Duration>,
+    /// Where the operator's encryption key comes from (`None`: it was not given, and the host
+    /// refuses to start).
+    pub key: Option<crate::sealing::KeySource>,
 }
 
 /// What a started host tells whoever started it.
@@ -191,6 +194,13 @@ pub async fn run(
         .with_context(|| format!("while restricting {} to its owner", data.display()))?;
     // One host per data directory: the lock is held (by keeping the file open) until we return.
     let lock = lock_data_dir(data)?;
+    // Nothing is opened before the key is known to be the data directory's.
+    let key_source = config
+        .key
+        .clone()
+        .ok_or(crate::sealing::KeyError::Missing)?;
+    let root = Arc::new(crate::sealing::RootKey::load(&key_source)?);
+    root.check_data_dir(data, &key_source)?;
     if doppel_backup::recover::interrupted(data) {
         anyhow::bail!(
             "a `doppel recover --force-new-cluster` of {} was interrupted; run it again to \
@@ -254,6 +264,13 @@ pub async fn run(
         store.clone() as Arc<dyn Store>,
         mode.clone(),
     ));
+    // Services' keys and values are sealed under their own data keys before they reach raft.
+    let sealed = Arc::new(crate::sealing::SealedStore::new(
+        guarded,
+        root,
+        store.system_changes(),
+    ));
+    let guarded: Arc<dyn Store> = sealed.clone();
     let registry =
         Arc::new(Registry::new(runtime, guarded, cache, placements.clone()).with_mode(mode));
     let info = Arc::new(HostInfo {
@@ -364,6 +381,7 @@ pub async fn run(
         .await
         .context("while becoming a member of the cluster")?;
     take_over_restore(data, &member).await?;
+    check_key_when_available(&sealed).await?;
     let services = load_when_available(&registry, &member).await?;
     member
         .advertise(&advertise)
@@ -460,6 +478,23 @@ async fn take_over_restore(data: &Path, member: &Member) -> anyhow::Result<()> {
         .context("while taking over the restored backup (starting again takes it over again)")?;
     tracing::info!(index = pending.index, hash = %pending.hash, "restored backup taken over");
     Ok(())
+}
+
+/// Checks this host's key against the cluster's once the store can answer linearizably.
+async fn check_key_when_available(sealed: &crate::sealing::SealedStore) -> anyhow::Result<()> {
+    loop {
+        match sealed.check_cluster_key().await {
+            Ok(()) => return Ok(()),
+            Err(doppel_store::StoreError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "waiting for a majority of the cluster to check the encryption key");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context("while checking this host's encryption key against the cluster's"));
+            }
+        }
+    }
 }
 
 /// Loads the deployed services once the store can answer linearizably, which needs a majority

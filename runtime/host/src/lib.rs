@@ -34,6 +34,7 @@
 //!     labels: Default::default(),
 //!     require: Default::default(),
 //!     cert_lifetime: None,
+//!     key: Some(doppel_host::sealing::KeySource::Env),
 //! };
 //! doppel_host::run(config, |started| println!("serving on {}", started.listen), async {
 //!     let _ = tokio::signal::ctrl_c().await;
@@ -70,6 +71,7 @@ mod placement;
 mod runtime;
 mod schedule;
 mod scheduler;
+pub mod sealing;
 mod services;
 mod signatures;
 mod state;

@@ -18,6 +18,13 @@ struct InProcess {
     _dir: tempfile::TempDir,
 }
 
+/// The same operator key for every host of the test's cluster, in each host's directory.
+fn key_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    let path = dir.path().join("key");
+    std::fs::write(&path, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+    path
+}
+
 impl InProcess {
     async fn start(name: &str, join: Option<JoinTarget>) -> InProcess {
         let dir = tempfile::tempdir().unwrap();
@@ -37,6 +44,7 @@ impl InProcess {
             labels: Default::default(),
             require: Default::default(),
             cert_lifetime: None,
+            key: Some(doppel_host::sealing::KeySource::File(key_file(&dir))),
         };
         let (ready, is_ready) = tokio::sync::oneshot::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

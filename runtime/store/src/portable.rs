@@ -1,5 +1,5 @@
 //! What of a state is portable to another cluster: a backup restored elsewhere carries the
-//! services (their records, modules and buckets) and the audit trail, but not what belongs to
+//! services (their records, modules, buckets and data keys) and the audit trail, but not what belongs to
 //! the old cluster's hosts (members, placements, epochs, fences, credentials, its CA). And a
 //! digest of the portable part ([`state_hash`]), so that two copies can be compared.
 
@@ -7,9 +7,10 @@ use sha2::{Digest, Sha256};
 
 use crate::space::{self, Space};
 
-/// The system tables a restored cluster takes over: service records, module bytes, the audit
-/// trail. Everything else in the system space describes the old cluster's hosts.
-const CARRIED: [&str; 3] = ["services", "modules", "audit"];
+/// The system tables a restored cluster takes over: service records, module bytes, the
+/// services' data keys (wrapped under the operator's key, which the restoring host must be
+/// given), the audit trail. Everything else in the system space describes the old cluster's hosts.
+const CARRIED: [&str; 4] = ["services", "modules", "keyring", "audit"];
 
 /// Reads a raw key of [`crate::Engine::export`] back as its space and key; `None` for the
 /// engine's own bookkeeping (applied index, usage counters).
@@ -29,9 +30,9 @@ fn read_name(bytes: &[u8]) -> Option<(String, &[u8])> {
     Some((String::from_utf8(name.to_vec()).ok()?, &bytes[2 + len..]))
 }
 
-/// Whether `space` is a service's state: one of its buckets, its record or module bytes.
+/// Whether `space` is a service's state: one of its buckets, its record, module bytes or data key.
 pub fn is_service_state(space: &Space) -> bool {
-    !space.is_system() || space.bucket == "services" || space.bucket == "modules"
+    !space.is_system() || ["services", "modules", "keyring"].contains(&space.bucket.as_str())
 }
 
 /// Whether a restored cluster takes over `space` (service state and the audit trail).

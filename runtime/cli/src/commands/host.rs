@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use doppel_host::sealing::KeySource;
 use doppel_host::{HostConfig, IngressLimits, JoinTarget, Started};
 
 use crate::units::{parse_millis, parse_size};
@@ -92,6 +93,30 @@ pub struct Host {
     /// How long requests in flight may finish after SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_millis)]
     pub grace: u64,
+    /// A file holding the encryption key everything stored is sealed under (32 bytes as base64
+    /// or hex; `doppel keygen --encryption PATH` makes one). Every host of a cluster, and every
+    /// cluster restored from or following its backups, takes the same key. Without this flag
+    /// and `--key-command`, the key is read from the environment variable DOPPEL_KEY.
+    #[arg(
+        long,
+        env = "DOPPEL_KEY_FILE",
+        value_name = "PATH",
+        conflicts_with = "key_command"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// A command (run with `sh -c`) that prints the encryption key: a KMS or PKCS#11 client
+    /// that unwraps it, a secrets manager's CLI.
+    #[arg(long, env = "DOPPEL_KEY_COMMAND", value_name = "CMD")]
+    pub key_command: Option<String>,
+}
+
+/// Where the encryption key comes from: a command, a file, or `DOPPEL_KEY` itself.
+fn key_source(file: Option<PathBuf>, command: Option<String>) -> Option<KeySource> {
+    match (command, file) {
+        (Some(command), _) => Some(KeySource::Command(command)),
+        (None, Some(file)) => Some(KeySource::File(file)),
+        (None, None) => std::env::var_os(doppel_host::sealing::KEY_ENV).map(|_| KeySource::Env),
+    }
 }
 
 /// `--header-timeout`: at least a second, because hosts let their own idle connections to each
@@ -208,6 +233,7 @@ impl Host {
             labels,
             require,
             cert_lifetime: self.cert_lifetime,
+            key: key_source(self.key_file, self.key_command),
         };
         tracing::info!(?config, "starting");
         let data = self.data;

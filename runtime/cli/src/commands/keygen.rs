@@ -1,5 +1,6 @@
 //! `doppel keygen`: a key pair for signing components (Ed25519, the WebAssembly
-//! tool-conventions signature format that `doppel sign` writes and hosts verify).
+//! tool-conventions signature format that `doppel sign` writes and hosts verify), or with
+//! `--encryption` the key a cluster seals what it stores under.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -14,10 +15,27 @@ pub struct Keygen {
     /// Where the secret key goes (owner-only, never overwritten); the public key goes next to
     /// it, with `.pub` appended. Hand the `.pub` file to `doppel trust add`.
     pub path: PathBuf,
+    /// Make the encryption key for `doppel host --key-file` instead (32 random bytes, base64,
+    /// owner-only, never overwritten): every host of a cluster takes the same one, and so does
+    /// a cluster restored from its backups. Lose it and the cluster's data is lost with it.
+    #[arg(long)]
+    pub encryption: bool,
 }
 
 impl Keygen {
     pub fn run(self) -> anyhow::Result<()> {
+        if self.encryption {
+            let key = doppel_host::sealing::RootKey::generate();
+            let mut file = create_secret(&self.path, "an encryption key")?;
+            file.write_all(key.as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            println!(
+                "encryption key: {} (give it to every host: --key-file; keep a copy off the cluster)",
+                self.path.display()
+            );
+            return Ok(());
+        }
         let public = {
             let mut p = self.path.clone().into_os_string();
             p.push(".pub");
@@ -32,12 +50,7 @@ impl Keygen {
             }
         }
         let pair = wasmsign2::KeyPair::generate();
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&self.path)
-            .with_context(|| format!("cannot create {}", self.path.display()))?;
+        let mut file = create_secret(&self.path, "a signing key")?;
         file.write_all(pair.sk.to_pem().as_bytes())?;
         file.sync_all()?;
         std::fs::write(&public, pair.pk.to_pem())
@@ -53,4 +66,14 @@ impl Keygen {
         );
         Ok(())
     }
+}
+
+/// A new owner-only file at `path`; an existing one is never overwritten.
+fn create_secret(path: &std::path::Path, what: &str) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {what} at {}", path.display()))
 }

@@ -147,8 +147,12 @@ macro_rules! keyvalue_routes {
                             None => break,
                         }
                     }
+                    // In key order: a store may list in any order (doppel's follows the sealed keys).
+                    let listed = keys.len();
+                    keys.sort();
+                    keys.dedup();
                     format!(
-                        "pages={pages} count={} first={:?} last={:?}",
+                        "pages={pages} count={listed} distinct={} first={:?} last={:?}",
                         keys.len(),
                         keys.first(),
                         keys.last()

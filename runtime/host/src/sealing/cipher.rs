@@ -1,0 +1,211 @@
+//! What a service's data key does: seal its keys (deterministically, so a key still finds its
+//! record and pages of keys continue after the last one) and its values (with a random nonce,
+//! bound to the key they are stored under), and how that data key is kept wrapped under the
+//! operator's key.
+
+use aes_siv::siv::Aes256Siv;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+use super::root::{RootKey, derive};
+
+/// The first byte of every sealed value: the format, so that a later one can be told apart.
+const VALUE_FORMAT: u8 = 1;
+const NONCE: usize = 24;
+
+/// A sealed thing did not open: it was altered, or sealed under another key.
+#[derive(Debug, thiserror::Error)]
+#[error("does not authenticate (altered, or sealed under another key)")]
+pub struct Unopenable;
+
+/// One service's data key, with the keys derived from it for each use.
+pub struct ServiceCipher {
+    /// AES-SIV (RFC 5297) over the key, with the bucket as associated data.
+    keys: Zeroizing<[u8; 64]>,
+    values: XChaCha20Poly1305,
+}
+
+impl ServiceCipher {
+    fn from_secret(secret: &[u8; 32]) -> ServiceCipher {
+        let mut keys = Zeroizing::new([0u8; 64]);
+        keys[..32].copy_from_slice(derive(secret, "service-keys-mac").as_ref());
+        keys[32..].copy_from_slice(derive(secret, "service-keys-ctr").as_ref());
+        ServiceCipher {
+            keys,
+            values: XChaCha20Poly1305::new(derive(secret, "service-values").as_ref().into()),
+        }
+    }
+
+    fn siv(&self) -> Aes256Siv {
+        Aes256Siv::new(self.keys.as_ref().into())
+    }
+
+    /// `key` of `bucket` as stored: the same every time, so lookups and cursors work; listing
+    /// order is the order of the sealed keys.
+    pub fn seal_key(&self, bucket: &str, key: &[u8]) -> Vec<u8> {
+        self.siv()
+            .encrypt([bucket.as_bytes()], key)
+            .expect("AES-SIV seals any length")
+    }
+
+    /// A stored key of `bucket` back as the service wrote it.
+    pub fn open_key(&self, bucket: &str, sealed: &[u8]) -> Result<Vec<u8>, Unopenable> {
+        self.siv()
+            .decrypt([bucket.as_bytes()], sealed)
+            .map_err(|_| Unopenable)
+    }
+
+    /// `value` as stored under the sealed key `at` of `bucket`: moved to another key, it no
+    /// longer opens.
+    pub fn seal_value(&self, bucket: &str, at: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE];
+        getrandom::fill(&mut nonce).expect("the system's random source works");
+        let mut out = Vec::with_capacity(1 + NONCE + value.len() + 16);
+        out.push(VALUE_FORMAT);
+        out.extend_from_slice(&nonce);
+        let aad = place(bucket, at);
+        out.extend(
+            self.values
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: value,
+                        aad: &aad,
+                    },
+                )
+                .expect("XChaCha20-Poly1305 seals any length a value may have"),
+        );
+        out
+    }
+
+    /// A stored value back as the service wrote it.
+    pub fn open_value(
+        &self,
+        bucket: &str,
+        at: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, Unopenable> {
+        let (&format, rest) = sealed.split_first().ok_or(Unopenable)?;
+        if format != VALUE_FORMAT || rest.len() < NONCE {
+            return Err(Unopenable);
+        }
+        let (nonce, body) = rest.split_at(NONCE);
+        let aad = place(bucket, at);
+        self.values
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| Unopenable)
+    }
+}
+
+/// Associated data naming where a value is stored.
+fn place(bucket: &str, at: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(2 + bucket.len() + at.len());
+    aad.extend_from_slice(&(bucket.len() as u16).to_be_bytes());
+    aad.extend_from_slice(bucket.as_bytes());
+    aad.extend_from_slice(at);
+    aad
+}
+
+/// A new data key for `service`: the cipher, and the key wrapped under `root` as the keyring
+/// stores it.
+pub fn new_service_key(root: &RootKey, service: &str) -> (ServiceCipher, Vec<u8>) {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    getrandom::fill(secret.as_mut()).expect("the system's random source works");
+    let wrapper = XChaCha20Poly1305::new(root.derive("keyring").as_ref().into());
+    let mut nonce = [0u8; NONCE];
+    getrandom::fill(&mut nonce).expect("the system's random source works");
+    let mut wrapped = nonce.to_vec();
+    wrapped.extend(
+        wrapper
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: secret.as_ref(),
+                    aad: service.as_bytes(),
+                },
+            )
+            .expect("wrapping 32 bytes cannot fail"),
+    );
+    (ServiceCipher::from_secret(&secret), wrapped)
+}
+
+/// The cipher of a data key the keyring holds for `service`, unwrapped with `root`.
+pub fn unwrap_service_key(
+    root: &RootKey,
+    service: &str,
+    wrapped: &[u8],
+) -> Result<ServiceCipher, Unopenable> {
+    if wrapped.len() < NONCE {
+        return Err(Unopenable);
+    }
+    let wrapper = XChaCha20Poly1305::new(root.derive("keyring").as_ref().into());
+    let (nonce, body) = wrapped.split_at(NONCE);
+    let secret = Zeroizing::new(
+        wrapper
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: service.as_bytes(),
+                },
+            )
+            .map_err(|_| Unopenable)?,
+    );
+    let secret: &[u8; 32] = secret.as_slice().try_into().map_err(|_| Unopenable)?;
+    Ok(ServiceCipher::from_secret(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> RootKey {
+        RootKey::parse(RootKey::generate().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn keys_seal_the_same_each_time_and_open_back() {
+        let (cipher, _) = new_service_key(&root(), "registry");
+        let a = cipher.seal_key("people", b"anna@example.de");
+        assert_eq!(a, cipher.seal_key("people", b"anna@example.de"));
+        assert_ne!(a, cipher.seal_key("other", b"anna@example.de"));
+        assert!(!a.windows(4).any(|w| w == b"anna"));
+        assert_eq!(cipher.open_key("people", &a).unwrap(), b"anna@example.de");
+        assert!(cipher.open_key("other", &a).is_err());
+    }
+
+    #[test]
+    fn a_value_opens_only_where_it_was_stored_and_unaltered() {
+        let (cipher, _) = new_service_key(&root(), "registry");
+        let at = cipher.seal_key("people", b"anna");
+        let sealed = cipher.seal_value("people", &at, b"born 1990");
+        assert_ne!(sealed, cipher.seal_value("people", &at, b"born 1990"));
+        assert_eq!(
+            cipher.open_value("people", &at, &sealed).unwrap(),
+            b"born 1990"
+        );
+        let elsewhere = cipher.seal_key("people", b"bert");
+        assert!(cipher.open_value("people", &elsewhere, &sealed).is_err());
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(cipher.open_value("people", &at, &flipped).is_err());
+    }
+
+    #[test]
+    fn a_wrapped_key_opens_with_its_root_and_its_service_only() {
+        let root = root();
+        let (cipher, wrapped) = new_service_key(&root, "registry");
+        let again = unwrap_service_key(&root, "registry", &wrapped).unwrap();
+        assert_eq!(cipher.seal_key("b", b"k"), again.seal_key("b", b"k"));
+        assert!(unwrap_service_key(&root, "permits", &wrapped).is_err());
+        let other = RootKey::parse(RootKey::generate().as_bytes()).unwrap();
+        assert!(unwrap_service_key(&other, "registry", &wrapped).is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! Encryption at rest and crypto-erasure (decision 0012).
+//!
+//! Every service has its own data key, kept in the replicated system table `keyring` wrapped
+//! under the operator's key ([`root`]). [`SealedStore`] seals what a service stores — its keys
+//! with AES-SIV (deterministic: a key finds its record and a cursor its page), its values with
+//! XChaCha20-Poly1305 bound to their key — before the command reaches raft, so the raft log,
+//! the state, snapshots, peers' copies and backups hold only ciphertext. Destroying the data key
+//! (`doppel rm --purge`) makes every copy of the service's data unreadable at once.
+
+mod cipher;
+pub mod root;
+mod store;
+
+pub use cipher::{ServiceCipher, Unopenable};
+pub use root::{KEY_ENV, KeyError, KeySource, RootKey};
+pub use store::{KEYRING, SealedStore};
