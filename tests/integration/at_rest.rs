@@ -49,3 +49,180 @@ fn every_file_and_folder_in_the_data_directory_is_its_owners_only() {
         0o700
     );
 }
+
+/// Every file below `dirs` (and the hosts' own logs) in which `needle` occurs, byte for byte.
+fn files_holding(dirs: &[&Path], needle: &[u8]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, needle: &[u8], found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                walk(&path, needle, found);
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for dir in dirs {
+        walk(dir, needle, &mut found);
+        let log = dir.with_extension("log");
+        if std::fs::read(&log).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+            found.push(log);
+        }
+    }
+    found
+}
+
+/// A stored record (its key and its value), a config value and a secret, written through a
+/// 3-host cluster: none is in any file of any host (the raft log, the state, snapshots, the
+/// module cache, the hosts' logs), nor in what operators are shown, while the services read
+/// them back.
+#[test]
+fn canaries_are_in_no_file_of_any_host_nor_in_what_operators_see() {
+    let hosts = crate::support::cluster(3, &["--snapshot-every", "20"]);
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("api-key");
+    std::fs::write(&secret_file, "canary-secret-4f1b9\n").unwrap();
+    let secret_arg = format!("API_KEY=@{}", secret_file.display());
+    hosts[0].deploy(
+        guests::HTTP_BASICS,
+        "basics",
+        &[
+            "--config",
+            "DB_PASSWORD=canary-config-77d2e",
+            "--secret",
+            &secret_arg,
+        ],
+    );
+    hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    let (status, body) = hosts[1].post(
+        "/kv/set?k=anna.canary-key@example.de",
+        "canary-record-2c8a0",
+    );
+    assert_eq!(status, 200, "{body}");
+    // Enough writes for every host to take a snapshot (one every 20 entries).
+    for i in 0..60 {
+        crate::support::write_kv(&hosts[i % 3], &format!("filler{i}"), "x");
+    }
+    for host in &hosts {
+        assert_eq!(
+            host.get("/kv/get?k=anna.canary-key@example.de"),
+            (200, "canary-record-2c8a0".into())
+        );
+        assert_eq!(
+            host.get("/basics/config?key=API_KEY"),
+            (200, "canary-secret-4f1b9".into())
+        );
+        assert_eq!(
+            host.get("/basics/config?key=DB_PASSWORD"),
+            (200, "canary-config-77d2e".into())
+        );
+    }
+    let shown = [
+        hosts[0].cli_ok(&["ls", "--json"]),
+        hosts[0].cli_ok(&["ls"]),
+        hosts[1].cli_ok(&["status", "--json"]),
+        hosts[2].cli_ok(&["events", "basics"]),
+        hosts[0].cli_ok(&["logs", "basics"]),
+        hosts[0].cli_ok(&["audit", "--json"]),
+    ]
+    .concat();
+    assert!(
+        shown.contains("API_KEY"),
+        "the secret's name is shown: {shown}"
+    );
+    let dirs: Vec<&Path> = hosts.iter().map(|h| h.data.as_path()).collect();
+    for canary in [
+        "canary-record-2c8a0",
+        "canary-key",
+        "canary-config-77d2e",
+        "canary-secret-4f1b9",
+    ] {
+        assert!(!shown.contains(canary), "{canary} shown to an operator");
+        let found = files_holding(&dirs, canary.as_bytes());
+        assert!(found.is_empty(), "{canary} readable in {found:?}");
+    }
+    // Operators cannot read the settings as a bucket either.
+    let err = hosts[0].cli_err(&[
+        "kv",
+        "get",
+        "--service",
+        "basics",
+        "--bucket",
+        "doppel:settings",
+        "1",
+    ]);
+    assert!(!err.contains("canary"), "{err}");
+}
+
+/// `rm --purge` destroys the service's data key on every host and each host compacts its log;
+/// the other service keeps its data, and a new service of the same name starts empty under a
+/// new key.
+#[test]
+fn a_purge_destroys_the_data_key_everywhere_and_spares_other_services() {
+    let hosts = crate::support::cluster(3, &[]);
+    hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
+    hosts[0].deploy(guests::KV_DRAFT2, "other", &[]);
+    crate::support::write_kv(&hosts[0], "person", "canary-erased-91c3");
+    assert_eq!(hosts[0].post("/other/set?k=kept", "still-here").0, 200);
+    hosts[1].cli_ok(&["rm", "kv", "--purge"]);
+    for host in &hosts {
+        crate::support::eventually("every host compacts its log after the purge", || {
+            host.log().contains("data keys destroyed; log compacted")
+        });
+        assert_eq!(host.get("/other/get?k=kept"), (200, "still-here".into()));
+    }
+    hosts[2].deploy(guests::KV_DRAFT2, "kv", &[]);
+    for host in &hosts {
+        assert_eq!(host.get("/kv/get?k=person"), (200, "<none>".into()));
+    }
+}
+
+/// A host started without its key, or with another key than its data directory's or its
+/// cluster's, refuses to start and says why; with its key it starts.
+#[test]
+fn a_host_without_its_key_or_with_another_refuses_to_start() {
+    let mut host = Host::start();
+    host.deploy(guests::KV_DRAFT2, "kv", &[]);
+    crate::support::write_kv(&host, "k", "v");
+    assert!(host.stop());
+    let missing = crate::support::host_command(&host.data)
+        .env_remove("DOPPEL_KEY")
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(said.contains("no encryption key"), "{said}");
+    let other = "b3RoZXIga2V5IG9mIHRoaXJ0eS10d28gYnl0ZXMhISE=";
+    let wrong = crate::support::host_command(&host.data)
+        .env("DOPPEL_KEY", other)
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(said.contains("is not the key"), "{said}");
+    assert!(
+        !said.contains(other) && !said.contains(crate::support::TEST_KEY),
+        "{said}"
+    );
+    host.restart();
+    assert_eq!(host.get("/kv/get?k=k"), (200, "v".into()));
+    // A host joining with another key than the cluster's is refused before it serves.
+    let invitation = host.invite("stranger", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut args: Vec<&str> = invitation.iter().map(String::as_str).collect();
+    args.push("--name");
+    args.push("stranger");
+    match Host::try_spawn(&data, &args, &[("DOPPEL_KEY", other)]) {
+        Ok(_) => panic!("a host with another key joined"),
+        Err(_) => {
+            let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+            assert!(log.contains("not the cluster's"), "{log}");
+        }
+    }
+}

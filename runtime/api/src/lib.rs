@@ -129,6 +129,27 @@ pub struct ModuleInfo {
     pub imports: Vec<String>,
 }
 
+/// A service's secrets by name. Printed (`{:?}`) as their names only, so that no log line, error
+/// or panic that shows a request or a record ever shows a value.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl Secrets {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "(secret)")))
+            .finish()
+    }
+}
+
 /// Body of `PUT /v1/services/{name}`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +159,10 @@ pub struct DeployRequest {
     /// Values the service reads through `wasi:config/store` (and its environment).
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Values the service reads through `wasi:config/store` only, kept sealed and never shown,
+    /// logged or echoed (`doppel deploy --secret KEY=@FILE`).
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secrets: Secrets,
     /// Limits to change from the host's defaults.
     #[serde(default)]
     pub limits: LimitOverrides,
@@ -254,6 +279,9 @@ pub struct ServiceInfo {
     pub errors: u64,
     /// Config keys set at deploy (values are not shown: they may be secrets).
     pub config_keys: Vec<String>,
+    /// The names of its secrets (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_keys: Vec<String>,
     /// The limits in force.
     pub limits: Limits,
     /// Bytes the service stores.

@@ -409,6 +409,7 @@ pub async fn run(
     };
     crate::admin::tokens::ensure_local(&store, &token_path(data), &local_name).await?;
     let syncing = tokio::spawn(follow_deploys(registry.clone(), store.system_changes()));
+    let erasing = crate::sealing::erasure::follow(store.clone());
     let scheduling = tokio::spawn(scheduler::run(mover));
 
     let ingress = tokio::spawn(ingress::serve(
@@ -449,6 +450,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = ingress.await;
     syncing.abort();
+    erasing.abort();
     shipping.abort();
     following.abort();
     following_mode.abort();

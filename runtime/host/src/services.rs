@@ -34,8 +34,19 @@ pub struct ServiceRecord {
     pub version: u64,
     /// Deploy time, ms since the Unix epoch.
     pub deployed_at_ms: u64,
-    /// Values for `wasi:config` and the environment.
+    /// Values for `wasi:config` and the environment. Never written in the record: they are kept
+    /// sealed in the service's own [`SETTINGS_BUCKET`] (a record of an older host may carry them).
+    #[serde(default, skip_serializing)]
     pub config: BTreeMap<String, String>,
+    /// Values for `wasi:config` only, never shown or logged; kept like `config`.
+    #[serde(default, skip_serializing)]
+    pub secrets: doppel_api::Secrets,
+    /// The names of `config`, which the record keeps (`doppel ls` shows them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_names: Vec<String>,
+    /// The names of `secrets` (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_names: Vec<String>,
     /// Limits in force.
     pub limits: Limits,
     /// Where it may be active, and on how many hosts at once.
@@ -56,6 +67,18 @@ pub struct ServiceRecord {
     /// The servers it may call (`doppel deploy --allow-outbound`), as given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_outbound: Vec<String>,
+}
+
+/// The bucket of a service's own space that holds its config and secrets, one entry per
+/// version. Guests and operators' `doppel kv` cannot open it (the `doppel:` names are the
+/// host's).
+pub const SETTINGS_BUCKET: &str = "doppel:settings";
+
+/// A version's config and secrets, as kept in [`SETTINGS_BUCKET`].
+#[derive(Serialize, Deserialize)]
+struct Settings {
+    config: BTreeMap<String, String>,
+    secrets: doppel_api::Secrets,
 }
 
 /// Counters of one service name on this host.
@@ -483,7 +506,8 @@ impl Registry {
     }
 
     /// Builds a running service from its record: precompiled copy if sound, else compile.
-    async fn load(&self, record: ServiceRecord) -> Result<Service, DeployError> {
+    async fn load(&self, mut record: ServiceRecord) -> Result<Service, DeployError> {
+        self.read_settings(&mut record).await?;
         let runtime = self.runtime.clone();
         let digest = record.module.clone();
         let checked = match self.cache.load(&runtime.engine, &digest) {
@@ -519,6 +543,7 @@ impl Registry {
         let config: WasiConfigVariables = record
             .config
             .iter()
+            .chain(&record.secrets.0)
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         Ok(Service {
@@ -676,7 +701,10 @@ impl Registry {
             size: bytes.len() as u64,
             version: previous.as_ref().map_or(1, |p| p.version + 1),
             deployed_at_ms: now_ms(),
+            config_names: request.config.keys().cloned().collect(),
+            secret_names: request.secrets.0.keys().cloned().collect(),
             config: request.config,
+            secrets: request.secrets,
             limits,
             placement: request.placement,
             probe: request.probe,
@@ -687,6 +715,10 @@ impl Registry {
         };
         drop(bytes);
         let service = self.load(record.clone()).await?;
+        // The settings before the record that names their version: a record never points at
+        // settings that are not there. (A lost race leaves them for a version that never was,
+        // which the winner's next deploy overwrites.)
+        self.write_settings(&record).await?;
         let swapped = self
             .store
             .apply(Command::new(Op::CompareAndSwap {
@@ -730,6 +762,7 @@ impl Registry {
         }
         placements.refresh().await?;
         if let Some(previous) = previous {
+            self.forget_settings(&previous).await?;
             self.forget_module_if_unused(&previous.module).await?;
         }
         tracing::info!(service = name, version = record.version, module = %record.module, "deployed");
@@ -771,9 +804,67 @@ impl Registry {
         } else {
             "removed; its data is kept"
         });
+        if !purge {
+            self.forget_settings(&record).await?;
+        }
         self.forget_module_if_unused(&record.module).await?;
         tracing::info!(service = name, purge, "removed");
         Ok(info)
+    }
+
+    /// Where `record`'s config and secrets are kept: its service's own space, so they are sealed
+    /// under its data key like its buckets (and erased with them).
+    fn settings_at(record: &ServiceRecord) -> (Space, Vec<u8>) {
+        (
+            Space::bucket(record.name.as_str(), SETTINGS_BUCKET),
+            record.version.to_string().into_bytes(),
+        )
+    }
+
+    async fn write_settings(&self, record: &ServiceRecord) -> Result<(), DeployError> {
+        if record.config.is_empty() && record.secrets.is_empty() {
+            return Ok(());
+        }
+        let (space, key) = Self::settings_at(record);
+        let value = serde_json::to_vec(&Settings {
+            config: record.config.clone(),
+            secrets: record.secrets.clone(),
+        })
+        .map_err(|e| DeployError::Internal(e.into()))?;
+        self.store
+            .apply(Command::new(Op::Put { space, key, value }))
+            .await?;
+        Ok(())
+    }
+
+    /// Fills in `record`'s config and secrets when it names some and does not carry them.
+    async fn read_settings(&self, record: &mut ServiceRecord) -> Result<(), DeployError> {
+        let named = !record.config_names.is_empty() || !record.secret_names.is_empty();
+        if !named || !record.config.is_empty() || !record.secrets.is_empty() {
+            return Ok(());
+        }
+        let (space, key) = Self::settings_at(record);
+        let bytes = self.store.get(&space, &key).await?.ok_or_else(|| {
+            DeployError::Internal(anyhow::anyhow!(
+                "the config of {} version {} is missing from the store",
+                record.name,
+                record.version
+            ))
+        })?;
+        let settings: Settings =
+            serde_json::from_slice(&bytes).map_err(|e| DeployError::Internal(e.into()))?;
+        record.config = settings.config;
+        record.secrets = settings.secrets;
+        Ok(())
+    }
+
+    /// Deletes the settings of a version no longer deployed.
+    async fn forget_settings(&self, record: &ServiceRecord) -> Result<(), DeployError> {
+        let (space, key) = Self::settings_at(record);
+        self.store
+            .apply(Command::new(Op::Delete { space, key }))
+            .await?;
+        Ok(())
     }
 
     async fn stored_record(&self, name: &str) -> Result<Option<ServiceRecord>, DeployError> {
@@ -832,7 +923,12 @@ impl Registry {
             deployed_at_ms: record.deployed_at_ms,
             requests: service.stats.requests.load(Ordering::Relaxed),
             errors: service.stats.errors.load(Ordering::Relaxed),
-            config_keys: record.config.keys().cloned().collect(),
+            config_keys: if record.config_names.is_empty() {
+                record.config.keys().cloned().collect()
+            } else {
+                record.config_names.clone()
+            },
+            secret_keys: record.secret_names.clone(),
             limits: record.limits.clone(),
             // Everything else here is this host's own knowledge; only this needs the store,
             // and a listing must not lose a service because the store is between leaders.
@@ -879,6 +975,16 @@ pub(crate) fn check_request(name: &str, request: &DeployRequest) -> Result<Limit
     }
     for entry in &request.allow_outbound {
         doppel_api::outbound::OutboundRule::parse(entry).map_err(DeployError::BadLimit)?;
+    }
+    if let Some(both) = request
+        .secrets
+        .0
+        .keys()
+        .find(|k| request.config.contains_key(*k))
+    {
+        return Err(DeployError::BadLimit(format!(
+            "{both} is given both as --config and as --secret; give it once"
+        )));
     }
     Ok(limits)
 }

@@ -139,6 +139,16 @@ impl LogStore {
         })
     }
 
+    /// Rewrites the file with only what the log holds now, so that purged entries are gone from
+    /// it (not only marked purged): after an erasure, the bytes of the entries before the
+    /// snapshot must not stay on disk.
+    pub fn rewrite_now(&self) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        let records = inner.state_records();
+        inner.file = framed::rewrite(&inner.path, &records, "log-rewrite")?;
+        Ok(())
+    }
+
     /// How far the log reaches: its last entry's term and index (or the last purged one's).
     pub fn reach(&self) -> LogReach {
         let last = self.lock().last_log_id();

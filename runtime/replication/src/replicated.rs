@@ -198,6 +198,44 @@ impl ReplicatedStore {
         }
     }
 
+    /// Compacts this host's log: a snapshot of the applied state, then every entry it covers
+    /// purged and the log file rewritten without them. After a service's data key is destroyed,
+    /// this takes the (now unreadable) ciphertext of its writes out of the log too. Returns the
+    /// index the log now starts after.
+    pub async fn compact(&self) -> Result<u64, StoreError> {
+        let raft = &self.core.raft;
+        let target = self.applied_index();
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut metrics = raft.metrics();
+        let snapshot = loop {
+            let at = metrics.borrow().snapshot.map_or(0, |id| id.index);
+            if at >= target {
+                break at;
+            }
+            tokio::time::timeout(Duration::from_secs(30), metrics.changed())
+                .await
+                .map_err(|_| unavailable("the snapshot took over 30 s"))?
+                .map_err(|e| unavailable(e.to_string()))?;
+        };
+        raft.trigger()
+            .purge_log(snapshot)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        // A leader purges only what every follower has; wait a moment for it, then rewrite
+        // with whatever is purged by then.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metrics.borrow().purged.map_or(0, |id| id.index) < snapshot
+            && tokio::time::Instant::now() < deadline
+        {
+            let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;
+        }
+        self.core.log.rewrite_now()?;
+        Ok(metrics.borrow().purged.map_or(0, |id| id.index))
+    }
+
     /// The index of the last entry applied on this host.
     pub fn applied_index(&self) -> u64 {
         self.core.state.applied_index()

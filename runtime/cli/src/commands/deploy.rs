@@ -30,6 +30,12 @@ pub struct Deploy {
     /// A config value (wasi:config and environment), repeatable.
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_pair)]
     pub config: Vec<(String, String)>,
+    /// A secret (wasi:config only), repeatable: `KEY=@FILE` reads the file (one trailing newline
+    /// dropped), `KEY=env:VAR` the environment variable. Never a literal, which would stay in
+    /// the shell's history. Stored sealed; `ls`, `status`, `events`, logs and `--json` show its
+    /// name only.
+    #[arg(long = "secret", value_name = "KEY=@FILE|KEY=env:VAR", value_parser = parse_secret)]
+    pub secrets: Vec<doppel_api::Secrets>,
     /// Memory one instance may use, e.g. 64MiB.
     #[arg(long, value_parser = parse_size)]
     pub max_memory: Option<u64>,
@@ -92,6 +98,30 @@ pub fn parse_pair(text: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{text:?} is not KEY=VALUE")),
     }
+}
+
+/// `--secret KEY=@FILE` or `KEY=env:VAR`, read (as a one-entry map, which never prints its
+/// value). No error names the value.
+fn parse_secret(text: &str) -> Result<doppel_api::Secrets, String> {
+    let (key, from) = parse_pair(text)?;
+    let value = if let Some(path) = from.strip_prefix('@') {
+        let mut value = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the secret {key} from {path}: {e}"))?;
+        if value.ends_with('\n') {
+            value.pop();
+            if value.ends_with('\r') {
+                value.pop();
+            }
+        }
+        value
+    } else if let Some(var) = from.strip_prefix("env:") {
+        std::env::var(var).map_err(|e| format!("cannot read the secret {key} from ${var}: {e}"))?
+    } else {
+        return Err(format!(
+            "give the secret {key} as {key}=@FILE or {key}=env:VAR, not on the command line"
+        ));
+    };
+    Ok(doppel_api::Secrets([(key, value)].into()))
 }
 
 impl Deploy {
@@ -161,6 +191,7 @@ impl Deploy {
         let request = DeployRequest {
             module: module.digest.clone(),
             config: self.config.into_iter().collect::<BTreeMap<_, _>>(),
+            secrets: doppel_api::Secrets(self.secrets.into_iter().flat_map(|s| s.0).collect()),
             limits: LimitOverrides {
                 max_memory: self.max_memory,
                 timeout_ms: self.timeout,

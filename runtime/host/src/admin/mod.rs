@@ -546,6 +546,14 @@ fn space(state: &AdminState, service: &str, bucket: &str) -> AdminResult<Space> 
     if state.registry.get(service).is_none() {
         return Err(DeployError::NoService(service.to_string()).into());
     }
+    if bucket.starts_with("doppel:") {
+        return Err(AdminError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{bucket} is not a bucket operators read or write (doppel: names are the host's)"
+            ),
+        ));
+    }
     let bucket = if bucket.is_empty() { "default" } else { bucket };
     Ok(Space::bucket(service, bucket))
 }
@@ -555,7 +563,9 @@ async fn buckets(
     Path(name): Path<String>,
 ) -> AdminResult<Response> {
     space(&state, &name, "default")?;
-    Ok(Json(state.registry.store().buckets(&name).await?).into_response())
+    let mut buckets = state.registry.store().buckets(&name).await?;
+    buckets.retain(|b| !b.starts_with("doppel:"));
+    Ok(Json(buckets).into_response())
 }
 
 #[derive(Deserialize)]

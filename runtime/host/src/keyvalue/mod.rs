@@ -242,6 +242,12 @@ impl Access {
                 name.len()
             )));
         }
+        if name.starts_with("doppel:") && name != LOCAL_BUCKET {
+            return Err(KvError::Refused(format!(
+                "bucket names starting with doppel: are the host's; {LOCAL_BUCKET} is the only \
+                 one a service opens"
+            )));
+        }
         // "" and "default" are the same bucket: components written for wasmtime use one, for
         // Spin the other.
         let bucket = if name.is_empty() { "default" } else { name };

@@ -8,6 +8,7 @@
 //! (`doppel rm --purge`) makes every copy of the service's data unreadable at once.
 
 mod cipher;
+pub(crate) mod erasure;
 pub mod root;
 mod store;
 
