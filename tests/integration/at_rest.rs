@@ -122,6 +122,19 @@ fn canaries_are_in_no_file_of_any_host_nor_in_what_operators_see() {
             (200, "canary-config-77d2e".into())
         );
     }
+    // An operator's change names its key in the request; the audit trail keeps a pseudonym.
+    hosts[2].cli_ok(&[
+        "kv",
+        "put",
+        "--service",
+        "kv",
+        "bert.canary-key@example.de",
+        "x",
+    ]);
+    assert_eq!(
+        hosts[0].get("/kv/get?k=bert.canary-key@example.de"),
+        (200, "x".into())
+    );
     let shown = [
         hosts[0].cli_ok(&["ls", "--json"]),
         hosts[0].cli_ok(&["ls"]),

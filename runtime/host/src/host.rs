@@ -301,6 +301,7 @@ pub async fn run(
         mover: mover.clone(),
         registry: registry.clone(),
         audit: crate::admin::audit::Audit::new(store.clone(), &me.name),
+        sealed: sealed.clone(),
         max_module_size: config.max_module_size,
         info,
         member: member.clone(),

@@ -58,6 +58,8 @@ pub struct AdminState {
     pub follower: doppel_backup::twin::Follower,
     /// What `/metrics` reports.
     pub metrics: crate::metrics::Sources,
+    /// The store services' state is sealed in (for the audit trail's pseudonyms of keys).
+    pub sealed: Arc<crate::sealing::SealedStore>,
 }
 
 /// An error answer: a status and a message for humans.
@@ -186,7 +188,9 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    // A record's key can be personal data (an e-mail address): the audit trail, which is never
+    // erased, keeps a pseudonym instead, which the service's erasure makes meaningless.
+    let path = audited_path(&state, request.uri().path()).await;
     // The console's page, script and style hold no data (the page asks the API, with a
     // credential, for everything it shows).
     if method == Method::GET && console::is_asset(&path) {
@@ -254,6 +258,23 @@ async fn authenticate(
             .await;
     }
     response
+}
+
+/// `path` as the audit trail keeps it: a key-value route's key replaced by its pseudonym.
+async fn audited_path(state: &AdminState, path: &str) -> String {
+    // The key is the rest of the path, slashes and all.
+    let parts: Vec<&str> = path.splitn(7, '/').collect();
+    match parts.as_slice() {
+        ["", "v1", "services", service, "kv", bucket, key] => {
+            let bucket = if bucket.is_empty() { "default" } else { bucket };
+            let pseudonym = state
+                .sealed
+                .pseudonym(service, bucket, key.as_bytes())
+                .await;
+            format!("/v1/services/{service}/kv/{bucket}/{pseudonym}")
+        }
+        _ => path.to_string(),
+    }
 }
 
 /// What a handler adds to its answer for the audit trail (a deploy's module digest).

@@ -103,6 +103,19 @@ impl SealedStore {
             .map_err(|_| wrong())
     }
 
+    /// A stand-in for `key` of `service`'s `bucket` that the audit trail can keep: the same for
+    /// the same key (so entries about one record can be linked), derived from the service's data
+    /// key (so it says nothing of the key, and nothing at all once the key is destroyed).
+    pub async fn pseudonym(&self, service: &str, bucket: &str, key: &[u8]) -> String {
+        match self.cipher(service, false).await {
+            Ok(Some(cipher)) => {
+                let sealed = cipher.seal_key(bucket, key);
+                format!("key-{}", hex::encode(&sealed[..12]))
+            }
+            _ => "key-(none stored)".to_string(),
+        }
+    }
+
     /// Destroys `service`'s data key on every host (through the log): from the moment it is
     /// applied, what the service stored opens nowhere.
     async fn destroy_key(&self, service: &str) -> Result<(), StoreError> {
