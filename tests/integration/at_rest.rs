@@ -195,8 +195,9 @@ fn a_purge_destroys_the_data_key_everywhere_and_spares_other_services() {
     }
 }
 
-/// A host started without its key, or with another key than its data directory's or its
-/// cluster's, refuses to start and says why; with its key it starts.
+/// A host started without its key-encryption key, or with another than its data directory was
+/// written under, refuses to start and says why (never printing a key). Each host has its own:
+/// one joining with another key gets the cluster key over mutual TLS and serves the same data.
 #[test]
 fn a_host_without_its_key_or_with_another_refuses_to_start() {
     let mut host = Host::start();
@@ -224,18 +225,28 @@ fn a_host_without_its_key_or_with_another_refuses_to_start() {
     );
     host.restart();
     assert_eq!(host.get("/kv/get?k=k"), (200, "v".into()));
-    // A host joining with another key than the cluster's is refused before it serves.
-    let invitation = host.invite("stranger", &[]);
+    // A host with a key of its own joins, is handed the cluster key, and serves the data.
+    let invitation = host.invite("second", &[]);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut args: Vec<&str> = invitation.iter().map(String::as_str).collect();
-    args.push("--name");
-    args.push("stranger");
-    match Host::try_spawn(&data, &args, &[("DOPPEL_KEY", other)]) {
-        Ok(_) => panic!("a host with another key joined"),
-        Err(_) => {
-            let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
-            assert!(log.contains("not the cluster's"), "{log}");
-        }
-    }
+    args.extend(["--name", "second"]);
+    let mut second = Host::try_spawn(&data, &args, &[("DOPPEL_KEY", other)]).unwrap_or_else(|_| {
+        panic!(
+            "{}",
+            std::fs::read_to_string(data.with_extension("log")).unwrap()
+        )
+    });
+    assert_eq!(second.get("/kv/get?k=k"), (200, "v".into()));
+    let cluster_file = std::fs::read(data.join("keys/cluster")).unwrap();
+    assert_ne!(
+        cluster_file,
+        std::fs::read(host.data.join("keys/cluster")).unwrap()
+    );
+    second.kill();
+    let wrong = crate::support::host_command(&data).output().unwrap();
+    assert!(
+        !wrong.status.success(),
+        "the second host started with the first's key"
+    );
 }

@@ -23,9 +23,11 @@
 //! objects/00000000000000000002.segment-NONCE     age(lz4(postcard(Segment)))
 //! generations/00000000000000000002.json          a twin promoted (written by the twin)
 //! twins/NAME/HOUR/MS.json                        a following twin's heartbeat (by the twin)
+//! keys/cluster                                   age(lz4(postcard(the cluster key)))
 //! ```
 
 pub mod chain;
+pub mod cluster_key;
 pub mod format;
 pub mod heartbeat;
 pub mod keys;

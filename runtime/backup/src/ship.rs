@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use doppel_api::{BackupTarget, ShipStatus};
 use doppel_replication::ReplicatedStore;
+use zeroize::Zeroizing;
 
 use crate::format::{Image, Kind, ManifestBody, Segment, Shipped, manifest_name, object_name};
 use crate::keys::{Recipient, Signer};
@@ -50,6 +51,9 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 type Statuses = Arc<Mutex<BTreeMap<String, ShipStatus>>>;
 
+/// Gives the cluster key to carry into each target, once the host has it.
+pub type KeyToCarry = Arc<dyn Fn() -> Option<Zeroizing<Vec<u8>>> + Send + Sync>;
+
 /// Ships the cluster's log to every backup target while this host leads.
 #[derive(Clone)]
 pub struct Shipper {
@@ -57,13 +61,18 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    /// Starts shipping for the host holding `store`; the handle ends it when aborted.
-    pub fn spawn(store: Arc<ReplicatedStore>) -> (Shipper, tokio::task::JoinHandle<()>) {
+    /// Starts shipping for the host holding `store`; the handle ends it when aborted. Each
+    /// target also gets the cluster key `carry` gives (sealed to its recipient), before any
+    /// object that needs it.
+    pub fn spawn(
+        store: Arc<ReplicatedStore>,
+        carry: KeyToCarry,
+    ) -> (Shipper, tokio::task::JoinHandle<()>) {
         let statuses = Statuses::default();
         let shipper = Shipper {
             statuses: statuses.clone(),
         };
-        let handle = tokio::spawn(reconcile(store, statuses));
+        let handle = tokio::spawn(reconcile(store, statuses, carry));
         (shipper, handle)
     }
 
@@ -98,7 +107,7 @@ impl Drop for Running {
 }
 
 /// Keeps one task per target running while this host leads.
-async fn reconcile(store: Arc<ReplicatedStore>, statuses: Statuses) {
+async fn reconcile(store: Arc<ReplicatedStore>, statuses: Statuses, carry: KeyToCarry) {
     let mut running = Running::default();
     let running = &mut running.0;
     loop {
@@ -125,7 +134,12 @@ async fn reconcile(store: Arc<ReplicatedStore>, statuses: Statuses) {
         });
         for target in wanted {
             if !running.contains_key(&target.name) {
-                let task = tokio::spawn(follow(store.clone(), target.clone(), statuses.clone()));
+                let task = tokio::spawn(follow(
+                    store.clone(),
+                    target.clone(),
+                    statuses.clone(),
+                    carry.clone(),
+                ));
                 running.insert(target.name.clone(), (target, task));
             }
         }
@@ -143,13 +157,22 @@ struct Cursor {
 }
 
 /// Ships to one target until aborted.
-async fn follow(store: Arc<ReplicatedStore>, target: BackupTarget, statuses: Statuses) {
+async fn follow(
+    store: Arc<ReplicatedStore>,
+    target: BackupTarget,
+    statuses: Statuses,
+    carry: KeyToCarry,
+) {
     let set = |f: &dyn Fn(&mut ShipStatus)| {
         let mut all = statuses.lock().unwrap_or_else(|e| e.into_inner());
         f(all.entry(target.name.clone()).or_default());
     };
     let mut shipper = loop {
-        match Target::open(&store, &target).await {
+        let opened = match Target::open(&store, &target).await {
+            Ok(shipper) => shipper.carry_key(&carry).await.map(|()| shipper),
+            Err(e) => Err(e),
+        };
+        match opened {
             Ok(shipper) => break shipper,
             Err(e) => {
                 tracing::error!(target = %target.name, error = %e, "cannot ship backups to this target; trying again");
@@ -237,6 +260,15 @@ struct Target {
 }
 
 impl Target {
+    /// Puts the cluster key in the target (once; it is never replaced). Without it nothing is
+    /// shipped: a backup whose data keys nobody can open restores nothing.
+    async fn carry_key(&self, carry: &KeyToCarry) -> Result<(), BackupError> {
+        let key = carry().ok_or_else(|| {
+            BackupError::NotFound("this host has no cluster key yet to carry".into())
+        })?;
+        crate::cluster_key::keep(&self.location, &self.recipient, &key).await
+    }
+
     async fn open(store: &ReplicatedStore, target: &BackupTarget) -> Result<Target, BackupError> {
         Ok(Target {
             name: target.name.clone(),

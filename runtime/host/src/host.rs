@@ -199,8 +199,8 @@ pub async fn run(
         .key
         .clone()
         .ok_or(crate::sealing::KeyError::Missing)?;
-    let root = Arc::new(crate::sealing::RootKey::load(&key_source)?);
-    root.check_data_dir(data, &key_source)?;
+    let kek = crate::sealing::Kek::load(&key_source)?;
+    let kept_key = crate::sealing::ClusterKey::load(data, &kek, &key_source)?;
     if doppel_backup::recover::interrupted(data) {
         anyhow::bail!(
             "a `doppel recover --force-new-cluster` of {} was interrupted; run it again to \
@@ -229,6 +229,17 @@ pub async fn run(
     let member = Arc::new(member);
     let store = member.store().clone();
     let first_start = member.first_start();
+    // The host that creates a cluster makes its key (kept before anything is written under it);
+    // a joining host asks a member for it once it is one.
+    let creates = first_start && config.join.is_none();
+    let kept_key = match kept_key {
+        None if creates => {
+            let key = crate::sealing::ClusterKey::generate();
+            key.save(data, &kek)?;
+            Some(key)
+        }
+        kept => kept,
+    };
     let me = member.identity().clone();
     if me.name != config.name {
         tracing::info!(name = %me.name, "this host's certificate names it; --name is not used");
@@ -267,9 +278,11 @@ pub async fn run(
     // Services' keys and values are sealed under their own data keys before they reach raft.
     let sealed = Arc::new(crate::sealing::SealedStore::new(
         guarded,
-        root,
         store.system_changes(),
     ));
+    if let Some(key) = kept_key {
+        sealed.set_cluster_key(Arc::new(key));
+    }
     let guarded: Arc<dyn Store> = sealed.clone();
     let registry =
         Arc::new(Registry::new(runtime, guarded, cache, placements.clone()).with_mode(mode));
@@ -287,7 +300,15 @@ pub async fn run(
         registry: registry.clone(),
         liveness: member.liveness(),
     };
-    let (shipper, shipping) = doppel_backup::ship::Shipper::spawn(store.clone());
+    let carry: doppel_backup::ship::KeyToCarry = {
+        let sealed = sealed.clone();
+        Arc::new(move || {
+            sealed
+                .cluster_key()
+                .map(|k| zeroize::Zeroizing::new(k.expose().to_vec()))
+        })
+    };
+    let (shipper, shipping) = doppel_backup::ship::Shipper::spawn(store.clone(), carry);
     let (follower, following) = doppel_backup::twin::Follower::spawn(store.clone());
     let admin_state = AdminState {
         metrics: crate::metrics::Sources {
@@ -329,7 +350,8 @@ pub async fn run(
                 member.peers().clone(),
             ))
             .merge(crate::admin::audit::peer_routes(admin_state.audit.clone()))
-            .merge(crate::admin::backups::peer_routes(shipper)),
+            .merge(crate::admin::backups::peer_routes(shipper))
+            .merge(crate::sealing::handover::peer_routes(sealed.clone())),
         refusals.clone(),
     );
     let peers = tokio::spawn({
@@ -382,6 +404,13 @@ pub async fn run(
         .await
         .context("while becoming a member of the cluster")?;
     take_over_restore(data, &member).await?;
+    if sealed.cluster_key().is_none() {
+        let key = crate::sealing::handover::fetch(&member)
+            .await
+            .context("while getting the cluster key from a member")?;
+        key.save(data, &kek)?;
+        sealed.set_cluster_key(Arc::new(key));
+    }
     check_key_when_available(&sealed).await?;
     let services = load_when_available(&registry, &member).await?;
     member

@@ -101,6 +101,11 @@ impl Drill {
         let restored = restore::restore(&location, &identity, &data, point, &mut progress)
             .await
             .context("the restore failed")?;
+        // The sandbox host gets a key-encryption key of its own, gone with the sandbox.
+        let sandbox_key = doppel_host::sealing::Kek::generate();
+        let kek = doppel_host::sealing::Kek::parse(sandbox_key.as_bytes())
+            .context("a generated key does not read back")?;
+        super::restore::keep_cluster_key(&location, &identity, &data, &kek).await?;
         progress.0.finish_and_clear();
         let restore_ms = elapsed_ms(clock);
         report.restore_ms = Some(restore_ms);
@@ -114,7 +119,7 @@ impl Drill {
             restored.object_bytes as f64 / (1 << 20) as f64 / (restore_ms.max(1) as f64 / 1e3),
         );
 
-        let mut host = SandboxHost::start(sandbox, &data).await?;
+        let mut host = SandboxHost::start(sandbox, &data, &sandbox_key).await?;
         let client = Client::connect(&Target {
             admin: None,
             token: None,
@@ -218,7 +223,7 @@ struct SandboxHost {
 }
 
 impl SandboxHost {
-    async fn start(sandbox: &Path, data: &Path) -> anyhow::Result<SandboxHost> {
+    async fn start(sandbox: &Path, data: &Path, key: &str) -> anyhow::Result<SandboxHost> {
         let log_path = sandbox.join("host.log");
         let log = std::fs::File::create(&log_path)?;
         let mut child = std::process::Command::new(
@@ -231,6 +236,9 @@ impl SandboxHost {
         .args(["--listen", "127.0.0.1:0"])
         .args(["--admin", "127.0.0.1:0"])
         .args(["--peer", "127.0.0.1:0"])
+        .env_remove("DOPPEL_KEY_FILE")
+        .env_remove("DOPPEL_KEY_COMMAND")
+        .env(doppel_host::sealing::KEY_ENV, key)
         // Its first start prints an admin credential: it stays in the sandbox, which goes.
         .stdout(std::process::Stdio::null())
         .stderr(log)

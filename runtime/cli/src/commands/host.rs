@@ -93,10 +93,17 @@ pub struct Host {
     /// How long requests in flight may finish after SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_millis)]
     pub grace: u64,
-    /// A file holding the encryption key everything stored is sealed under (32 bytes as base64
-    /// or hex; `doppel keygen --encryption PATH` makes one). Every host of a cluster, and every
-    /// cluster restored from or following its backups, takes the same key. Without this flag
-    /// and `--key-command`, the key is read from the environment variable DOPPEL_KEY.
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// Where this host's key-encryption key comes from.
+#[derive(Args, Debug)]
+pub struct KeyArgs {
+    /// A file holding this host's key-encryption key (32 bytes as base64 or hex; `doppel keygen
+    /// --encryption PATH` makes one). It wraps the host's copy of the cluster key, which wraps
+    /// every service's data key. Hosts may each have their own. Without this flag and
+    /// `--key-command`, the key is read from the environment variable DOPPEL_KEY.
     #[arg(
         long,
         env = "DOPPEL_KEY_FILE",
@@ -104,18 +111,20 @@ pub struct Host {
         conflicts_with = "key_command"
     )]
     pub key_file: Option<PathBuf>,
-    /// A command (run with `sh -c`) that prints the encryption key: a KMS or PKCS#11 client
+    /// A command (run with `sh -c`) that prints the key-encryption key: a KMS or PKCS#11 client
     /// that unwraps it, a secrets manager's CLI.
     #[arg(long, env = "DOPPEL_KEY_COMMAND", value_name = "CMD")]
     pub key_command: Option<String>,
 }
 
-/// Where the encryption key comes from: a command, a file, or `DOPPEL_KEY` itself.
-fn key_source(file: Option<PathBuf>, command: Option<String>) -> Option<KeySource> {
-    match (command, file) {
-        (Some(command), _) => Some(KeySource::Command(command)),
-        (None, Some(file)) => Some(KeySource::File(file)),
-        (None, None) => std::env::var_os(doppel_host::sealing::KEY_ENV).map(|_| KeySource::Env),
+impl KeyArgs {
+    /// Where the key comes from: a command, a file, or `DOPPEL_KEY` itself; `None` if nowhere.
+    pub fn source(&self) -> Option<KeySource> {
+        match (&self.key_command, &self.key_file) {
+            (Some(command), _) => Some(KeySource::Command(command.clone())),
+            (None, Some(file)) => Some(KeySource::File(file.clone())),
+            (None, None) => std::env::var_os(doppel_host::sealing::KEY_ENV).map(|_| KeySource::Env),
+        }
     }
 }
 
@@ -233,7 +242,7 @@ impl Host {
             labels,
             require,
             cert_lifetime: self.cert_lifetime,
-            key: key_source(self.key_file, self.key_command),
+            key: self.key.source(),
         };
         tracing::info!(?config, "starting");
         let data = self.data;

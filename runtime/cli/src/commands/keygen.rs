@@ -25,7 +25,7 @@ pub struct Keygen {
 impl Keygen {
     pub fn run(self) -> anyhow::Result<()> {
         if self.encryption {
-            let key = doppel_host::sealing::RootKey::generate();
+            let key = doppel_host::sealing::Kek::generate();
             let mut file = create_secret(&self.path, "an encryption key")?;
             file.write_all(key.as_bytes())?;
             file.write_all(b"\n")?;

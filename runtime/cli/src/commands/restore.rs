@@ -7,6 +7,7 @@ use clap::Args;
 use doppel_backup::keys::Identity;
 use doppel_backup::location::Location;
 use doppel_backup::restore::{self, Point, Progress};
+use doppel_host::sealing::{Kek, KeyError};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::output::print_json;
@@ -29,6 +30,10 @@ pub struct Restore {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// The key-encryption key of the host that will start on the restored directory: the
+    /// backup's cluster key is kept there under it.
+    #[command(flatten)]
+    key: super::host::KeyArgs,
 }
 
 /// Where in a backup's history to restore to (latest when none is given).
@@ -68,6 +73,23 @@ impl PointArgs {
     }
 }
 
+/// Keeps the backup's cluster key in the restored directory `data`, under `kek`.
+pub async fn keep_cluster_key(
+    location: &Location,
+    identity: &Identity,
+    data: &std::path::Path,
+    kek: &Kek,
+) -> anyhow::Result<()> {
+    let carried = doppel_backup::cluster_key::read(location, identity)
+        .await?
+        .context(
+            "the backup carries no cluster key (keys/cluster): it was made before encryption at \
+             rest, and its data cannot be opened by this version",
+        )?;
+    doppel_host::sealing::adopt_carried(data, kek, &carried)?;
+    Ok(())
+}
+
 /// A restore's progress on a bar (hidden when `hidden`, e.g. for `--json` or no terminal).
 pub struct Bar(pub ProgressBar);
 
@@ -101,12 +123,15 @@ impl Progress for Bar {
 impl Restore {
     pub async fn run(self) -> anyhow::Result<()> {
         let point = self.point.point()?;
+        let source = self.key.source().ok_or(KeyError::Missing)?;
+        let kek = Kek::load(&source)?;
         let identity = Identity::read(&self.identity)?;
         let location = Location::open(&self.url)?;
         let mut progress = Bar::new(self.json);
         let restored = restore::restore(&location, &identity, &self.data, point, &mut progress)
             .await
             .with_context(|| format!("cannot restore from {}", self.url))?;
+        keep_cluster_key(&location, &identity, &self.data, &kek).await?;
         progress.0.finish_and_clear();
         if self.json {
             return print_json(&restored);

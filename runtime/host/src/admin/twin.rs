@@ -9,7 +9,9 @@ use axum::extract::State;
 use doppel_api::{FollowRequest, TwinSeen, TwinStatus};
 use doppel_backup::twin;
 
-use super::{AdminResult, AdminState};
+use axum::http::StatusCode;
+
+use super::{AdminError, AdminResult, AdminState};
 
 /// How long `POST /v1/twin/promote` waits for the leader's follower to promote.
 const PROMOTE_LIMIT: Duration = Duration::from_secs(30);
@@ -43,6 +45,31 @@ pub async fn follow(
         request.name.as_deref(),
     )
     .await?;
+    // The primary's data keys arrive wrapped under its cluster key, which its backup carries:
+    // recorded (under this cluster's key). The shipper writes it before its first manifest, so a
+    // backup the checks above accepted has it.
+    let location = doppel_backup::location::Location::open(&request.url)?;
+    let identity = doppel_backup::keys::Identity::parse(&request.identity, "the identity given")?;
+    let carried = doppel_backup::cluster_key::read(&location, &identity)
+        .await?
+        .ok_or_else(|| {
+            AdminError(
+                StatusCode::BAD_REQUEST,
+                "the backup carries no cluster key (keys/cluster): it was made before encryption \
+                 at rest"
+                    .into(),
+            )
+        })?;
+    let primary = crate::sealing::ClusterKey::from_bytes(&carried).ok_or_else(|| {
+        AdminError(
+            StatusCode::BAD_REQUEST,
+            "the backup's keys/cluster is not a key".into(),
+        )
+    })?;
+    state
+        .sealed
+        .adopt_foreign_root(&format!("primary {}", request.url), &primary)
+        .await?;
     Ok(Json(twin::status(state.member.store(), &state.follower)))
 }
 

@@ -1,14 +1,14 @@
 //! What a service's data key does: seal its keys (deterministically, so a key still finds its
 //! record and pages of keys continue after the last one) and its values (with a random nonce,
 //! bound to the key they are stored under), and how that data key is kept wrapped under the
-//! operator's key.
+//! cluster key.
 
 use aes_siv::siv::Aes256Siv;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
-use super::root::{RootKey, derive};
+use super::root::{ClusterKey, derive};
 
 /// The first byte of every sealed value: the format, so that a later one can be told apart.
 const VALUE_FORMAT: u8 = 1;
@@ -115,59 +115,71 @@ fn place(bucket: &str, at: &[u8]) -> Vec<u8> {
 
 /// A new data key for `service`: the cipher, and the key wrapped under `root` as the keyring
 /// stores it.
-pub fn new_service_key(root: &RootKey, service: &str) -> (ServiceCipher, Vec<u8>) {
+pub fn new_service_key(root: &ClusterKey, service: &str) -> (ServiceCipher, Vec<u8>) {
     let mut secret = Zeroizing::new([0u8; 32]);
     getrandom::fill(secret.as_mut()).expect("the system's random source works");
+    let wrapped = wrap(root, service.as_bytes(), secret.as_ref());
+    (ServiceCipher::from_secret(&secret), wrapped)
+}
+
+/// The cipher of a data key the keyring holds for `service`, unwrapped with `root`.
+pub fn unwrap_service_key(
+    root: &ClusterKey,
+    service: &str,
+    wrapped: &[u8],
+) -> Result<ServiceCipher, Unopenable> {
+    let secret = unwrap(root, service.as_bytes(), wrapped)?;
+    let secret: &[u8; 32] = secret.as_slice().try_into().map_err(|_| Unopenable)?;
+    Ok(ServiceCipher::from_secret(secret))
+}
+
+/// Another cluster's key (a twin's primary), wrapped under this cluster's for table `keyroots`.
+pub fn wrap_foreign_root(root: &ClusterKey, name: &str, foreign: &ClusterKey) -> Vec<u8> {
+    wrap(root, format!("keyroot:{name}").as_bytes(), foreign.expose())
+}
+
+/// A `keyroots` entry opened.
+pub fn unwrap_foreign_root(
+    root: &ClusterKey,
+    name: &str,
+    wrapped: &[u8],
+) -> Result<ClusterKey, Unopenable> {
+    let secret = unwrap(root, format!("keyroot:{name}").as_bytes(), wrapped)?;
+    ClusterKey::from_bytes(&secret).ok_or(Unopenable)
+}
+
+/// `secret` wrapped under a key derived from `root`, bound to `aad`.
+fn wrap(root: &ClusterKey, aad: &[u8], secret: &[u8]) -> Vec<u8> {
     let wrapper = XChaCha20Poly1305::new(root.derive("keyring").as_ref().into());
     let mut nonce = [0u8; NONCE];
     getrandom::fill(&mut nonce).expect("the system's random source works");
     let mut wrapped = nonce.to_vec();
     wrapped.extend(
         wrapper
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: secret.as_ref(),
-                    aad: service.as_bytes(),
-                },
-            )
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret, aad })
             .expect("wrapping 32 bytes cannot fail"),
     );
-    (ServiceCipher::from_secret(&secret), wrapped)
+    wrapped
 }
 
-/// The cipher of a data key the keyring holds for `service`, unwrapped with `root`.
-pub fn unwrap_service_key(
-    root: &RootKey,
-    service: &str,
-    wrapped: &[u8],
-) -> Result<ServiceCipher, Unopenable> {
+fn unwrap(root: &ClusterKey, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, Unopenable> {
     if wrapped.len() < NONCE {
         return Err(Unopenable);
     }
     let wrapper = XChaCha20Poly1305::new(root.derive("keyring").as_ref().into());
     let (nonce, body) = wrapped.split_at(NONCE);
-    let secret = Zeroizing::new(
-        wrapper
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: service.as_bytes(),
-                },
-            )
-            .map_err(|_| Unopenable)?,
-    );
-    let secret: &[u8; 32] = secret.as_slice().try_into().map_err(|_| Unopenable)?;
-    Ok(ServiceCipher::from_secret(secret))
+    wrapper
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad })
+        .map(Zeroizing::new)
+        .map_err(|_| Unopenable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn root() -> RootKey {
-        RootKey::parse(RootKey::generate().as_bytes()).unwrap()
+    fn root() -> ClusterKey {
+        ClusterKey::generate()
     }
 
     #[test]
@@ -205,7 +217,7 @@ mod tests {
         let again = unwrap_service_key(&root, "registry", &wrapped).unwrap();
         assert_eq!(cipher.seal_key("b", b"k"), again.seal_key("b", b"k"));
         assert!(unwrap_service_key(&root, "permits", &wrapped).is_err());
-        let other = RootKey::parse(RootKey::generate().as_bytes()).unwrap();
+        let other = ClusterKey::generate();
         assert!(unwrap_service_key(&other, "registry", &wrapped).is_err());
     }
 }

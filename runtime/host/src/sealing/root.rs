@@ -1,9 +1,13 @@
-//! The operator's key: the root that every key a host stores is wrapped under.
+//! The two keys above the services' data keys (decision 0012).
 //!
-//! It never touches the disk through doppel: it comes from a file the operator placed (`--key-file`,
-//! e.g. a mounted secret), from the environment (`DOPPEL_KEY`), or from a command's output
-//! (`--key-command`, e.g. a KMS or PKCS#11 client that unwraps it). Every host of a cluster, and
-//! every cluster that restores or follows its backups, is given the same key (decision 0012).
+//! - A host's **key-encryption key** ([`Kek`]) comes from the operator and never touches the disk
+//!   through doppel: a file the operator placed (`--key-file`, e.g. a mounted secret), the
+//!   environment (`DOPPEL_KEY`), or a command's output (`--key-command`, e.g. a KMS or PKCS#11
+//!   client that unwraps it). Each host may have its own (each cloud's own KMS).
+//! - The **cluster key** ([`ClusterKey`]) is made by the host that creates the cluster, handed to
+//!   joining hosts over mutual TLS, and kept by each host in `DATA/keys/cluster`, wrapped under
+//!   its key-encryption key: a host without its key-encryption key, or with another, cannot
+//!   open it and refuses to start.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,10 +20,9 @@ use zeroize::Zeroizing;
 
 /// The environment variable that may hold the key itself (base64 or hex).
 pub const KEY_ENV: &str = "DOPPEL_KEY";
-/// Where in the data directory the proof of the key is kept (never the key).
-const CHECK_FILE: &str = "keys/check";
-const CHECK_AAD: &[u8] = b"doppel key check v1";
-const CHECK_TEXT: &[u8] = b"this data directory is sealed under the operator's key";
+/// Where in the data directory this host keeps the cluster key, wrapped under its own key.
+const CLUSTER_FILE: &str = "keys/cluster";
+const CLUSTER_AAD: &[u8] = b"doppel cluster key v1";
 
 /// Where the operator's key comes from.
 #[derive(Clone)]
@@ -83,7 +86,7 @@ pub enum KeyError {
     /// The key does not open what the data directory was sealed under.
     #[error(
         "the encryption key from {source_name} is not the key {dir} was written under \
-         ({CHECK_FILE} does not open with it); start the host with the key it was created with"
+         ({CLUSTER_FILE} does not open with it); start the host with the key it was created with"
     )]
     Wrong {
         /// Which source.
@@ -96,20 +99,21 @@ pub enum KeyError {
     Io(String, std::io::Error),
 }
 
-/// The operator's key, in memory only (wiped when dropped).
-pub struct RootKey {
+/// A host's key-encryption key, from the operator, in memory only (wiped when dropped). It
+/// wraps one thing: this host's copy of the cluster key, in `DATA/keys/cluster`.
+pub struct Kek {
     bytes: Zeroizing<[u8; 32]>,
 }
 
-impl fmt::Debug for RootKey {
+impl fmt::Debug for Kek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RootKey(…)")
+        f.write_str("Kek(…)")
     }
 }
 
-impl RootKey {
+impl Kek {
     /// Reads the key from `source`.
-    pub fn load(source: &KeySource) -> Result<RootKey, KeyError> {
+    pub fn load(source: &KeySource) -> Result<Kek, KeyError> {
         let name = source.to_string();
         let unreadable = |why: String| KeyError::Unreadable {
             source_name: name.clone(),
@@ -133,85 +137,142 @@ impl RootKey {
                 out.stdout
             }
         });
-        RootKey::parse(&text).ok_or(KeyError::Malformed(name))
+        let bytes = parse(&text).ok_or(KeyError::Malformed(name))?;
+        Ok(Kek { bytes })
     }
 
-    /// A key from its text: 32 bytes as standard base64 or as hex.
-    pub fn parse(text: &[u8]) -> Option<RootKey> {
-        let text = std::str::from_utf8(text).ok()?.trim();
-        let raw = Zeroizing::new(if text.len() == 64 {
-            hex::decode(text).ok()?
-        } else {
-            base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .ok()?
-        });
-        let bytes: [u8; 32] = raw.as_slice().try_into().ok()?;
-        Some(RootKey {
-            bytes: Zeroizing::new(bytes),
-        })
+    /// A key from its text (base64 or hex of 32 bytes).
+    pub fn parse(text: &[u8]) -> Option<Kek> {
+        parse(text).map(|bytes| Kek { bytes })
     }
 
-    /// A new random key, as the text [`RootKey::parse`] reads.
+    /// A new random key, as the text [`Kek::load`] reads.
     pub fn generate() -> Zeroizing<String> {
         let mut bytes = Zeroizing::new([0u8; 32]);
         getrandom::fill(bytes.as_mut()).expect("the system's random source works");
         Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(bytes.as_ref()))
     }
 
-    /// A key for one `purpose`, derived with HKDF-SHA256 (never the root itself).
+    fn aead(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(derive(self.bytes.as_ref(), "host-kek").as_ref().into())
+    }
+}
+
+/// 32 bytes as standard base64 or as hex, surrounding whitespace ignored.
+fn parse(text: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+    let text = std::str::from_utf8(text).ok()?.trim();
+    let raw = Zeroizing::new(if text.len() == 64 {
+        hex::decode(text).ok()?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?
+    });
+    let bytes: [u8; 32] = raw.as_slice().try_into().ok()?;
+    Some(Zeroizing::new(bytes))
+}
+
+/// The cluster key: made by the host that creates a cluster, handed to each joining host over
+/// mutual TLS, kept by each host wrapped under its own [`Kek`]. Every service's data key is
+/// wrapped under it (under a key derived from it, for that use only).
+pub struct ClusterKey {
+    bytes: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterKey(…)")
+    }
+}
+
+impl ClusterKey {
+    /// A new random cluster key.
+    pub fn generate() -> ClusterKey {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut()).expect("the system's random source works");
+        ClusterKey { bytes }
+    }
+
+    /// The key's bytes, to hand to a joining host or seal into a backup.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
+    /// A key from its bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<ClusterKey> {
+        let bytes: [u8; 32] = bytes.try_into().ok()?;
+        Some(ClusterKey {
+            bytes: Zeroizing::new(bytes),
+        })
+    }
+
+    /// A key for one `purpose`, derived with HKDF-SHA256 (never the cluster key itself).
     pub(crate) fn derive(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
         derive(self.bytes.as_ref(), purpose)
     }
 
-    /// Checks that this key is the one `data` was sealed under, and marks a new directory as
-    /// sealed under it. The mark is the encryption of a known text, so it says nothing of the
-    /// key but whether a key is it.
-    pub fn check_data_dir(&self, data: &Path, source: &KeySource) -> Result<(), KeyError> {
-        let path = data.join(CHECK_FILE);
-        let aead = XChaCha20Poly1305::new(self.derive("check").as_ref().into());
-        match std::fs::read(&path) {
-            Ok(sealed) => {
-                let opens = sealed.len() > 24
-                    && aead
-                        .decrypt(
-                            XNonce::from_slice(&sealed[..24]),
-                            Payload {
-                                msg: &sealed[24..],
-                                aad: CHECK_AAD,
-                            },
-                        )
-                        .is_ok_and(|text| text == CHECK_TEXT);
-                if opens {
-                    Ok(())
-                } else {
-                    Err(KeyError::Wrong {
-                        source_name: source.to_string(),
-                        dir: data.display().to_string(),
-                    })
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut nonce = [0u8; 24];
-                getrandom::fill(&mut nonce).expect("the system's random source works");
-                let mut sealed = nonce.to_vec();
-                sealed.extend(
-                    aead.encrypt(
-                        XNonce::from_slice(&nonce),
-                        Payload {
-                            msg: CHECK_TEXT,
-                            aad: CHECK_AAD,
-                        },
-                    )
-                    .expect("sealing a short text cannot fail"),
-                );
-                let io = |e| KeyError::Io(path.display().to_string(), e);
-                std::fs::create_dir_all(data.join("keys")).map_err(io)?;
-                doppel_store::files::write_private(&path, &sealed).map_err(io)
-            }
-            Err(e) => Err(KeyError::Io(path.display().to_string(), e)),
+    /// This host's copy in `data`, opened with `kek`; `None` if there is none yet.
+    pub fn load(
+        data: &Path,
+        kek: &Kek,
+        source: &KeySource,
+    ) -> Result<Option<ClusterKey>, KeyError> {
+        let path = data.join(CLUSTER_FILE);
+        let sealed = match std::fs::read(&path) {
+            Ok(sealed) => sealed,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(KeyError::Io(path.display().to_string(), e)),
+        };
+        let wrong = || KeyError::Wrong {
+            source_name: source.to_string(),
+            dir: data.display().to_string(),
+        };
+        if sealed.len() < 24 {
+            return Err(wrong());
         }
+        let opened = Zeroizing::new(
+            kek.aead()
+                .decrypt(
+                    XNonce::from_slice(&sealed[..24]),
+                    Payload {
+                        msg: &sealed[24..],
+                        aad: CLUSTER_AAD,
+                    },
+                )
+                .map_err(|_| wrong())?,
+        );
+        ClusterKey::from_bytes(&opened).map(Some).ok_or_else(wrong)
     }
+
+    /// Keeps this key in `data`, wrapped under `kek` (owner-only, replaced whole).
+    pub fn save(&self, data: &Path, kek: &Kek) -> Result<(), KeyError> {
+        let path = data.join(CLUSTER_FILE);
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce).expect("the system's random source works");
+        let mut sealed = nonce.to_vec();
+        sealed.extend(
+            kek.aead()
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: self.bytes.as_ref(),
+                        aad: CLUSTER_AAD,
+                    },
+                )
+                .expect("wrapping 32 bytes cannot fail"),
+        );
+        let io = |e| KeyError::Io(path.display().to_string(), e);
+        std::fs::create_dir_all(data.join("keys")).map_err(io)?;
+        doppel_store::files::replace_private(&path, &sealed).map_err(io)
+    }
+}
+
+/// Makes `carried` (a backup's cluster key) this data directory's, kept under `kek`: a host
+/// started on a restored directory opens the restored data keys with it.
+pub fn adopt_carried(data: &Path, kek: &Kek, carried: &[u8]) -> Result<(), KeyError> {
+    let key = ClusterKey::from_bytes(carried)
+        .ok_or_else(|| KeyError::Malformed("the backup's keys/cluster".into()))?;
+    key.save(data, kek)
 }
 
 /// HKDF-SHA256 of `secret` for `purpose`.
@@ -229,25 +290,36 @@ mod tests {
 
     #[test]
     fn a_key_reads_as_base64_or_hex_and_nothing_else() {
-        let text = RootKey::generate();
-        let key = RootKey::parse(text.as_bytes()).unwrap();
+        let text = Kek::generate();
+        let key = Kek::parse(text.as_bytes()).unwrap();
         let hex = hex::encode(key.bytes.as_ref());
-        let again = RootKey::parse(format!("  {hex}\n").as_bytes()).unwrap();
+        let again = Kek::parse(format!("  {hex}\n").as_bytes()).unwrap();
         assert_eq!(key.bytes.as_ref(), again.bytes.as_ref());
-        assert!(RootKey::parse(b"short").is_none());
-        assert!(RootKey::parse(&[b'a'; 44]).is_none());
-        assert!(format!("{key:?}").find(&hex).is_none());
+        assert!(Kek::parse(b"short").is_none());
+        assert!(Kek::parse(&[b'a'; 44]).is_none());
+        assert!(!format!("{key:?}").contains(&hex));
     }
 
     #[test]
-    fn a_data_directory_opens_only_with_the_key_it_was_sealed_under() {
+    fn the_cluster_key_opens_only_with_the_host_key_it_was_kept_under() {
         let dir = tempfile::tempdir().unwrap();
         let source = KeySource::Env;
-        let key = RootKey::parse(RootKey::generate().as_bytes()).unwrap();
-        key.check_data_dir(dir.path(), &source).unwrap();
-        key.check_data_dir(dir.path(), &source).unwrap();
-        let other = RootKey::parse(RootKey::generate().as_bytes()).unwrap();
-        let err = other.check_data_dir(dir.path(), &source).unwrap_err();
+        let kek = Kek::parse(Kek::generate().as_bytes()).unwrap();
+        assert!(
+            ClusterKey::load(dir.path(), &kek, &source)
+                .unwrap()
+                .is_none()
+        );
+        let cluster = ClusterKey::generate();
+        cluster.save(dir.path(), &kek).unwrap();
+        let back = ClusterKey::load(dir.path(), &kek, &source)
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.expose(), cluster.expose());
+        let raw = std::fs::read(dir.path().join(CLUSTER_FILE)).unwrap();
+        assert!(!raw.windows(32).any(|w| w == cluster.expose()));
+        let other = Kek::parse(Kek::generate().as_bytes()).unwrap();
+        let err = ClusterKey::load(dir.path(), &other, &source).unwrap_err();
         assert!(matches!(err, KeyError::Wrong { .. }), "{err}");
     }
 }

@@ -3,17 +3,23 @@
 //! way back. The data keys live in the system table `keyring`, wrapped under the operator's key.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use doppel_store::{ApplyError, Command, Op, Outcome, Space, Store, StoreError};
 use tokio::sync::watch;
 
-use super::cipher::{ServiceCipher, Unopenable, new_service_key, unwrap_service_key};
-use super::root::RootKey;
+use super::cipher::{
+    ServiceCipher, Unopenable, new_service_key, unwrap_foreign_root, unwrap_service_key,
+    wrap_foreign_root,
+};
+use super::root::ClusterKey;
 
-/// The system table of services' data keys, each wrapped under the operator's key.
+/// The system table of services' data keys, each wrapped under the cluster key.
 pub const KEYRING: &str = "keyring";
+/// The system table of other clusters' keys this cluster opens data keys with (a twin's
+/// primary's), each wrapped under this cluster's key. Not carried or followed.
+pub const KEYROOTS: &str = "keyroots";
 /// The system table holding one key wrapped like a service's, which only the cluster's operator
 /// key opens: how a host given another key is told apart, before it writes anything. Not
 /// carried by restores or followed by twins (each cluster has its own; the keyring's entries
@@ -32,7 +38,8 @@ fn keyring() -> Space {
 /// system tables pass through unchanged.
 pub struct SealedStore {
     inner: Arc<dyn Store>,
-    root: Arc<RootKey>,
+    /// The cluster key, once this host has it (it may have to ask a member for it first).
+    root: OnceLock<Arc<ClusterKey>>,
     /// Changes whenever the host's tables change here (the keyring among them).
     changes: watch::Receiver<u64>,
     /// Data keys already unwrapped, and the change they were read at: any change to the host's
@@ -41,35 +48,94 @@ pub struct SealedStore {
 }
 
 impl SealedStore {
-    /// Seals what services write to `inner` under keys wrapped with `root`. `changes` is the
-    /// store's signal of applied changes to the host's tables.
-    pub fn new(
-        inner: Arc<dyn Store>,
-        root: Arc<RootKey>,
-        changes: watch::Receiver<u64>,
-    ) -> SealedStore {
+    /// Seals what services write to `inner` under keys wrapped with the cluster key, which
+    /// [`SealedStore::set_cluster_key`] gives it. `changes` is the store's signal of applied
+    /// changes to the host's tables.
+    pub fn new(inner: Arc<dyn Store>, changes: watch::Receiver<u64>) -> SealedStore {
         let seen = *changes.borrow();
         SealedStore {
             inner,
-            root,
+            root: OnceLock::new(),
             changes,
             ciphers: Mutex::new((seen, HashMap::new())),
         }
     }
 
-    /// Checks that the cluster's data keys were wrapped under the same operator key as this
-    /// host's (or, for a new cluster, marks them so): a host given another key refuses to run
-    /// rather than write data no other host can read.
+    /// Gives the store the cluster key (once; later calls change nothing).
+    pub fn set_cluster_key(&self, key: Arc<ClusterKey>) {
+        let _ = self.root.set(key);
+    }
+
+    /// The cluster key, for handing to a joining member.
+    pub fn cluster_key(&self) -> Option<Arc<ClusterKey>> {
+        self.root.get().cloned()
+    }
+
+    fn root(&self) -> Result<&ClusterKey, StoreError> {
+        self.root
+            .get()
+            .map(|k| k.as_ref())
+            .ok_or_else(|| StoreError::Unavailable("this host has no cluster key yet".into()))
+    }
+
+    /// Records `foreign` (another cluster's key, e.g. a twin's primary's, named `name`) so that
+    /// data keys wrapped under it open here too.
+    pub async fn adopt_foreign_root(
+        &self,
+        name: &str,
+        foreign: &ClusterKey,
+    ) -> Result<(), StoreError> {
+        let wrapped = wrap_foreign_root(self.root()?, name, foreign);
+        self.inner
+            .apply(Command::new(Op::Put {
+                space: Space::system(KEYROOTS),
+                key: name.as_bytes().to_vec(),
+                value: wrapped,
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// Opens `service`'s wrapped data key with the cluster key, or with one of the foreign keys
+    /// the cluster recorded.
+    async fn open_service_key(
+        &self,
+        service: &str,
+        wrapped: &[u8],
+    ) -> Result<ServiceCipher, StoreError> {
+        let root = self.root()?;
+        if let Ok(cipher) = unwrap_service_key(root, service, wrapped) {
+            return Ok(cipher);
+        }
+        let roots = Space::system(KEYROOTS);
+        for name in self.inner.list_keys(&roots, None, 100).await? {
+            let Some(entry) = self.inner.get(&roots, &name).await? else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&name);
+            if let Ok(foreign) = unwrap_foreign_root(root, &name, &entry)
+                && let Ok(cipher) = unwrap_service_key(&foreign, service, wrapped)
+            {
+                return Ok(cipher);
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "the data key of service {service:?} opens with none of this cluster's keys"
+        )))
+    }
+
+    /// Checks that this host's cluster key is the cluster's (or, for a new cluster, marks it
+    /// so): a host holding another refuses to run rather than write data no other host can read.
     pub async fn check_cluster_key(&self) -> Result<(), StoreError> {
         let wrong = || {
             StoreError::Corrupt(
-                "this host's encryption key is not the cluster's: the cluster's data keys do not \
-                 open with it. Every host of a cluster, and a cluster restored from its backups, \
-                 takes the same key"
+                "this host's cluster key is not the cluster's: the cluster's data keys do not \
+                 open with it"
                     .into(),
             )
         };
-        // A restored or followed keyring was wrapped elsewhere: one of its keys must open too.
+        let root = self.root()?;
+        // A restored keyring was wrapped elsewhere: one of its keys must open too.
         if let Some(service) = self.inner.list_keys(&keyring(), None, 1).await?.pop() {
             let wrapped = self
                 .inner
@@ -77,13 +143,15 @@ impl SealedStore {
                 .await?
                 .unwrap_or_default();
             let name = String::from_utf8_lossy(&service);
-            unwrap_service_key(&self.root, &name, &wrapped).map_err(|_| wrong())?;
+            self.open_service_key(&name, &wrapped)
+                .await
+                .map_err(|_| wrong())?;
         }
         let space = Space::system(KEYCHECK);
         let current = match self.inner.get(&space, b"").await? {
             Some(current) => current,
             None => {
-                let (_, wrapped) = new_service_key(&self.root, "");
+                let (_, wrapped) = new_service_key(root, "");
                 let swap = Op::CompareAndSwap {
                     space: space.clone(),
                     key: Vec::new(),
@@ -98,7 +166,7 @@ impl SealedStore {
                 }
             }
         };
-        unwrap_service_key(&self.root, "", &current)
+        unwrap_service_key(root, "", &current)
             .map(|_| ())
             .map_err(|_| wrong())
     }
@@ -152,7 +220,7 @@ impl SealedStore {
             Some(wrapped) => wrapped,
             None if !create => return Ok(None),
             None => {
-                let (cipher, wrapped) = new_service_key(&self.root, service);
+                let (cipher, wrapped) = new_service_key(self.root()?, service);
                 let swap = Op::CompareAndSwap {
                     space,
                     key: service.as_bytes().to_vec(),
@@ -167,12 +235,7 @@ impl SealedStore {
                 }
             }
         };
-        let cipher = unwrap_service_key(&self.root, service, &wrapped).map_err(|_| {
-            StoreError::Corrupt(format!(
-                "the data key of service {service:?} does not open with this host's \
-                 encryption key"
-            ))
-        })?;
+        let cipher = self.open_service_key(service, &wrapped).await?;
         Ok(Some(self.remember(service, now, cipher)))
     }
 
