@@ -250,3 +250,36 @@ fn a_host_without_its_key_or_with_another_refuses_to_start() {
         "the second host started with the first's key"
     );
 }
+
+/// The cluster key is handed over the peer port to members only: a member's certificate gets
+/// it, a removed host's (stolen from its disk) does not, nor a client without a certificate.
+#[test]
+fn the_cluster_key_is_handed_to_members_only() {
+    let mut hosts = crate::support::cluster(3, &[]);
+    let stolen = tempfile::tempdir().unwrap();
+    crate::trust::copy_dir(&hosts[2].data.join("tls"), stolen.path());
+    let url = format!("https://{}/peer/v1/cluster-key", hosts[0].peer);
+    let answer = crate::support::peer_http_as(stolen.path())
+        .get(&url)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200, "a member is refused");
+    hosts[2].kill();
+    hosts[0].cli_ok(&["hosts", "rm", "c"]);
+    crate::support::eventually("the removed host's certificate is refused", || {
+        crate::support::peer_http_as(stolen.path())
+            .get(&url)
+            .send()
+            .is_ok_and(|r| r.status().as_u16() == 403)
+    });
+    let anonymous = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .get(&url)
+        .send();
+    assert!(
+        anonymous.is_err() || anonymous.is_ok_and(|r| !r.status().is_success()),
+        "a client without a certificate got the key"
+    );
+}

@@ -277,7 +277,7 @@ fn a_removed_host_and_a_host_speaking_for_another_are_refused() {
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
