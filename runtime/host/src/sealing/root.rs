@@ -24,7 +24,7 @@ pub const KEY_ENV: &str = "DOPPEL_KEY";
 const CLUSTER_FILE: &str = "keys/cluster";
 const CLUSTER_AAD: &[u8] = b"doppel cluster key v1";
 
-/// Where the operator's key comes from.
+/// Where a host's key-encryption key comes from.
 #[derive(Clone)]
 pub enum KeySource {
     /// A file holding the key (base64 or hex; surrounding whitespace ignored).

@@ -1,6 +1,6 @@
 //! [`SealedStore`]: the [`Store`] services' state is written through, sealing each service's keys
 //! and values under that service's own data key before they reach raft, and opening them on the
-//! way back. The data keys live in the system table `keyring`, wrapped under the operator's key.
+//! way back. The data keys live in the system table `keyring`, wrapped under the cluster key.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
