@@ -61,9 +61,10 @@ impl fmt::Display for KeySource {
 pub enum KeyError {
     /// No source was given.
     #[error(
-        "no encryption key: a host encrypts what it stores under a key the operator supplies. \
-         Give one with --key-file PATH, the environment variable {KEY_ENV}, or --key-command CMD \
-         (`doppel keygen --encryption PATH` makes one; every host of a cluster takes the same key)"
+        "no encryption key: a host keeps what it stores sealed under a key-encryption key the \
+         operator supplies. Give it with --key-file PATH, the environment variable {KEY_ENV}, or \
+         --key-command CMD (`doppel keygen --encryption PATH` makes one; start the host with the \
+         same one every time)"
     )]
     Missing,
     /// The file or the variable could not be read.

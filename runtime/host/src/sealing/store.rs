@@ -20,8 +20,8 @@ pub const KEYRING: &str = "keyring";
 /// The system table of other clusters' keys this cluster opens data keys with (a twin's
 /// primary's), each wrapped under this cluster's key. Not carried or followed.
 pub const KEYROOTS: &str = "keyroots";
-/// The system table holding one key wrapped like a service's, which only the cluster's operator
-/// key opens: how a host given another key is told apart, before it writes anything. Not
+/// The system table holding one key wrapped like a service's, which only the cluster key opens:
+/// how a host holding another cluster key is told apart, before it writes anything. Not
 /// carried by restores or followed by twins (each cluster has its own; the keyring's entries
 /// are checked too).
 const KEYCHECK: &str = "keycheck";
