@@ -180,14 +180,34 @@ fn a_purge_destroys_the_data_key_everywhere_and_spares_other_services() {
     let hosts = crate::support::cluster(3, &[]);
     hosts[0].deploy(guests::KV_DRAFT2, "kv", &[]);
     hosts[0].deploy(guests::KV_DRAFT2, "other", &[]);
+    hosts[0].deploy(guests::HTTP_BASICS, "talker", &[]);
     crate::support::write_kv(&hosts[0], "person", "canary-erased-91c3");
     assert_eq!(hosts[0].post("/other/set?k=kept", "still-here").0, 200);
+    // A guest that logged a person's data: its log lines go with the erasure, on every host.
+    for host in &hosts {
+        assert_eq!(host.get("/talker/log?msg=canary-logged-5e7d").0, 200);
+    }
+    let logged = || hosts[0].cli_ok(&["logs", "talker"]);
+    crate::support::eventually("the guest's line is in its log", || {
+        logged().contains("canary-logged-5e7d")
+    });
     hosts[1].cli_ok(&["rm", "kv", "--purge"]);
+    hosts[1].cli_ok(&["rm", "talker", "--purge"]);
     for host in &hosts {
         crate::support::eventually("every host compacts its log after the purge", || {
             host.log().contains("data keys destroyed; log compacted")
         });
         assert_eq!(host.get("/other/get?k=kept"), (200, "still-here".into()));
+    }
+    hosts[0].deploy(guests::HTTP_BASICS, "talker", &[]);
+    for host in &hosts {
+        let mut lines = String::new();
+        crate::support::eventually("the host has the new deploy", || {
+            let out = host.cli(&["logs", "talker"]);
+            lines = String::from_utf8_lossy(&out.stdout).into_owned();
+            out.status.success()
+        });
+        assert!(!lines.contains("canary-logged-5e7d"), "{lines}");
     }
     hosts[2].deploy(guests::KV_DRAFT2, "kv", &[]);
     for host in &hosts {

@@ -439,7 +439,7 @@ pub async fn run(
     };
     crate::admin::tokens::ensure_local(&store, &token_path(data), &local_name).await?;
     let syncing = tokio::spawn(follow_deploys(registry.clone(), store.system_changes()));
-    let erasing = crate::sealing::erasure::follow(store.clone());
+    let erasing = crate::sealing::erasure::follow(store.clone(), registry.clone());
     let scheduling = tokio::spawn(scheduler::run(mover));
 
     let ingress = tokio::spawn(ingress::serve(

@@ -58,6 +58,11 @@ impl ServiceLog {
         self.push("host", line);
     }
 
+    /// Forgets every line (the service's data was erased: what it wrote may have held some).
+    pub fn clear(&self) {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// The last `n` lines.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
         let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());

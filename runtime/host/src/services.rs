@@ -321,7 +321,15 @@ impl Registry {
             .len()
     }
 
-    /// The log and counters of `name`, created on first use; they outlive redeploys.
+    /// Forgets what `name`'s log holds on this host: its data was erased, and guests' lines may
+    /// have carried some of it.
+    pub fn forget_log(&self, name: &str) {
+        let observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((log, _)) = observed.get(name) {
+            log.clear();
+        }
+    }
+
     /// The counters of every service name this host has loaded, by name.
     pub fn all_stats(&self) -> Vec<(String, Arc<Stats>)> {
         let observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
@@ -821,10 +829,9 @@ impl Registry {
         )
     }
 
+    /// Written for every version, empty or not: it also gives the service its data key at its
+    /// first deploy, so that every deployed service has one for its erasure to destroy.
     async fn write_settings(&self, record: &ServiceRecord) -> Result<(), DeployError> {
-        if record.config.is_empty() && record.secrets.is_empty() {
-            return Ok(());
-        }
         let (space, key) = Self::settings_at(record);
         let value = serde_json::to_vec(&Settings {
             config: record.config.clone(),

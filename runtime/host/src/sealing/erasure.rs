@@ -1,6 +1,7 @@
 //! Crypto-erasure on every host: when a service's data key leaves the keyring (applied here
 //! like any entry), this host compacts its log, so the ciphertext of that service's writes goes
-//! from the log file as well; it was unreadable from the moment the key was gone.
+//! from the log file as well (it was unreadable from the moment the key was gone), and forgets
+//! the service's log lines, which its guests may have filled with the same data.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use doppel_replication::ReplicatedStore;
 use doppel_store::Space;
 
 use super::store::KEYRING;
+use crate::services::Registry;
 
 fn names(store: &ReplicatedStore) -> BTreeSet<Vec<u8>> {
     store
@@ -18,7 +20,7 @@ fn names(store: &ReplicatedStore) -> BTreeSet<Vec<u8>> {
 }
 
 /// Watches this host's keyring and compacts the log after each destroyed key.
-pub fn follow(store: Arc<ReplicatedStore>) -> tokio::task::JoinHandle<()> {
+pub fn follow(store: Arc<ReplicatedStore>, registry: Arc<Registry>) -> tokio::task::JoinHandle<()> {
     let mut changes = store.system_changes();
     tokio::spawn(async move {
         let mut known = names(&store);
@@ -31,6 +33,9 @@ pub fn follow(store: Arc<ReplicatedStore>) -> tokio::task::JoinHandle<()> {
             known = now;
             if destroyed.is_empty() {
                 continue;
+            }
+            for name in &destroyed {
+                registry.forget_log(name);
             }
             match store.compact().await {
                 Ok(start) => {
