@@ -51,7 +51,7 @@ fn every_file_and_folder_in_the_data_directory_is_its_owners_only() {
 }
 
 /// Every file below `dirs` (and the hosts' own logs) in which `needle` occurs, byte for byte.
-fn files_holding(dirs: &[&Path], needle: &[u8]) -> Vec<PathBuf> {
+pub fn files_holding(dirs: &[&Path], needle: &[u8]) -> Vec<PathBuf> {
     fn walk(dir: &Path, needle: &[u8], found: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
             let path = entry.path();

@@ -66,6 +66,19 @@ fn a_twin_follows_is_promoted_and_fences_the_old_primary() {
         "the twin has everything the primary has",
         || state_hash(&twin).0 == primary_hash,
     );
+    // The twin keeps the identity that reads the primary's backup sealed: never in its files.
+    let identity = std::fs::read_to_string(&key).unwrap();
+    let secret = identity
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap();
+    let found = crate::at_rest::files_holding(&[twin.data.as_path()], secret.as_bytes());
+    assert!(
+        found.is_empty(),
+        "the twin's identity is readable in {found:?}"
+    );
+    // And it reads the primary's records, whose data keys it opens with the primary's cluster key.
+    assert_eq!(twin.get("/kv/get?k=citizen-3"), (200, "record-3".into()));
     // The primary sees its twin, from the heartbeats the twin leaves in the target.
     eventually_within(
         std::time::Duration::from_secs(60),

@@ -30,6 +30,7 @@ use doppel_api::TwinStatus;
 use doppel_replication::ReplicatedStore;
 use doppel_store::{Command, Op, Pairs, Space, Store, portable};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::format::{Image, Kind, Manifest, Segment, manifest_name};
 use crate::heartbeat;
@@ -250,11 +251,13 @@ pub fn status(store: &ReplicatedStore, follower: &Follower) -> TwinStatus {
 /// Makes this cluster a standby twin called `name` (a random name when `None`) of the backup at
 /// `url`, decrypted with `identity`: checks that the identity reads it, then records both.
 /// Refused on a cluster that holds services already, or that follows, was promoted or fenced.
+/// The identity is kept sealed with `secrets`.
 pub async fn follow(
     store: &ReplicatedStore,
     url: &str,
     identity: &str,
     name: Option<&str>,
+    secrets: &dyn SecretBox,
 ) -> Result<(), BackupError> {
     check_url(url)?;
     let name = match name {
@@ -289,7 +292,7 @@ pub async fn follow(
         .apply(Command::new(Op::Put {
             space: space(),
             key: IDENTITY.to_vec(),
-            value: identity.secret_text().into_bytes(),
+            value: secrets.seal(IDENTITY_NAME, identity.secret_text().as_bytes())?,
         }))
         .await?;
     store
@@ -443,6 +446,18 @@ pub async fn newer_generation(
     Ok(true)
 }
 
+/// Seals what a twin keeps of its own in the replicated store (the identity that reads the
+/// primary's backup) under a key only this cluster's hosts hold, and opens it again.
+pub trait SecretBox: Send + Sync {
+    /// `secret`, sealed; `what` names it (and binds the sealed form to that name).
+    fn seal(&self, what: &str, secret: &[u8]) -> Result<Vec<u8>, BackupError>;
+    /// What [`SecretBox::seal`] made.
+    fn open(&self, what: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackupError>;
+}
+
+/// What the twin's identity is sealed as.
+const IDENTITY_NAME: &str = "twin identity";
+
 /// Follows the backup while this host leads a standby.
 #[derive(Clone, Default)]
 pub struct Follower {
@@ -451,9 +466,13 @@ pub struct Follower {
 
 impl Follower {
     /// Starts following for the host holding `store`; the handle ends it when aborted.
-    pub fn spawn(store: Arc<ReplicatedStore>) -> (Follower, tokio::task::JoinHandle<()>) {
+    /// The twin's identity is opened with `secrets`.
+    pub fn spawn(
+        store: Arc<ReplicatedStore>,
+        secrets: Arc<dyn SecretBox>,
+    ) -> (Follower, tokio::task::JoinHandle<()>) {
         let follower = Follower::default();
-        let handle = tokio::spawn(run(store, follower.clone()));
+        let handle = tokio::spawn(run(store, follower.clone(), secrets));
         (follower, handle)
     }
 
@@ -475,7 +494,7 @@ struct Session {
     progress: Progress,
 }
 
-async fn run(store: Arc<ReplicatedStore>, follower: Follower) {
+async fn run(store: Arc<ReplicatedStore>, follower: Follower, secrets: Arc<dyn SecretBox>) {
     let mut session: Option<Session> = None;
     let mut failures = 0u32;
     let mut reported: Option<std::time::Instant> = None;
@@ -491,7 +510,7 @@ async fn run(store: Arc<ReplicatedStore>, follower: Follower) {
             failures = 0;
             continue;
         };
-        match step(&store, &mut session, &follow).await {
+        match step(&store, &mut session, &follow, secrets.as_ref()).await {
             Ok(()) => {
                 failures = 0;
                 follower.set_error(None);
@@ -540,12 +559,14 @@ async fn step(
     store: &ReplicatedStore,
     session: &mut Option<Session>,
     follow: &Follow,
+    secrets: &dyn SecretBox,
 ) -> Result<(), BackupError> {
     if session.is_none() {
-        let secret = store
+        let sealed = store
             .get(&space(), IDENTITY)
             .await?
             .ok_or_else(|| BackupError::NotFound("the twin's identity is missing".into()))?;
+        let secret = secrets.open(IDENTITY_NAME, &sealed)?;
         let progress: Progress = match store.get(&space(), PROGRESS).await? {
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| BackupError::Broken(format!("the twin's progress: {e}")))?,

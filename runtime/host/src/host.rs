@@ -309,7 +309,7 @@ pub async fn run(
         })
     };
     let (shipper, shipping) = doppel_backup::ship::Shipper::spawn(store.clone(), carry);
-    let (follower, following) = doppel_backup::twin::Follower::spawn(store.clone());
+    let (follower, following) = doppel_backup::twin::Follower::spawn(store.clone(), sealed.clone());
     let admin_state = AdminState {
         metrics: crate::metrics::Sources {
             registry: registry.clone(),

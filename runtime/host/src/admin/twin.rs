@@ -43,6 +43,7 @@ pub async fn follow(
         &request.url,
         &request.identity,
         request.name.as_deref(),
+        state.sealed.as_ref(),
     )
     .await?;
     // The primary's data keys arrive wrapped under its cluster key, which its backup carries:

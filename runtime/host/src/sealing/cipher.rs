@@ -148,6 +148,21 @@ pub fn unwrap_foreign_root(
     ClusterKey::from_bytes(&secret).ok_or(Unopenable)
 }
 
+/// A secret of the cluster's own (a twin's identity), sealed under the cluster key and bound to
+/// `what` it is.
+pub fn seal_cluster_secret(root: &ClusterKey, what: &str, secret: &[u8]) -> Vec<u8> {
+    wrap(root, format!("secret:{what}").as_bytes(), secret)
+}
+
+/// What [`seal_cluster_secret`] made.
+pub fn open_cluster_secret(
+    root: &ClusterKey,
+    what: &str,
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, Unopenable> {
+    unwrap(root, format!("secret:{what}").as_bytes(), sealed)
+}
+
 /// `secret` wrapped under a key derived from `root`, bound to `aad`.
 fn wrap(root: &ClusterKey, aad: &[u8], secret: &[u8]) -> Vec<u8> {
     let wrapper = XChaCha20Poly1305::new(root.derive("keyring").as_ref().into());

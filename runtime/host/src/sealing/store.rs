@@ -10,8 +10,8 @@ use doppel_store::{ApplyError, Command, Op, Outcome, Space, Store, StoreError};
 use tokio::sync::watch;
 
 use super::cipher::{
-    ServiceCipher, Unopenable, new_service_key, unwrap_foreign_root, unwrap_service_key,
-    wrap_foreign_root,
+    ServiceCipher, Unopenable, new_service_key, open_cluster_secret, seal_cluster_secret,
+    unwrap_foreign_root, unwrap_service_key, wrap_foreign_root,
 };
 use super::root::ClusterKey;
 
@@ -349,6 +349,25 @@ fn with_op(command: &Command, op: Op) -> Command {
         op,
         quota: command.quota,
         writer: command.writer,
+    }
+}
+
+// What the cluster keeps of its own secrets in its tables (a twin's identity) is sealed under
+// the cluster key like the services' data keys.
+impl doppel_backup::twin::SecretBox for SealedStore {
+    fn seal(&self, what: &str, secret: &[u8]) -> Result<Vec<u8>, doppel_backup::BackupError> {
+        let root = self.root().map_err(doppel_backup::BackupError::Store)?;
+        Ok(seal_cluster_secret(root, what, secret))
+    }
+
+    fn open(
+        &self,
+        what: &str,
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, doppel_backup::BackupError> {
+        let root = self.root().map_err(doppel_backup::BackupError::Store)?;
+        open_cluster_secret(root, what, sealed)
+            .map_err(|e| doppel_backup::BackupError::Crypto(format!("the cluster's {what} {e}")))
     }
 }
 
