@@ -276,16 +276,16 @@ pub async fn run(
         mode.clone(),
     ));
     // Services' keys and values are sealed under their own data keys before they reach raft.
-    let sealed = Arc::new(crate::sealing::SealedStore::new(
-        guarded,
-        store.system_changes(),
-    ));
+    let sealed = Arc::new(crate::sealing::SealedStore::new(guarded));
     if let Some(key) = kept_key {
         sealed.set_cluster_key(Arc::new(key));
     }
     let guarded: Arc<dyn Store> = sealed.clone();
     let registry =
         Arc::new(Registry::new(runtime, guarded, cache, placements.clone()).with_mode(mode));
+    // Watching the keyring from before anything is read through it: no destroyed data key is
+    // remembered past the entry that destroyed it.
+    let erasing = crate::sealing::erasure::follow(store.clone(), sealed.clone(), registry.clone());
     let info = Arc::new(HostInfo {
         name: me.name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -439,7 +439,6 @@ pub async fn run(
     };
     crate::admin::tokens::ensure_local(&store, &token_path(data), &local_name).await?;
     let syncing = tokio::spawn(follow_deploys(registry.clone(), store.system_changes()));
-    let erasing = crate::sealing::erasure::follow(store.clone(), registry.clone());
     let scheduling = tokio::spawn(scheduler::run(mover));
 
     let ingress = tokio::spawn(ingress::serve(

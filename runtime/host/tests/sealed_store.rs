@@ -8,8 +8,7 @@ use doppel_host::sealing::{ClusterKey, KEYRING, SealedStore};
 use doppel_store::{Command, LocalStore, Op, Outcome, Space, Store, StoreError};
 
 fn sealed_over(raw: Arc<LocalStore>) -> SealedStore {
-    let (_changes, watching) = tokio::sync::watch::channel(0u64);
-    let sealed = SealedStore::new(raw, watching);
+    let sealed = SealedStore::new(raw);
     sealed.set_cluster_key(Arc::new(ClusterKey::generate()));
     sealed
 }

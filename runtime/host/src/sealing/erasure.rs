@@ -1,5 +1,5 @@
 //! Crypto-erasure on every host: when a service's data key leaves the keyring (applied here
-//! like any entry), this host compacts its log, so the ciphertext of that service's writes goes
+//! like any entry), this host stops using the key at once, compacts its log, so the ciphertext of that service's writes goes
 //! from the log file as well (it was unreadable from the moment the key was gone), and forgets
 //! the service's log lines, which its guests may have filled with the same data.
 
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use doppel_replication::ReplicatedStore;
 use doppel_store::Space;
 
-use super::store::KEYRING;
+use super::store::{KEYRING, SealedStore};
 use crate::services::Registry;
 
 fn names(store: &ReplicatedStore) -> BTreeSet<Vec<u8>> {
@@ -20,7 +20,11 @@ fn names(store: &ReplicatedStore) -> BTreeSet<Vec<u8>> {
 }
 
 /// Watches this host's keyring and compacts the log after each destroyed key.
-pub fn follow(store: Arc<ReplicatedStore>, registry: Arc<Registry>) -> tokio::task::JoinHandle<()> {
+pub fn follow(
+    store: Arc<ReplicatedStore>,
+    sealed: Arc<SealedStore>,
+    registry: Arc<Registry>,
+) -> tokio::task::JoinHandle<()> {
     let mut changes = store.system_changes();
     tokio::spawn(async move {
         let mut known = names(&store);
@@ -35,6 +39,7 @@ pub fn follow(store: Arc<ReplicatedStore>, registry: Arc<Registry>) -> tokio::ta
                 continue;
             }
             for name in &destroyed {
+                sealed.forget(name);
                 registry.forget_log(name);
             }
             match store.compact().await {

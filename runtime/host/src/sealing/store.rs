@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use doppel_store::{ApplyError, Command, Op, Outcome, Space, Store, StoreError};
-use tokio::sync::watch;
 
 use super::cipher::{
     ServiceCipher, Unopenable, new_service_key, open_cluster_secret, seal_cluster_secret,
@@ -40,25 +39,28 @@ pub struct SealedStore {
     inner: Arc<dyn Store>,
     /// The cluster key, once this host has it (it may have to ask a member for it first).
     root: OnceLock<Arc<ClusterKey>>,
-    /// Changes whenever the host's tables change here (the keyring among them).
-    changes: watch::Receiver<u64>,
-    /// Data keys already unwrapped, and the change they were read at: any change to the host's
-    /// tables empties it, so a destroyed key is not used a moment longer than it takes to see.
+    /// Data keys already unwrapped, and how many keys have been forgotten so far: a key read
+    /// from the keyring before a [`SealedStore::forget`] is not remembered after it.
     ciphers: Mutex<(u64, HashMap<String, Arc<ServiceCipher>>)>,
 }
 
 impl SealedStore {
     /// Seals what services write to `inner` under keys wrapped with the cluster key, which
-    /// [`SealedStore::set_cluster_key`] gives it. `changes` is the store's signal of applied
-    /// changes to the host's tables.
-    pub fn new(inner: Arc<dyn Store>, changes: watch::Receiver<u64>) -> SealedStore {
-        let seen = *changes.borrow();
+    /// [`SealedStore::set_cluster_key`] gives it.
+    pub fn new(inner: Arc<dyn Store>) -> SealedStore {
         SealedStore {
             inner,
             root: OnceLock::new(),
-            changes,
-            ciphers: Mutex::new((seen, HashMap::new())),
+            ciphers: Mutex::new((0, HashMap::new())),
         }
+    }
+
+    /// Stops using `service`'s data key: it left the keyring (an erasure, applied here through
+    /// the log; `erasure::follow` calls this on every host).
+    pub fn forget(&self, service: &str) {
+        let mut cache = self.ciphers.lock().expect("cipher cache");
+        cache.0 += 1;
+        cache.1.remove(service);
     }
 
     /// Gives the store the cluster key (once; later calls change nothing).
@@ -152,18 +154,7 @@ impl SealedStore {
             Some(current) => current,
             None => {
                 let (_, wrapped) = new_service_key(root, "");
-                let swap = Op::CompareAndSwap {
-                    space: space.clone(),
-                    key: Vec::new(),
-                    expected: None,
-                    value: wrapped.clone(),
-                };
-                match self.inner.apply(Command::new(swap)).await? {
-                    Outcome::Conflict {
-                        current: Some(current),
-                    } => current,
-                    _ => wrapped,
-                }
+                self.put_if_absent(space, b"", wrapped).await?.1
             }
         };
         unwrap_service_key(root, "", &current)
@@ -193,7 +184,7 @@ impl SealedStore {
                 key: service.as_bytes().to_vec(),
             }))
             .await?;
-        self.ciphers.lock().expect("cipher cache").1.remove(service);
+        self.forget(service);
         Ok(())
     }
 
@@ -205,38 +196,52 @@ impl SealedStore {
         service: &str,
         create: bool,
     ) -> Result<Option<Arc<ServiceCipher>>, StoreError> {
-        let now = *self.changes.borrow();
-        {
-            let mut cache = self.ciphers.lock().expect("cipher cache");
-            if cache.0 != now {
-                *cache = (now, HashMap::new());
-            }
+        let now = {
+            let cache = self.ciphers.lock().expect("cipher cache");
             if let Some(cipher) = cache.1.get(service) {
                 return Ok(Some(cipher.clone()));
             }
-        }
+            cache.0
+        };
         let space = keyring();
         let wrapped = match self.inner.get(&space, service.as_bytes()).await? {
             Some(wrapped) => wrapped,
             None if !create => return Ok(None),
             None => {
                 let (cipher, wrapped) = new_service_key(self.root()?, service);
-                let swap = Op::CompareAndSwap {
-                    space,
-                    key: service.as_bytes().to_vec(),
-                    expected: None,
-                    value: wrapped,
-                };
-                match self.inner.apply(Command::new(swap)).await? {
-                    Outcome::Conflict {
-                        current: Some(theirs),
-                    } => theirs,
-                    _ => return Ok(Some(self.remember(service, now, cipher))),
+                match self
+                    .put_if_absent(space, service.as_bytes(), wrapped)
+                    .await?
+                {
+                    (true, _) => return Ok(Some(self.remember(service, now, cipher))),
+                    (false, theirs) => theirs,
                 }
             }
         };
         let cipher = self.open_service_key(service, &wrapped).await?;
         Ok(Some(self.remember(service, now, cipher)))
+    }
+
+    /// Puts `value` at `key` unless something is there: whether ours went in, and what is there
+    /// now (so that of two hosts creating a key at once, both use the winner's).
+    async fn put_if_absent(
+        &self,
+        space: Space,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> Result<(bool, Vec<u8>), StoreError> {
+        let swap = Op::CompareAndSwap {
+            space,
+            key: key.to_vec(),
+            expected: None,
+            value: value.clone(),
+        };
+        Ok(match self.inner.apply(Command::new(swap)).await? {
+            Outcome::Conflict {
+                current: Some(theirs),
+            } => (false, theirs),
+            _ => (true, value),
+        })
     }
 
     fn remember(&self, service: &str, seen: u64, cipher: ServiceCipher) -> Arc<ServiceCipher> {
