@@ -16,6 +16,7 @@ const GUESTS: &[(&str, bool)] = &[
     ("test-unsupported-import", false),
     ("test-callers", false),
     ("test-logging", false),
+    ("test-blobs", false),
     ("hello", false),
     ("counter", false),
     ("permits", false),

@@ -55,6 +55,13 @@ pub struct Limits {
     /// pool); more wait briefly, then get 503 with `Retry-After`.
     #[serde(default = "default_max_instances")]
     pub max_instances: u64,
+    /// Largest `wasi:blobstore` object, in bytes (objects count in [`Limits::quota`] too).
+    #[serde(default = "default_max_object")]
+    pub max_object: u64,
+}
+
+fn default_max_object() -> u64 {
+    256 << 20
 }
 
 /// The instance pool every host has ([`Limits::max_instances`] is at most this).
@@ -74,6 +81,7 @@ impl Default for Limits {
             max_value: 1 << 20,
             quota: 1 << 30,
             max_instances: default_max_instances(),
+            max_object: default_max_object(),
         }
     }
 }
@@ -97,6 +105,9 @@ pub struct LimitOverrides {
     /// See [`Limits::max_instances`].
     #[serde(default)]
     pub max_instances: Option<u64>,
+    /// See [`Limits::max_object`].
+    #[serde(default)]
+    pub max_object: Option<u64>,
 }
 
 impl LimitOverrides {
@@ -114,6 +125,7 @@ impl LimitOverrides {
         set(&mut limits.max_value, self.max_value);
         set(&mut limits.quota, self.quota);
         set(&mut limits.max_instances, self.max_instances);
+        set(&mut limits.max_object, self.max_object);
         limits
     }
 }

@@ -93,6 +93,12 @@ pub(crate) fn new_store(
             writer,
             service.local.clone(),
         ),
+        blobs: crate::blobstore::BlobCtx::new(
+            service.name.clone(),
+            service.limits.clone(),
+            store.clone(),
+            writer,
+        ),
         config: service.config.clone(),
         limiter: MemoryLimiter::new(
             usize::try_from(service.limits.max_memory).unwrap_or(usize::MAX),

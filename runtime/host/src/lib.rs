@@ -47,6 +47,7 @@ mod admin;
 mod admission;
 #[doc(hidden)]
 pub mod bench;
+mod blobstore;
 mod clock;
 mod forward;
 #[doc(hidden)]

@@ -23,6 +23,7 @@ pub(crate) const PROVIDED: &[(&str, Versions)] = &[
     ("wasi:keyvalue/batch", Versions::Drafts),
     ("wasi:config/store", Versions::Exactly("0.2.0-rc.1")),
     ("wasi:logging/logging", Versions::Exactly("0.1.0-draft")),
+    ("wasi:blobstore/", Versions::Exactly("0.2.0-draft")),
 ];
 
 /// Which versions of an interface the host accepts.
@@ -58,7 +59,7 @@ pub(crate) fn is_provided(import: &str) -> bool {
 pub(crate) fn provided_summary() -> String {
     "wasi:http 0.2.x (incoming-handler export; outgoing requests only to --allow-outbound servers), wasi:cli, wasi:io, \
      wasi:clocks, wasi:random 0.2.x (filesystem and sockets linked but with no access), \
-     wasi:keyvalue 0.2.0-draft and 0.2.0-draft2, wasi:config 0.2.0-rc.1, wasi:logging 0.1.0-draft"
+     wasi:keyvalue 0.2.0-draft and 0.2.0-draft2, wasi:config 0.2.0-rc.1, wasi:logging 0.1.0-draft, wasi:blobstore 0.2.0-draft"
         .to_string()
 }
 
@@ -80,6 +81,9 @@ pub(crate) fn build(engine: &Engine) -> anyhow::Result<Linker<RequestState>> {
     })
     .map_err(anyhow::Error::from)
     .context("while linking wasi:config")?;
+    crate::blobstore::add_to_linker(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("while linking wasi:blobstore")?;
     crate::logging::add_to_linker(&mut linker)
         .map_err(anyhow::Error::from)
         .context("while linking wasi:logging")?;
@@ -101,7 +105,8 @@ mod tests {
         assert!(!is_provided("wasi:logging/logging@0.1.0"));
         assert!(!is_provided("wasi:http/types@0.3.0-rc-2025-08-15"));
         assert!(!is_provided("wasi:keyvalue/store@0.2.0-draft3"));
-        assert!(!is_provided("wasi:blobstore/container@0.2.0-draft"));
+        assert!(is_provided("wasi:blobstore/container@0.2.0-draft"));
+        assert!(!is_provided("wasi:blobstore/container@0.2.0"));
         assert!(!is_provided("fermyon:spin/key-value@2.0.0"));
         assert!(!is_provided("wasi:http/incoming-handler@0.2.0"));
     }

@@ -7,6 +7,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::blobstore::{BlobCtx, BlobState, BlobView};
 use crate::keyvalue::{KvCtx, KvState, KvView};
 
 /// Everything a guest can reach during one request.
@@ -16,6 +17,7 @@ pub struct RequestState {
     pub(crate) http: WasiHttpCtx,
     pub(crate) hooks: crate::outbound::Outbound,
     pub(crate) kv: KvCtx,
+    pub(crate) blobs: BlobCtx,
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) limiter: MemoryLimiter,
     /// The service's log, for `wasi:logging`.
@@ -44,6 +46,12 @@ impl WasiHttpView for RequestState {
 impl KvState for RequestState {
     fn kv(&mut self) -> KvView<'_> {
         KvView::new(&mut self.kv, &mut self.table)
+    }
+}
+
+impl BlobState for RequestState {
+    fn blobs(&mut self) -> BlobView<'_> {
+        BlobView::new(&mut self.blobs, &mut self.table)
     }
 }
 

@@ -54,6 +54,10 @@ pub struct Deploy {
     /// Total bytes the service may store, e.g. 1GiB.
     #[arg(long, value_parser = parse_size)]
     pub quota: Option<u64>,
+    /// Largest wasi:blobstore object the service may store, e.g. 100MiB (default 256MiB; objects
+    /// count in the quota too).
+    #[arg(long, value_parser = parse_size)]
+    pub max_object: Option<u64>,
     /// Requests the service may run at once on one host (default: a quarter of the host's
     /// 1,000 instances); more wait up to a second, then get 503 with Retry-After.
     #[arg(long)]
@@ -200,6 +204,7 @@ impl Deploy {
                 max_value: self.max_value,
                 quota: self.quota,
                 max_instances: self.max_instances,
+                max_object: self.max_object,
             },
             placement: PlacementRules {
                 on: self.on.into_iter().collect(),
