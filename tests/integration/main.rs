@@ -3,6 +3,7 @@
 
 mod at_rest;
 mod backup;
+mod blobs;
 mod callers;
 mod cluster;
 mod console;

@@ -174,23 +174,30 @@ fn copy(input: &InputStream, output: &OutputStream) -> Result<u64, String> {
         let bytes = match input.blocking_read(PIECE) {
             Ok(bytes) => bytes,
             Err(StreamError::Closed) => break,
-            Err(StreamError::LastOperationFailed(e)) => return Err(e.to_debug_string()),
+            Err(e) => return Err(stream_error(e)),
         };
         let mut rest = &bytes[..];
         while !rest.is_empty() {
-            let permit = output.check_write().map_err(|e| format!("{e:?}"))?;
+            let permit = output.check_write().map_err(stream_error)?;
             if permit == 0 {
                 output.subscribe().block();
                 continue;
             }
             let n = rest.len().min(permit as usize);
-            output.write(&rest[..n]).map_err(|e| format!("{e:?}"))?;
+            output.write(&rest[..n]).map_err(stream_error)?;
             rest = &rest[n..];
         }
         total += bytes.len() as u64;
     }
-    output.blocking_flush().map_err(|e| format!("{e:?}"))?;
+    output.blocking_flush().map_err(stream_error)?;
     Ok(total)
+}
+
+fn stream_error(e: StreamError) -> String {
+    match e {
+        StreamError::Closed => "the stream is closed".into(),
+        StreamError::LastOperationFailed(e) => e.to_debug_string(),
+    }
 }
 
 wasi::http::proxy::export!(Handler);
