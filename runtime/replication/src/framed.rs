@@ -28,12 +28,25 @@ fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
     }
 }
 
-/// The records at the start of `file` (`size` bytes long) up to the first that is torn, absent
-/// (zero length) or does not decode, and where they end. Reads no further than that, so the
-/// zeros allocated behind the records cost nothing.
-fn parse<T: DeserializeOwned>(file: &File, size: u64) -> std::io::Result<(Vec<T>, u64)> {
+/// Where a record's frame is in its file, and how many bytes its payload takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Place {
+    /// The frame's first byte.
+    pub(crate) at: u64,
+    /// The payload's length.
+    pub(crate) len: u32,
+}
+
+/// Hands each record at the start of `file` (`size` bytes long), with where it is, to `each`,
+/// up to the first that is torn, absent (zero length) or does not decode; returns where they
+/// end. Reads no further than that, so the zeros allocated behind the records cost nothing, and
+/// holds one record at a time.
+fn parse<T: DeserializeOwned>(
+    file: &File,
+    size: u64,
+    mut each: impl FnMut(T, Place),
+) -> std::io::Result<u64> {
     let mut reader = BufReader::with_capacity(1 << 16, file);
-    let mut records = Vec::new();
     let mut at = 0u64;
     let mut header = [0; 8];
     let mut payload = Vec::new();
@@ -49,12 +62,12 @@ fn parse<T: DeserializeOwned>(file: &File, size: u64) -> std::io::Result<(Vec<T>
             break;
         }
         match postcard::from_bytes(&payload) {
-            Ok(record) => records.push(record),
+            Ok(record) => each(record, Place { at, len }),
             Err(_) => break,
         }
         at += 8 + u64::from(len);
     }
-    Ok((records, at))
+    Ok(at)
 }
 
 /// Reads the records of a file written whole by [`rewrite`] (a snapshot), without opening it
@@ -62,7 +75,29 @@ fn parse<T: DeserializeOwned>(file: &File, size: u64) -> std::io::Result<(Vec<T>
 pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> std::io::Result<Vec<T>> {
     let file = File::open(path)?;
     let size = file.metadata()?.len();
-    Ok(parse(&file, size)?.0)
+    let mut records = Vec::new();
+    parse(&file, size, |r, _| records.push(r))?;
+    Ok(records)
+}
+
+/// Reads the one record whose frame is at `place` in `file`, checking its checksum.
+fn read_one<T: DeserializeOwned>(file: &File, place: Place) -> std::io::Result<T> {
+    let mut frame = vec![0; 8 + place.len as usize];
+    file.read_exact_at(&mut frame, place.at)?;
+    let (header, payload) = frame.split_at(8);
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len != place.len || crc32fast::hash(payload) != crc {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the record at byte {} of the file is not what was written there",
+                place.at
+            ),
+        ));
+    }
+    postcard::from_bytes(payload)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// An open framed file that records are appended to.
@@ -78,9 +113,12 @@ pub(crate) struct Appender {
 /// Reads every sound record of `path` and cuts the file where they end. Behind them there may be
 /// allocated zeros, or what a crash left of writes never acknowledged (their sync never
 /// returned); either goes, so that a later, shorter record cannot bring a whole stale one behind
-/// it back into line. The next append allocates ahead again. Returns the records and the file
-/// ready for appending.
-pub(crate) fn open<T: DeserializeOwned>(path: &Path) -> std::io::Result<(Vec<T>, Appender)> {
+/// it back into line. The next append allocates ahead again. Hands each record to `each` and
+/// returns the file ready for appending.
+pub(crate) fn open<T: DeserializeOwned>(
+    path: &Path,
+    each: impl FnMut(T, Place),
+) -> std::io::Result<Appender> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -88,7 +126,7 @@ pub(crate) fn open<T: DeserializeOwned>(path: &Path) -> std::io::Result<(Vec<T>,
         .write(true)
         .open(path)?;
     let size = file.metadata()?.len();
-    let (records, at) = parse(&file, size)?;
+    let at = parse(&file, size, each)?;
     if at < size {
         // Only the first bytes behind the records are read, to tell a torn record (worth a
         // warning) from allocated zeros (the normal case).
@@ -103,18 +141,19 @@ pub(crate) fn open<T: DeserializeOwned>(path: &Path) -> std::io::Result<(Vec<T>,
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
     }
-    Ok((
-        records,
-        Appender {
-            file,
-            end: at,
-            allocated: at,
-        },
-    ))
+    Ok(Appender {
+        file,
+        end: at,
+        allocated: at,
+    })
 }
 
-/// Appends the frames of `records` to `buf`.
-pub(crate) fn encode<T: Serialize>(records: &[T], buf: &mut Vec<u8>) -> std::io::Result<()> {
+/// Appends the frames of `records` to `buf`; where each starts in `buf`, and its payload's length.
+pub(crate) fn encode<'a, T: Serialize + 'a>(
+    records: impl IntoIterator<Item = &'a T>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Vec<Place>> {
+    let mut places = Vec::new();
     for record in records {
         let start = buf.len();
         buf.extend_from_slice(&[0; 8]);
@@ -123,8 +162,12 @@ pub(crate) fn encode<T: Serialize>(records: &[T], buf: &mut Vec<u8>) -> std::io:
         let crc = crc32fast::hash(&buf[start + 8..]);
         buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
         buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        places.push(Place {
+            at: start as u64,
+            len,
+        });
     }
-    Ok(())
+    Ok(places)
 }
 
 /// Allocates `file` up to `len` bytes (zeros), without writing them. False where the file
@@ -150,16 +193,24 @@ impl Appender {
         self.end
     }
 
+    /// Reads back the record at `place` (one this file holds).
+    pub(crate) fn read_at<T: DeserializeOwned>(&self, place: Place) -> std::io::Result<T> {
+        read_one(&self.file, place)
+    }
+
     /// Appends `records`; with `sync`, returns only once they are on stable storage. `point`
-    /// names the step for crash tests ([`crash::point`]).
+    /// names the step for crash tests ([`crash::point`]). Returns where each record is.
     pub(crate) fn append<T: Serialize>(
         &mut self,
         records: &[T],
         sync: bool,
         point: &str,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Vec<Place>> {
         let mut buf = Vec::new();
-        encode(records, &mut buf)?;
+        let mut places = encode(records, &mut buf)?;
+        for place in &mut places {
+            place.at += self.end;
+        }
         let end = self.end + buf.len() as u64;
         if end > self.allocated {
             let want = end + GROW;
@@ -184,27 +235,38 @@ impl Appender {
             crash::point(point, "synced", || {});
         }
         self.end = end;
-        Ok(())
+        Ok(places)
     }
 }
 
-/// Replaces `path` with a file holding exactly `records` (temp file, fsync, rename, fsync dir).
-/// `point` names the step for crash tests.
+/// Replaces `path` with a file holding exactly `records` (temp file, fsync, rename, fsync dir),
+/// made one at a time so that they are never all in memory at once. `point` names the step for
+/// crash tests. Returns the new file and where each record is in it.
 pub(crate) fn rewrite<T: Serialize>(
     path: &Path,
-    records: &[T],
+    records: impl IntoIterator<Item = std::io::Result<T>>,
     point: &str,
-) -> std::io::Result<Appender> {
-    let mut frames = Vec::new();
-    encode(records, &mut frames)?;
+) -> std::io::Result<(Appender, Vec<Place>)> {
     let tmp = path.with_extension("rewrite");
-    let mut f = File::create(&tmp)?;
-    f.write_all(&frames)?;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let mut places = Vec::new();
+    let mut size = 0u64;
+    let mut frame = Vec::new();
+    for record in records {
+        frame.clear();
+        let place = encode(std::iter::once(&record?), &mut frame)?[0];
+        f.write_all(&frame)?;
+        places.push(Place {
+            at: size,
+            len: place.len,
+        });
+        size += frame.len() as u64;
+    }
+    let f = f.into_inner().map_err(|e| e.into_error())?;
     // A power cut before the sync leaves a temp file of any length, or none.
     crash::point(point, "unsynced", || {
         let _ = std::fs::remove_file(&tmp);
     });
-    let size = frames.len() as u64;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
@@ -212,16 +274,24 @@ pub(crate) fn rewrite<T: Serialize>(
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
     }
-    Ok(Appender {
+    let appender = Appender {
         file: OpenOptions::new().read(true).write(true).open(path)?,
         end: size,
         allocated: size,
-    })
+    };
+    Ok((appender, places))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Opens `path`, with the records it holds.
+    fn open_all(path: &Path) -> (Vec<String>, Appender) {
+        let mut records = Vec::new();
+        let file = open::<String>(path, |r, _| records.push(r)).unwrap();
+        (records, file)
+    }
 
     fn frame(record: &str) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -233,7 +303,7 @@ mod tests {
     fn nothing_behind_a_torn_record_reappears_after_later_appends() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let (_, mut file) = open::<String>(&path).unwrap();
+        let (_, mut file) = open_all(&path);
         file.append(&["kept".to_string()], true, "test").unwrap();
         // A crash left a torn record, and behind it a whole one that was never synced.
         let mut torn = frame("a record cut short");
@@ -241,12 +311,12 @@ mod tests {
         torn.extend(frame("stale"));
         file.file.write_all_at(&torn, file.end).unwrap();
         drop(file);
-        let (records, mut file) = open::<String>(&path).unwrap();
+        let (records, mut file) = open_all(&path);
         assert_eq!(records, ["kept"]);
         // A short record where the torn one began must not bring "stale" back into line.
         file.append(&["new".to_string()], true, "test").unwrap();
         drop(file);
-        let (records, file) = open::<String>(&path).unwrap();
+        let (records, file) = open_all(&path);
         assert_eq!(records, ["kept", "new"]);
         // A torn length claiming far more than the file holds ends the records too (and is not
         // allocated for).
@@ -254,7 +324,7 @@ mod tests {
             .write_all_at(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3, 4, 5], file.end)
             .unwrap();
         drop(file);
-        let (records, _) = open::<String>(&path).unwrap();
+        let (records, _) = open_all(&path);
         assert_eq!(records, ["kept", "new"]);
     }
 
@@ -262,7 +332,7 @@ mod tests {
     fn records_end_where_the_allocated_zeros_begin() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let (_, mut file) = open::<String>(&path).unwrap();
+        let (_, mut file) = open_all(&path);
         file.append(&["one".to_string(), "two".to_string()], true, "test")
             .unwrap();
         let records_end = file.len();
@@ -272,7 +342,7 @@ mod tests {
             allocated > records_end,
             "the file is allocated ahead of its records ({allocated} bytes for {records_end})"
         );
-        let (records, mut file) = open::<String>(&path).unwrap();
+        let (records, mut file) = open_all(&path);
         assert_eq!(records, ["one", "two"]);
         assert_eq!(file.len(), records_end);
         // Reopening cuts the file at the records; the next append allocates ahead again.
@@ -280,11 +350,19 @@ mod tests {
         file.append(&["three".to_string()], false, "test").unwrap();
         drop(file);
         assert!(std::fs::metadata(&path).unwrap().len() > records_end);
-        let (records, _) = open::<String>(&path).unwrap();
+        let (records, _) = open_all(&path);
         assert_eq!(records, ["one", "two", "three"]);
         // A file written whole is read back whole, and appends go on at its end.
-        let mut file = rewrite(&path, &["only".to_string()], "test").unwrap();
-        file.append(&["after".to_string()], true, "test").unwrap();
+        let (mut file, places) = rewrite(&path, [Ok("only".to_string())], "test").unwrap();
+        let after = file.append(&["after".to_string()], true, "test").unwrap();
+        // Each record is read back alone from where it was said to be.
+        assert_eq!(file.read_at::<String>(places[0]).unwrap(), "only");
+        assert_eq!(file.read_at::<String>(after[0]).unwrap(), "after");
+        let wrong = Place {
+            at: after[0].at,
+            len: places[0].len,
+        };
+        assert!(file.read_at::<String>(wrong).is_err());
         drop(file);
         assert_eq!(read::<String>(&path).unwrap(), ["only", "after"]);
     }

@@ -188,7 +188,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             };
             framed::rewrite(
                 &shared.snapshot_path,
-                std::slice::from_ref(&file),
+                [Ok::<_, std::io::Error>(&file)],
                 "snapshot-file",
             )?;
             Ok(file)
@@ -323,7 +323,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         framed::rewrite(
             &self.shared.snapshot_path,
-            std::slice::from_ref(&file),
+            [Ok::<_, std::io::Error>(&file)],
             "snapshot-file",
         )
         .map_err(sm_error)?;

@@ -85,12 +85,19 @@ impl Redo {
     }
 }
 
+/// sled's page cache. The working set of keys and records is far smaller; blob chunks are read
+/// once per download and need not stay.
+const CACHE_BYTES: u64 = 64 << 20;
+
 impl Engine {
     /// Opens (or creates) the state in `path`.
     pub fn open(path: &Path) -> Result<Engine, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            // sled keeps what it wrote in its page cache up to this size (1 GiB by default): a
+            // host storing documents would otherwise grow by every byte written until then.
+            .cache_capacity(CACHE_BYTES)
             // sled's background flush is only an optimisation here: durability comes from the
             // write-ahead log, and sled is fsynced at checkpoints.
             .flush_every_ms(Some(1000))
