@@ -4,7 +4,8 @@
 //! Both keyvalue drafts are imported: everyday operations use `0.2.0-draft`, which `wasmtime
 //! serve` also links, and only compare-and-swap uses `0.2.0-draft2`. The linker drops imports a
 //! service never calls, so a service that does not use `Bucket::update` runs on hosts without
-//! draft2.
+//! draft2. The same holds for `wasi:blobstore` (0.2.0-draft, what wasmCloud links): only a
+//! service that uses [`crate::blob`] imports it.
 
 wit_bindgen::generate!({
     inline: "
@@ -17,6 +18,7 @@ wit_bindgen::generate!({
             import wasi:keyvalue/atomics@0.2.0-draft2;
             import wasi:config/store@0.2.0-rc.1;
             import wasi:logging/logging@0.1.0-draft;
+            import wasi:blobstore/blobstore@0.2.0-draft;
         }
     ",
     path: [
@@ -24,6 +26,14 @@ wit_bindgen::generate!({
         "../modules/wit/keyvalue-draft2",
         "../modules/wit/config",
         "../modules/wit/logging",
+        "../modules/wit/blobstore",
     ],
+    // Streams are the `wasi` crate's, so that a blob's reader and writer are the same types as
+    // a request's and a response's body.
+    with: {
+        "wasi:io/streams@0.2.1": ::wasi::io::streams,
+        "wasi:io/error@0.2.1": ::wasi::io::error,
+        "wasi:io/poll@0.2.1": ::wasi::io::poll,
+    },
     generate_all,
 });

@@ -86,6 +86,7 @@
 
 pub mod auth;
 mod bindings;
+pub mod blob;
 pub mod config;
 mod error;
 mod http;

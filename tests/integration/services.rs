@@ -746,3 +746,161 @@ fn the_shipped_services_deploy_across_a_cluster() {
         });
     }
 }
+
+/// PUTs `body` as `content_type` with `token`; the status and the answer's text.
+fn put_as(
+    host: &Host,
+    token: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let response = http()
+        .put(host.url(path))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .unwrap();
+    (response.status().as_u16(), response.text().unwrap())
+}
+
+/// Building plans attached to an application as PDFs: stored through `wasi:blobstore`, listed
+/// with the application, read back byte for byte by its owner and case workers only; other
+/// types, non-PDF bodies, oversized files, odd names and attachments to a decided case are
+/// refused with the reason.
+#[test]
+fn permits_take_pdf_attachments_listed_with_the_application() {
+    let host = Host::start();
+    deploy_service(&host, guests::PERMITS, "permits");
+    let issuer = Issuer::shared();
+    let ada = issuer.token("ada", &[]);
+    let eve = issuer.token("eve", &[]);
+    let (status, a) = call_as(
+        &host,
+        Some(&ada),
+        "POST",
+        "/permits/applications",
+        Some(application("Ada Lovelace", "Mitte 12/345")),
+    );
+    assert_eq!(status, 201, "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    let path = |name: &str| format!("/permits/applications/{id}/attachments/{name}");
+    // A plan of a few hundred KiB: several of the host's chunks.
+    let mut plan = b"%PDF-1.7\n".to_vec();
+    plan.extend((0..400_000u32).map(|i| (i % 251) as u8));
+    let (status, text) = put_as(
+        &host,
+        &ada,
+        &path("site-plan.pdf"),
+        "application/pdf",
+        plan.clone(),
+    );
+    assert_eq!(status, 201, "{text}");
+    let (status, text) = put_as(
+        &host,
+        &ada,
+        &path("floor-plan.pdf"),
+        "application/pdf",
+        b"%PDF-1.4 tiny".to_vec(),
+    );
+    assert_eq!(status, 201, "{text}");
+
+    let (status, fetched) = call_as(
+        &host,
+        Some(&ada),
+        "GET",
+        &format!("/permits/applications/{id}"),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        fetched["attachments"],
+        json!([
+            {"name": "floor-plan.pdf", "size": 13, "content_type": "application/pdf"},
+            {"name": "site-plan.pdf", "size": plan.len(), "content_type": "application/pdf"},
+        ])
+    );
+    let response = http()
+        .get(host.url(&path("site-plan.pdf")))
+        .bearer_auth(tester())
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "application/pdf");
+    assert_eq!(response.bytes().unwrap().to_vec(), plan);
+
+    // Someone else sees neither the application nor its documents, nor can add one.
+    assert_eq!(
+        call_as(&host, Some(&eve), "GET", &path("site-plan.pdf"), None).0,
+        404
+    );
+    assert_eq!(
+        put_as(
+            &host,
+            &eve,
+            &path("x.pdf"),
+            "application/pdf",
+            b"%PDF-1.7".to_vec()
+        )
+        .0,
+        404
+    );
+    // Refusals, each with its reason.
+    let (status, text) = put_as(
+        &host,
+        &ada,
+        &path("photo.pdf"),
+        "image/jpeg",
+        b"\xff\xd8".to_vec(),
+    );
+    assert_eq!(status, 415, "{text}");
+    let (status, text) = put_as(
+        &host,
+        &ada,
+        &path("fake.pdf"),
+        "application/pdf",
+        b"MZ\x90\x00".to_vec(),
+    );
+    assert_eq!(status, 415, "{text}");
+    assert!(text.contains("not a PDF"), "{text}");
+    let (status, text) = put_as(
+        &host,
+        &ada,
+        &path("..%2Fescape.pdf"),
+        "application/pdf",
+        b"%PDF-1.7".to_vec(),
+    );
+    assert_eq!(status, 400, "{text}");
+    let mut huge = b"%PDF-1.7\n".to_vec();
+    huge.resize(9 << 20, b' ');
+    let (status, text) = put_as(&host, &ada, &path("huge.pdf"), "application/pdf", huge);
+    assert_eq!(status, 413, "{text}");
+    // Once decided, nothing more is attached; what was attached stays readable.
+    let to = |state: &str, reason: Option<&str>| {
+        call(
+            &host,
+            "POST",
+            &format!("/permits/applications/{id}/transitions"),
+            Some(json!({"to": state, "reason": reason})),
+        )
+    };
+    assert_eq!(to("in_review", None).0, 200);
+    assert_eq!(to("approved", None).0, 200);
+    let (status, text) = put_as(
+        &host,
+        &ada,
+        &path("late.pdf"),
+        "application/pdf",
+        b"%PDF-1.7".to_vec(),
+    );
+    assert_eq!(status, 409, "{text}");
+    let (_, fetched) = call_as(
+        &host,
+        Some(&ada),
+        "GET",
+        &format!("/permits/applications/{id}"),
+        None,
+    );
+    assert_eq!(fetched["attachments"].as_array().unwrap().len(), 2);
+}

@@ -5,8 +5,13 @@
 //! token submits, and sees and lists only the applications they submitted (the owner is the
 //! token's subject); a `case-worker` lists every application, sees each one's history and moves
 //! it on. Someone else's application answers 404, as one that does not exist.
+//!
+//! Building plans are attached as PDF documents (`PUT /applications/{id}/attachments/{name}`,
+//! `application/pdf`, at most [`MAX_ATTACHMENT`] bytes, checked to be a PDF), kept as objects of
+//! the `attachments` container (`wasi:blobstore`) and listed with the application.
 
-use doppel_sdk::{Bucket, Caller, Error, Json, Page, Request, Router, Validator, time};
+use doppel_sdk::blob::Container;
+use doppel_sdk::{Bucket, Caller, Error, Json, Page, Request, Response, Router, Validator, time};
 use serde::{Deserialize, Serialize};
 
 /// Where a case stands.
@@ -108,7 +113,26 @@ pub struct Application {
     pub status: Status,
     /// Every status the case has had, oldest first.
     pub history: Vec<Event>,
+    /// The documents attached (read from the `attachments` container when the application is
+    /// fetched; never stored in the record).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
+
+/// A document attached to an application.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Its file name, e.g. `site-plan.pdf`.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Its media type (always `application/pdf` for now).
+    pub content_type: String,
+}
+
+/// The largest attachment accepted, in bytes (under the host's default 10 MiB request body).
+pub const MAX_ATTACHMENT: usize = 8 << 20;
+const PDF: &str = "application/pdf";
 
 /// A status change requested by a case worker.
 #[derive(Debug, Deserialize)]
@@ -174,6 +198,7 @@ fn submit(req: Request) -> Result<(u16, Json<Application>), Error> {
             at: time::now(),
             reason: None,
         }],
+        attachments: Vec::new(),
     };
     applications.put(&key(&id), &application)?;
     println!(
@@ -183,9 +208,8 @@ fn submit(req: Request) -> Result<(u16, Json<Application>), Error> {
     Ok((201, Json(application)))
 }
 
-fn fetch(req: Request) -> Result<Json<Application>, Error> {
-    let caller = req.caller()?;
-    let id = req.param("id")?;
+/// The application `id` if `caller` may see it; 400 for a malformed id, 404 otherwise.
+fn visible(caller: &Caller, id: &str) -> Result<Application, Error> {
     if !valid_id(id) {
         return Err(Error::bad_request(format!(
             "{id:?} is not an application id (like P-000001)"
@@ -193,9 +217,123 @@ fn fetch(req: Request) -> Result<Json<Application>, Error> {
     }
     bucket()?
         .get(&key(id))?
-        .filter(|a| may_see(&caller, a))
-        .map(Json)
+        .filter(|a: &Application| may_see(caller, a))
         .ok_or_else(|| Error::not_found(format!("no application {id}")))
+}
+
+fn fetch(req: Request) -> Result<Json<Application>, Error> {
+    let caller = req.caller()?;
+    let mut application = visible(&caller, req.param("id")?)?;
+    application.attachments = attachments_of(&application.id)?;
+    Ok(Json(application))
+}
+
+fn attachments() -> Result<Container, Error> {
+    Container::open("attachments")
+}
+
+fn attachments_of(id: &str) -> Result<Vec<Attachment>, Error> {
+    let container = attachments()?;
+    let prefix = format!("{id}/");
+    let mut out = Vec::new();
+    for object in container.list(&prefix)? {
+        if let Some(info) = container.info(&object)? {
+            out.push(Attachment {
+                name: object[prefix.len()..].to_string(),
+                size: info.size,
+                content_type: PDF.into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn valid_file_name(name: &str) -> bool {
+    (5..=100).contains(&name.len())
+        && name.ends_with(".pdf")
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// Attaches a PDF to an application: its owner or a case worker, while no final decision is
+/// made. Replaces an attachment of the same name.
+fn attach(req: Request) -> Result<(u16, Json<Attachment>), Error> {
+    let caller = req.caller()?;
+    let application = visible(&caller, req.param("id")?)?;
+    let name = req.param("name")?;
+    if !valid_file_name(name) {
+        return Err(Error::bad_request(format!(
+            "{name:?} is not an attachment name: letters, digits, '.', '-' and '_', ending in \
+             .pdf, at most 100 characters"
+        )));
+    }
+    if application.status.is_final() {
+        return Err(Error::conflict(format!(
+            "application {} is {:?}, a final decision; nothing more can be attached",
+            application.id, application.status
+        )));
+    }
+    let content_type = req.header("content-type").unwrap_or("");
+    if content_type.split(';').next().map(str::trim) != Some(PDF) {
+        return Err(Error::new(
+            415,
+            "Unsupported Media Type",
+            format!("attachments are {PDF}; this one is {content_type:?}"),
+        ));
+    }
+    let body = req.body();
+    if body.len() > MAX_ATTACHMENT {
+        return Err(Error::new(
+            413,
+            "Content Too Large",
+            format!(
+                "an attachment is at most {MAX_ATTACHMENT} bytes; this one is {}",
+                body.len()
+            ),
+        ));
+    }
+    // The content must be what the type says: a PDF starts with its signature.
+    if !body.starts_with(b"%PDF-") {
+        return Err(Error::new(
+            415,
+            "Unsupported Media Type",
+            "the body is not a PDF document (it does not start with %PDF-)",
+        ));
+    }
+    attachments()?.put(&format!("{}/{name}", application.id), body)?;
+    println!(
+        "application {}: {name} attached ({} bytes)",
+        application.id,
+        body.len()
+    );
+    Ok((
+        201,
+        Json(Attachment {
+            name: name.to_string(),
+            size: body.len() as u64,
+            content_type: PDF.into(),
+        }),
+    ))
+}
+
+/// An attached document, as it was attached.
+fn attachment(req: Request) -> Result<Response, Error> {
+    let caller = req.caller()?;
+    let application = visible(&caller, req.param("id")?)?;
+    let name = req.param("name")?;
+    let bytes = attachments()?
+        .get(&format!("{}/{name}", application.id))?
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "application {} has no attachment {name:?}",
+                application.id
+            ))
+        })?;
+    Ok(Response::new(200)
+        .with_header("content-type", PDF)
+        .with_body(bytes))
 }
 
 #[derive(Deserialize)]
@@ -316,6 +454,10 @@ pub fn routes() -> Router {
         .require_caller()
         .post("/applications/{id}/transitions", transition)
         .require_role(CASE_WORKER)
+        .put("/applications/{id}/attachments/{name}", attach)
+        .require_caller()
+        .get("/applications/{id}/attachments/{name}", attachment)
+        .require_caller()
 }
 
 doppel_sdk::service!(routes);
@@ -323,6 +465,15 @@ doppel_sdk::service!(routes);
 #[cfg(test)]
 mod tests {
     use super::Status::*;
+
+    #[test]
+    fn attachment_names_are_plain_pdf_file_names() {
+        assert!(super::valid_file_name("site-plan_v2.pdf"));
+        assert!(!super::valid_file_name("../other/plan.pdf"));
+        assert!(!super::valid_file_name("plan.exe"));
+        assert!(!super::valid_file_name(".pdf"));
+        assert!(!super::valid_file_name(&format!("{}.pdf", "a".repeat(100))));
+    }
 
     #[test]
     fn only_forward_transitions_and_final_is_final() {
