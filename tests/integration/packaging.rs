@@ -120,3 +120,38 @@ fn the_systemd_unit_verifies_and_keeps_its_hardening() {
     assert!(out.status.success(), "{said}");
     assert!(!said.contains("doppel.service"), "{said}");
 }
+
+/// The container recipe cannot be built on these machines (no container engine), so what can
+/// drift from the code is checked here: every `DOPPEL_*` setting it makes is one `doppel host`
+/// reads, it runs as a user of its own, and the key comes from a file, never the environment.
+#[test]
+fn the_container_recipe_sets_only_settings_the_host_reads() {
+    let recipe = include_str!("../../packaging/Containerfile");
+    let help = stdout(
+        Command::new(env!("CARGO_BIN_EXE_doppel"))
+            .args(["host", "--help"])
+            .output()
+            .unwrap(),
+    );
+    let settings: Vec<&str> = recipe
+        .split(|c: char| c.is_whitespace() || c == '=')
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_'))
+        .filter(|w| w.starts_with("DOPPEL_") && w.len() > "DOPPEL_".len())
+        .collect();
+    assert!(settings.contains(&"DOPPEL_KEY_FILE"), "{settings:?}");
+    assert!(
+        !settings.contains(&"DOPPEL_KEY"),
+        "the key must not be an environment variable"
+    );
+    for setting in settings {
+        assert!(
+            help.contains(&format!("env: {setting}=")),
+            "{setting} is not a setting of doppel host:\n{help}"
+        );
+    }
+    assert!(
+        recipe.lines().any(|l| l == "USER doppel"),
+        "the host must not run as root"
+    );
+    assert!(recipe.contains("ENTRYPOINT [\"/usr/local/bin/doppel\"]"));
+}

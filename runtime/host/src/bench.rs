@@ -122,7 +122,7 @@ impl Instantiation {
                 table: ResourceTable::new(),
                 wasi: WasiCtx::builder().build(),
                 http: WasiHttpCtx::new(),
-                hooks: Outbound::new(Default::default()),
+                hooks: Outbound::new(Default::default(), Default::default()),
                 config: WasiConfigVariables::new(),
             },
         );

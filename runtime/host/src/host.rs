@@ -262,6 +262,9 @@ pub async fn run(
     let peer_tls = member.credentials().peer_server()?;
 
     let runtime = Runtime::new()?;
+    let _ = runtime
+        .own_listeners
+        .set(Arc::new(vec![listen, admin_addr, peer_addr]));
     let cache = ModuleCache::new(&data.join("cache"), &runtime.engine)
         .with_context(|| format!("while creating the module cache in {}", data.display()))?;
     let placements = Arc::new(Placements::new(

@@ -85,7 +85,7 @@ pub(crate) fn new_store(
         table,
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
-        hooks: crate::outbound::Outbound::new(service.outbound.clone()),
+        hooks: crate::outbound::Outbound::new(service.outbound.clone(), runtime.own_listeners()),
         kv: KvCtx::new(
             service.name.clone(),
             service.limits.clone(),

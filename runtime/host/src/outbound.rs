@@ -3,7 +3,9 @@
 //! resolved here and the connection made to the address that was checked (so a DNS answer that
 //! changes between the check and the connection cannot point it elsewhere); a non-public address
 //! (loopback, private, link-local with the cloud metadata service…) is refused unless the entry
-//! names that address itself. Redirects are answers to the guest, whose next request is checked
+//! names that address itself, and so is the host's own listening ports on any of its own
+//! addresses (a name pointed at the host itself would let a guest call its own host's admin API
+//! or loop requests back into it). Redirects are answers to the guest, whose next request is checked
 //! like the first. TLS to the outside trusts the system's roots. Connecting, the first byte and
 //! each later byte have deadlines, and an answer's body is cut off past `MAX_RESPONSE`.
 
@@ -27,13 +29,32 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// The hooks of one request of a service: its allow-list.
 pub struct Outbound {
     allow: Arc<Vec<OutboundRule>>,
+    own: OwnListeners,
 }
 
 impl Outbound {
-    /// Requests allowed by `allow` (none, when it is empty).
-    pub fn new(allow: Arc<Vec<OutboundRule>>) -> Outbound {
-        Outbound { allow }
+    /// Requests allowed by `allow` (none, when it is empty), never to `own` listeners unless an
+    /// entry names the address.
+    pub fn new(allow: Arc<Vec<OutboundRule>>, own: OwnListeners) -> Outbound {
+        Outbound { allow, own }
     }
+}
+
+/// The addresses this host listens on (service, admin and peer ports).
+pub type OwnListeners = Arc<Vec<SocketAddr>>;
+
+/// Whether connecting to `addr` would reach one of this host's own listeners: the same port,
+/// and the listener's address or, for a listener on every address, any address of this machine.
+fn reaches_own(addr: SocketAddr, own: &[SocketAddr]) -> bool {
+    own.iter().any(|listener| {
+        listener.port() == addr.port()
+            && (listener.ip() == addr.ip() || (listener.ip().is_unspecified() && is_local(addr)))
+    })
+}
+
+/// Whether `addr`'s address is one of this machine's: only then can a socket be bound to it.
+fn is_local(addr: SocketAddr) -> bool {
+    addr.ip().is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).is_ok()
 }
 
 type Sent = (
@@ -49,7 +70,8 @@ impl WasiHttpHooks for Outbound {
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = wasmtime_wasi_http::Result<Sent>> + Send> {
         let allow = self.allow.clone();
-        Box::new(async move { send(&allow, request, options).await })
+        let own = self.own.clone();
+        Box::new(async move { send(&allow, &own, request, options).await })
     }
 }
 
@@ -75,7 +97,12 @@ static TLS: LazyLock<Arc<rustls::ClientConfig>> = LazyLock::new(|| {
 });
 
 /// The address to connect to for `host:port` under `rule`, or why not.
-async fn address(rule: &OutboundRule, host: &str, port: u16) -> Result<SocketAddr, Error> {
+async fn address(
+    rule: &OutboundRule,
+    own: &[SocketAddr],
+    host: &str,
+    port: u16,
+) -> Result<SocketAddr, Error> {
     if let HostPattern::Address(ip) = rule.host {
         return Ok(SocketAddr::new(ip, port));
     }
@@ -90,12 +117,13 @@ async fn address(rule: &OutboundRule, host: &str, port: u16) -> Result<SocketAdd
     }
     resolved
         .into_iter()
-        .find(|a| is_public(a.ip()))
+        .find(|a| is_public(a.ip()) && !reaches_own(*a, own))
         .ok_or(Error::DestinationIpProhibited)
 }
 
 async fn send(
     allow: &[OutboundRule],
+    own: &[SocketAddr],
     mut request: http::Request<WasiBody>,
     options: Option<wasmtime_wasi_http::RequestOptions>,
 ) -> Result<Sent, Error> {
@@ -112,7 +140,7 @@ async fn send(
         .iter()
         .find(|r| r.matches(scheme, host, port))
         .ok_or(Error::HttpRequestDenied)?;
-    let addr = address(rule, host, port).await?;
+    let addr = address(rule, own, host, port).await?;
     let limit = |asked: Option<Duration>, cap: Duration| asked.map_or(cap, |a| a.min(cap));
     let connect = limit(options.and_then(|o| o.connect_timeout), CONNECT);
     let first_byte = limit(options.and_then(|o| o.first_byte_timeout), FIRST_BYTE);
@@ -180,4 +208,34 @@ where
         .await
         .map_err(|_| Error::ConnectionReadTimeout)?
         .map_err(Error::Hyper)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener on every address is reached through any address of this machine at its port,
+    /// and only at its port; one on a single address only through that address.
+    #[test]
+    fn the_hosts_own_listeners_are_recognised() {
+        let every: SocketAddr = "0.0.0.0:18443".parse().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:18444".parse().unwrap();
+        let own = [every, loopback];
+        assert!(reaches_own("127.0.0.1:18443".parse().unwrap(), &own));
+        assert!(reaches_own("127.0.0.1:18444".parse().unwrap(), &own));
+        assert!(!reaches_own("127.0.0.1:443".parse().unwrap(), &own));
+        // An address this machine does not have (TEST-NET-1) is someone else's server.
+        assert!(!reaches_own("192.0.2.1:18443".parse().unwrap(), &own));
+        assert!(!reaches_own("127.0.0.2:18444".parse().unwrap(), &own));
+        // Every address of this machine counts, not only loopback.
+        let outward = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+            .and_then(|s| s.local_addr());
+        if let Ok(mine) = outward {
+            assert!(
+                reaches_own(SocketAddr::new(mine.ip(), 18443), &own),
+                "{mine}"
+            );
+        }
+    }
 }

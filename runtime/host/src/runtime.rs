@@ -24,6 +24,15 @@ const POOL_INSTANCES: u32 = doppel_api::POOL_INSTANCES as u32;
 pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<RequestState>,
+    /// The host's own listeners, which guests' outbound calls never reach (set once bound).
+    pub(crate) own_listeners: std::sync::OnceLock<crate::outbound::OwnListeners>,
+}
+
+impl Runtime {
+    /// The host's own listeners, as known so far.
+    pub(crate) fn own_listeners(&self) -> crate::outbound::OwnListeners {
+        self.own_listeners.get().cloned().unwrap_or_default()
+    }
 }
 
 impl Runtime {
@@ -76,7 +85,11 @@ impl Runtime {
                 }
             })
             .context("while starting the epoch thread")?;
-        Ok(Arc::new(Runtime { engine, linker }))
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            own_listeners: std::sync::OnceLock::new(),
+        }))
     }
 
     /// The engine.
