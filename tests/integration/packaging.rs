@@ -133,6 +133,8 @@ fn the_container_recipe_sets_only_settings_the_host_reads() {
             .output()
             .unwrap(),
     );
+    // Help text is wrapped to the terminal's width, anywhere between words.
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
     let settings: Vec<&str> = recipe
         .split(|c: char| c.is_whitespace() || c == '=')
         .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_'))
