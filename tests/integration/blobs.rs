@@ -163,11 +163,12 @@ fn objects_survive_sigkill_and_failover() {
     let mut hosts = cluster(3, &[]);
     let active = (leader(&hosts) + 1) % 3;
     hosts[active].deploy(guests::BLOBS, "docs", &["--max-body", "16MiB"]);
+    for h in &hosts {
+        eventually("every host serves docs", || h.get("/docs/list").0 == 200);
+    }
     let bytes = content(8, 5_000_000);
-    assert_eq!(
-        put(&hosts[active], "/docs/o/scan.pdf", bytes.clone()).0,
-        200
-    );
+    let (status, text) = put(&hosts[active], "/docs/o/scan.pdf", bytes.clone());
+    assert_eq!(status, 200, "{text}");
     hosts[active].kill();
     let survivor = (active + 1) % 3;
     eventually_within(

@@ -1,7 +1,8 @@
 //! An object being written: `outgoing-value` and the `output-stream` a guest writes it through.
 //!
 //! Bytes are stored as they arrive, [`ENTRY`] at a time, into a fresh blob; the host holds at
-//! most one entry being written and one being filled per upload. The object only appears (or is
+//! most [`IN_FLIGHT`] entries being written and one being filled per upload. Writes in flight
+//! together are packed into one raft entry by the store, so they share one `fdatasync`. The object only appears (or is
 //! replaced) when the upload is committed, in one write of its record; an upload dropped before
 //! that deletes the chunks it wrote.
 
@@ -12,6 +13,11 @@ use tokio::task::JoinHandle;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use super::objects::{BlobResult, ENTRY, ObjectRecord, Objects, new_blob_id, now};
+
+/// Store writes one upload may have in flight at once.
+const IN_FLIGHT: usize = 4;
+
+type Pending = std::collections::VecDeque<JoinHandle<BlobResult<()>>>;
 
 /// The `outgoing-value` resource.
 pub struct OutgoingValue {
@@ -36,8 +42,8 @@ pub(crate) struct Upload {
     next_chunk: u64,
     /// Bytes received so far.
     size: u64,
-    /// The write in flight, if any.
-    pending: Option<JoinHandle<BlobResult<()>>>,
+    /// The writes in flight, oldest first.
+    pending: Pending,
     /// The first failure; every later call reports it.
     failed: Option<String>,
     /// Whether the body stream is still open (a child of the outgoing value).
@@ -53,7 +59,7 @@ impl OutgoingValue {
                 buffer: BytesMut::new(),
                 next_chunk: 0,
                 size: 0,
-                pending: None,
+                pending: Pending::new(),
                 failed: None,
                 stream_open: false,
             })),
@@ -79,7 +85,7 @@ impl OutgoingValue {
         let pending = {
             let mut upload = lock(&self.upload);
             upload.stream_open = false;
-            upload.pending.take()
+            std::mem::take(&mut upload.pending)
         };
         wait(&self.upload, pending).await;
         let (last, objects, record) = {
@@ -110,7 +116,7 @@ impl OutgoingValue {
         let pending;
         let (objects, blob, written) = {
             let mut upload = lock(&self.upload);
-            pending = upload.pending.take();
+            pending = std::mem::take(&mut upload.pending);
             upload.failed = Some("the upload was given up".into());
             (
                 upload.objects.clone(),
@@ -122,7 +128,7 @@ impl OutgoingValue {
             return;
         }
         tokio::spawn(async move {
-            if let Some(task) = pending {
+            for task in pending {
                 task.await.ok();
             }
             objects
@@ -147,29 +153,33 @@ fn lock(upload: &Mutex<Upload>) -> std::sync::MutexGuard<'_, Upload> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Waits for a write taken out of the upload and records its failure, if any.
-async fn wait(upload: &Mutex<Upload>, pending: Option<JoinHandle<BlobResult<()>>>) {
-    let Some(task) = pending else { return };
-    let result = task
-        .await
-        .unwrap_or_else(|e| Err(format!("the write of a chunk stopped: {e}")));
-    if let Err(e) = result {
-        let mut upload = lock(upload);
-        upload.failed.get_or_insert(e);
+/// Waits for writes taken out of the upload and records the first failure, if any.
+async fn wait(
+    upload: &Mutex<Upload>,
+    pending: impl IntoIterator<Item = JoinHandle<BlobResult<()>>>,
+) {
+    for task in pending {
+        let result = task
+            .await
+            .unwrap_or_else(|e| Err(format!("the write of a chunk stopped: {e}")));
+        if let Err(e) = result {
+            let mut upload = lock(upload);
+            upload.failed.get_or_insert(e);
+        }
     }
 }
 
 impl Upload {
-    /// Hands a full entry to the store if none is in flight.
+    /// Hands a full entry to the store if fewer than [`IN_FLIGHT`] are.
     fn start_write(&mut self) {
-        if self.pending.is_some() || self.buffer.len() < ENTRY {
+        if self.pending.len() >= IN_FLIGHT || self.buffer.len() < ENTRY {
             return;
         }
         let bytes = self.buffer.split_to(ENTRY).freeze();
         let pairs = Objects::chunk_pairs(&self.blob, self.next_chunk, &bytes);
         self.next_chunk += pairs.len() as u64;
         let objects = self.objects.clone();
-        self.pending = Some(tokio::spawn(
+        self.pending.push_back(tokio::spawn(
             async move { objects.write_chunks(pairs).await },
         ));
     }
@@ -192,8 +202,16 @@ pub(crate) struct BodyWriter {
 #[async_trait::async_trait]
 impl Pollable for BodyWriter {
     async fn ready(&mut self) {
-        let pending = lock(&self.upload).pending.take();
-        wait(&self.upload, pending).await;
+        // Room for more once the oldest write is done (or at once, if there is room).
+        let oldest = {
+            let mut upload = lock(&self.upload);
+            upload.start_write();
+            if upload.buffer.len() < ENTRY {
+                return;
+            }
+            upload.pending.pop_front()
+        };
+        wait(&self.upload, oldest).await;
         lock(&self.upload).start_write();
     }
 }
