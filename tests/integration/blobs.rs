@@ -167,8 +167,8 @@ fn objects_survive_sigkill_and_failover() {
         eventually("every host serves docs", || h.get("/docs/list").0 == 200);
     }
     let bytes = content(8, 5_000_000);
-    let (status, text) = put(&hosts[active], "/docs/o/scan.pdf", bytes.clone());
-    assert_eq!(status, 200, "{text}");
+    let (code, text) = put(&hosts[active], "/docs/o/scan.pdf", bytes.clone());
+    assert_eq!(code, 200, "{text}");
     hosts[active].kill();
     let survivor = (active + 1) % 3;
     eventually_within(

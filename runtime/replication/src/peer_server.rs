@@ -252,7 +252,7 @@ async fn snapshot(
 
 /// A batch of writes forwarded by a follower: the leader proposes it as one entry and answers
 /// with each command's outcome. A leader removing itself proposes nothing more and answers
-/// [`LEAVING`]: the follower asks the next leader.
+/// [`LEAVING`], and so does a host that is no longer the leader: the follower asks the next one.
 async fn write(State(s): State<Server>, body: Bytes) -> Response {
     let Some(_pass) = s.gate.pass().await else {
         return (
@@ -261,14 +261,35 @@ async fn write(State(s): State<Server>, body: Bytes) -> Response {
         )
             .into_response();
     };
-    serve(&body, |batch: Batch| async move {
-        s.raft
-            .client_write(batch)
-            .await
-            .map(|r| r.data)
-            .map_err(|e| e.to_string())
-    })
-    .await
+    let batch: Batch = match postcard::from_bytes(&body) {
+        Ok(batch) => batch,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("malformed raft message: {e}"),
+            )
+                .into_response();
+        }
+    };
+    let written = match s.raft.client_write(batch).await {
+        // This host lost the lead (an election under load) before proposing anything: the same
+        // answer as a leader that is leaving, so that the follower asks the next leader instead
+        // of failing a write that never happened.
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::ClientWriteError::ForwardToLeader(_),
+        )) => {
+            return (
+                LEAVING,
+                "this host does not lead any more and proposed nothing; ask the next leader",
+            )
+                .into_response();
+        }
+        other => other.map(|r| r.data).map_err(|e| e.to_string()),
+    };
+    match postcard::to_stdvec(&written) {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// How many leases the leader keeps asking a slow majority to confirm a follower's read. A leader

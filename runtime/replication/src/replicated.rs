@@ -432,7 +432,8 @@ impl Core {
             let again = Instant::now() + ASK_AGAIN_AFTER < deadline;
             match asked {
                 Ok(answer) => break answer,
-                // A leader removing itself proposed nothing: ask whoever leads next.
+                // A leader removing itself, or a host that lost the lead before proposing,
+                // proposed nothing: ask whoever leads next.
                 Err(PeerError::Status { status, .. }) if status == LEAVING && again => {
                     tracing::debug!(leader, "the leader is leaving the cluster; asking again");
                 }

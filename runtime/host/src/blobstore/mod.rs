@@ -36,7 +36,7 @@ mod generated {
 
 use generated::wasi::blobstore::{blobstore, container, types};
 
-/// Uploads one request may have open at once (each holds up to five store entries of bytes).
+/// Uploads one request may have open at once (each holds up to two store entries of bytes).
 const MAX_OPEN_UPLOADS: usize = 8;
 /// The largest value `incoming-value-consume-sync` hands over whole.
 const MAX_SYNC_READ: u64 = 16 << 20;

@@ -1,8 +1,7 @@
 //! An object being written: `outgoing-value` and the `output-stream` a guest writes it through.
 //!
 //! Bytes are stored as they arrive, [`ENTRY`] at a time, into a fresh blob; the host holds at
-//! most [`IN_FLIGHT`] entries being written and one being filled per upload. Writes in flight
-//! together are packed into one raft entry by the store, so they share one `fdatasync`. The object only appears (or is
+//! most [`IN_FLIGHT`] entries being written and one being filled per upload. The object only appears (or is
 //! replaced) when the upload is committed, in one write of its record; an upload dropped before
 //! that deletes the chunks it wrote.
 
@@ -15,7 +14,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use super::objects::{BlobResult, ENTRY, ObjectRecord, Objects, new_blob_id, now};
 
 /// Store writes one upload may have in flight at once.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 1;
 
 type Pending = std::collections::VecDeque<JoinHandle<BlobResult<()>>>;
 
