@@ -194,11 +194,9 @@ impl Inner {
         )?;
         self.file = file;
         for (index, place) in indexes.iter().zip(&places[skip..]) {
-            if let Some(slot) = self.log.entries.get_mut(index) {
-                if let Slot::OnDisk { place: p, nth, .. } = slot {
-                    *p = *place;
-                    *nth = 0;
-                }
+            if let Some(Slot::OnDisk { place: p, nth, .. }) = self.log.entries.get_mut(index) {
+                *p = *place;
+                *nth = 0;
             }
         }
         Ok(())
