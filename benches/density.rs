@@ -43,14 +43,7 @@ fn distinct(component: &[u8], tag: &str) -> Vec<u8> {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib / 1024.0
+    support::proc_status_bytes(pid, "VmRSS") as f64 / (1 << 20) as f64
 }
 
 fn main() {

@@ -188,14 +188,7 @@ fn objects_survive_sigkill_and_failover() {
 
 /// The peak resident memory of process `pid` so far, in bytes.
 fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib << 10
+    proc_status_bytes(pid, "VmHWM")
 }
 
 /// A 50 MiB object streams in and out through a guest, byte for byte, and the host's memory

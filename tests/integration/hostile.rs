@@ -205,14 +205,7 @@ fn a_body_that_stalls_after_its_beginning_is_cut_off_for_the_guest() {
 
 /// A process's resident memory, in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb << 10
+    crate::support::proc_status_bytes(pid, "VmRSS")
 }
 
 #[test]

@@ -158,9 +158,19 @@ impl Objects {
     /// The container's record, if it exists.
     pub(crate) async fn container(&self, name: &str) -> BlobResult<Option<ContainerRecord>> {
         Self::check_container_name(name)?;
+        self.record(&self.containers(), name, "container").await
+    }
+
+    /// The JSON record at `name` in `space`, if there is one.
+    async fn record<T: serde::de::DeserializeOwned>(
+        &self,
+        space: &Space,
+        name: &str,
+        what: &str,
+    ) -> BlobResult<Option<T>> {
         let Some(raw) = self
             .store
-            .get(&self.containers(), name.as_bytes())
+            .get(space, name.as_bytes())
             .await
             .map_err(store_error)?
         else {
@@ -168,7 +178,7 @@ impl Objects {
         };
         serde_json::from_slice(&raw)
             .map(Some)
-            .map_err(|e| format!("container {name:?} has an unreadable record: {e}"))
+            .map_err(|e| format!("{what} {name:?} has an unreadable record: {e}"))
     }
 
     /// The container's record; an error naming it if it does not exist.
@@ -230,17 +240,8 @@ impl Objects {
         name: &str,
     ) -> BlobResult<Option<ObjectRecord>> {
         self.check_object_name(name)?;
-        let Some(raw) = self
-            .store
-            .get(&self.objects_of(container), name.as_bytes())
+        self.record(&self.objects_of(container), name, "object")
             .await
-            .map_err(store_error)?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&raw)
-            .map(Some)
-            .map_err(|e| format!("object {name:?} has an unreadable record: {e}"))
     }
 
     /// The object's record; an error naming it if it does not exist.
