@@ -96,7 +96,7 @@ impl Replayed {
                         },
                         None => Slot::Held(e),
                     };
-                    self.entries.insert(e_index(&slot), slot);
+                    self.entries.insert(slot.log_id().index, slot);
                 }
             }
             Record::Vote(v) => self.vote = Some(v),
@@ -205,10 +205,6 @@ impl Inner {
     fn write(&mut self, record: Record) -> std::io::Result<()> {
         self.write_with(record, true)
     }
-}
-
-fn e_index(slot: &Slot) -> u64 {
-    slot.log_id().index
 }
 
 fn not_there(id: LogId<NodeId>) -> std::io::Error {

@@ -193,19 +193,9 @@ where
     Resp: Serialize,
     F: Future<Output = Resp>,
 {
-    let req = match postcard::from_bytes(body) {
-        Ok(req) => req,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("malformed raft message: {e}"),
-            )
-                .into_response();
-        }
-    };
-    match postcard::to_stdvec(&handle(req).await) {
-        Ok(bytes) => bytes.into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    match decode(body) {
+        Ok(req) => encode(&handle(req).await),
+        Err(refused) => *refused,
     }
 }
 
@@ -261,15 +251,9 @@ async fn write(State(s): State<Server>, body: Bytes) -> Response {
         )
             .into_response();
     };
-    let batch: Batch = match postcard::from_bytes(&body) {
+    let batch: Batch = match decode(&body) {
         Ok(batch) => batch,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("malformed raft message: {e}"),
-            )
-                .into_response();
-        }
+        Err(refused) => return *refused,
     };
     let written = match s.raft.client_write(batch).await {
         // This host lost the lead (an election under load) before proposing anything: the same
@@ -286,10 +270,7 @@ async fn write(State(s): State<Server>, body: Bytes) -> Response {
         }
         other => other.map(|r| r.data).map_err(|e| e.to_string()),
     };
-    match postcard::to_stdvec(&written) {
-        Ok(bytes) => bytes.into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    encode(&written)
 }
 
 /// How many leases the leader keeps asking a slow majority to confirm a follower's read. A leader

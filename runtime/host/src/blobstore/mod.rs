@@ -261,7 +261,7 @@ impl container::HostContainer for BlobView<'_> {
         // Components differ in their order: wasmCloud's write the body, then call write-data,
         // then finish; others call write-data before writing. If the body was written and its
         // stream closed already, the value is complete and is stored now; otherwise at `finish`.
-        let complete = value.stream_taken && !upload_stream_open(value);
+        let complete = value.stream_taken && !value.stream_open();
         if !complete {
             value.target = Some((container, name));
             return Ok(Ok(()));
@@ -395,10 +395,6 @@ impl container::HostStreamObjectNames for BlobView<'_> {
     }
 }
 
-fn upload_stream_open(value: &OutgoingValue) -> bool {
-    value.upload.lock().map(|u| u.stream_open).unwrap_or(false)
-}
-
 impl types::Host for BlobView<'_> {}
 
 impl types::HostOutgoingValue for BlobView<'_> {
@@ -415,16 +411,10 @@ impl types::HostOutgoingValue for BlobView<'_> {
         &mut self,
         value: Resource<OutgoingValue>,
     ) -> wasmtime::Result<Result<Resource<DynOutputStream>, ()>> {
-        let outgoing = self.table.get_mut(&value)?;
-        if outgoing.stream_taken || outgoing.done {
+        let Some(writer) = self.table.get_mut(&value)?.take_stream() else {
             return Ok(Err(()));
-        }
-        outgoing.stream_taken = true;
-        let upload = outgoing.upload.clone();
-        if let Ok(mut u) = upload.lock() {
-            u.stream_open = true;
-        }
-        let stream: DynOutputStream = Box::new(upload::BodyWriter { upload });
+        };
+        let stream: DynOutputStream = Box::new(writer);
         Ok(Ok(self.table.push_child(stream, &value)?))
     }
 

@@ -20,7 +20,7 @@ type Pending = std::collections::VecDeque<JoinHandle<BlobResult<()>>>;
 
 /// The `outgoing-value` resource.
 pub struct OutgoingValue {
-    pub(crate) upload: Arc<Mutex<Upload>>,
+    upload: Arc<Mutex<Upload>>,
     /// Whether the guest has taken the body stream (at most once).
     pub(crate) stream_taken: bool,
     /// Where `write-data` said the object goes.
@@ -46,7 +46,7 @@ pub(crate) struct Upload {
     /// The first failure; every later call reports it.
     failed: Option<String>,
     /// Whether the body stream is still open (a child of the outgoing value).
-    pub(crate) stream_open: bool,
+    stream_open: bool,
 }
 
 impl OutgoingValue {
@@ -66,6 +66,23 @@ impl OutgoingValue {
             target: None,
             done: false,
             _slot: slot,
+        })
+    }
+
+    /// Whether the body stream is open now.
+    pub(crate) fn stream_open(&self) -> bool {
+        lock(&self.upload).stream_open
+    }
+
+    /// The body stream, at most once per value.
+    pub(crate) fn take_stream(&mut self) -> Option<BodyWriter> {
+        if self.stream_taken || self.done {
+            return None;
+        }
+        self.stream_taken = true;
+        lock(&self.upload).stream_open = true;
+        Some(BodyWriter {
+            upload: self.upload.clone(),
         })
     }
 
@@ -195,7 +212,7 @@ impl Upload {
 
 /// The `output-stream` of an outgoing value.
 pub(crate) struct BodyWriter {
-    pub(crate) upload: Arc<Mutex<Upload>>,
+    upload: Arc<Mutex<Upload>>,
 }
 
 #[async_trait::async_trait]
